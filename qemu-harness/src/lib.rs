@@ -1,1 +1,20 @@
-//! placeholder
+//! The host side of container VMs under QEMU: what vSphere and the VCH port layer do for a
+//! container VM in production, done on a laptop.
+//!
+//! - [`image`] turns an image (a rootfs directory, or the built-in `busybox`) into the
+//!   container's ext4 disk, labelled `containerfs` as the port layer labels it.
+//! - [`config`] composes the container config with the `guestinfo` crate, as the port layer
+//!   writes it into a VM's extraConfig.
+//! - [`vm`] boots QEMU (TCG, q35) from the bootstrap ISO with the tether's channels as
+//!   virtio-serial ports, serves the guestinfo channel from a per-VM `.vmx`-like store, and
+//!   collects the output log, always under a hard timeout.
+//! - [`state`] keeps VMs in a state directory so `vch inspect` and `vch ps` work across
+//!   invocations.
+
+pub mod artifacts;
+pub mod config;
+pub mod image;
+pub mod state;
+pub mod vm;
+
+pub use vm::{RunOptions, RunOutcome};

@@ -1,0 +1,100 @@
+//! Container images as ext4 disks.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The label the tether looks for (VIC's `containerfs`).
+pub const CONTAINERFS_LABEL: &str = "containerfs";
+
+/// Image errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// the image name is neither a directory nor a built-in image
+    #[error("image {0:?} not found: give a root filesystem directory or the built-in \"busybox\"")]
+    NotFound(String),
+    /// busybox-static is not installed
+    #[error("the busybox image needs Debian's busybox-static (/bin/busybox): apt-get install busybox-static")]
+    NoBusybox,
+    /// a file operation failed
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: io::Error },
+    /// mkfs.ext4 failed
+    #[error("mkfs.ext4 failed: {0}")]
+    Mkfs(String),
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ImageError + 'a {
+    move |source| ImageError::Io { what, path: path.to_owned(), source }
+}
+
+/// The root filesystem directory of an image: the directory itself, or the built-in busybox
+/// image (built once into the cache).
+pub fn rootfs(image: &str, cache: &Path) -> Result<PathBuf, ImageError> {
+    if image == "busybox" {
+        return busybox_rootfs(cache);
+    }
+    let p = PathBuf::from(image);
+    if p.is_dir() {
+        Ok(p)
+    } else {
+        Err(ImageError::NotFound(image.into()))
+    }
+}
+
+const BUSYBOX: &str = "/bin/busybox";
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:Unprivileged User:/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
+const GROUP: &str = "root:x:0:\ntty:x:5:\nwheel:x:10:user\nuser:x:1000:\nnogroup:x:65534:\n";
+
+fn busybox_rootfs(cache: &Path) -> Result<PathBuf, ImageError> {
+    let bin = fs::read(BUSYBOX).map_err(|_| ImageError::NoBusybox)?;
+    // Keyed by the binary's size and a cheap checksum, so a busybox upgrade rebuilds it.
+    let key = format!("{:x}-{:08x}", bin.len(), crc32fast::hash(&bin));
+    let dir = cache.join("images").join(format!("busybox-{key}"));
+    if dir.join(".complete").exists() {
+        return Ok(dir);
+    }
+    let tmp = cache.join("images").join(format!(".busybox-{key}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "root", "home/user", "proc", "sys", "dev", "var/log", "run"] {
+        fs::create_dir_all(tmp.join(d)).map_err(io_err("mkdir", &tmp))?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(tmp.join("tmp"), fs::Permissions::from_mode(0o1777)).map_err(io_err("chmod", &tmp))?;
+    fs::write(tmp.join("bin/busybox"), &bin).map_err(io_err("write", &tmp))?;
+    fs::set_permissions(tmp.join("bin/busybox"), fs::Permissions::from_mode(0o755)).map_err(io_err("chmod", &tmp))?;
+    let list = Command::new(BUSYBOX).arg("--list-full").output().map_err(|_| ImageError::NoBusybox)?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let link = tmp.join(applet.trim_start_matches('/'));
+        if applet.is_empty() || link.exists() {
+            continue;
+        }
+        symlink("/bin/busybox", &link).map_err(io_err("symlink", &link))?;
+    }
+    fs::write(tmp.join("etc/passwd"), PASSWD).map_err(io_err("write", &tmp))?;
+    fs::write(tmp.join("etc/group"), GROUP).map_err(io_err("write", &tmp))?;
+    fs::write(tmp.join("etc/hosts"), "127.0.0.1 localhost\n").map_err(io_err("write", &tmp))?;
+    std::os::unix::fs::chown(tmp.join("home/user"), Some(1000), Some(1000)).map_err(io_err("chown", &tmp))?;
+    fs::write(tmp.join(".complete"), b"").map_err(io_err("write", &tmp))?;
+    let _ = fs::remove_dir_all(&dir);
+    fs::rename(&tmp, &dir).map_err(io_err("rename", &dir))?;
+    Ok(dir)
+}
+
+/// Creates the container's disk: an ext4 filesystem labelled `containerfs` holding a copy of
+/// `rootfs`, as a sparse raw image of `size_mb` megabytes.
+pub fn make_disk(rootfs: &Path, disk: &Path, size_mb: u64) -> Result<(), ImageError> {
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", CONTAINERFS_LABEL, "-E", "root_owner=0:0", "-d"])
+        .arg(rootfs)
+        .arg(disk)
+        .arg(format!("{size_mb}M"))
+        .output()
+        .map_err(|e| ImageError::Mkfs(format!("{e} (apt-get install e2fsprogs)")))?;
+    if !out.status.success() {
+        return Err(ImageError::Mkfs(String::from_utf8_lossy(&out.stderr).into_owned()));
+    }
+    Ok(())
+}

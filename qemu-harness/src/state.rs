@@ -1,0 +1,178 @@
+//! The harness's state directory: one folder per VM, like a datastore's VM folders.
+//!
+//! ```text
+//! <state>/vms/<id>/meta.json     name, image, command, created, QEMU pid
+//!                  config.vmx    the VM's extraConfig (guestinfo store)
+//!                  disk.img      the container's root disk
+//!                  output.log    the output channel, as received (iolog frames)
+//!                  tether.debug  the tether's debug log
+//!                  console.log   the kernel console (ttyS1)
+//! ```
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What the harness remembers about a VM besides its config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Meta {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    /// Unix seconds.
+    pub created: i64,
+    /// QEMU's PID while it runs.
+    pub qemu_pid: Option<u32>,
+}
+
+/// State directory errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// no VM has that name or ID (prefix)
+    #[error("no such container: {0}")]
+    NoSuch(String),
+    /// the name is taken
+    #[error("the container name {0:?} is already in use by container {1}")]
+    NameInUse(String, String),
+    /// a file operation failed
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: io::Error },
+    /// a metadata file is damaged
+    #[error("{path}: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+}
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct State {
+    root: PathBuf,
+}
+
+impl State {
+    /// `$VCH_STATE`, else `$XDG_STATE_HOME/tether-vch`, else `~/.local/state/tether-vch`.
+    pub fn default_dir() -> PathBuf {
+        if let Some(p) = std::env::var_os("VCH_STATE") {
+            return PathBuf::from(p);
+        }
+        let base = std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+            .unwrap_or_else(std::env::temp_dir);
+        base.join("tether-vch")
+    }
+
+    /// Opens (creating) a state directory.
+    pub fn open(root: impl Into<PathBuf>) -> Result<State, StateError> {
+        let root = root.into();
+        let vms = root.join("vms");
+        fs::create_dir_all(&vms).map_err(|source| StateError::Io { what: "create", path: vms, source })?;
+        Ok(State { root })
+    }
+
+    /// Folder of a VM, named by the short ID: QEMU's chardev sockets live in it, and a Unix
+    /// socket path must stay under 108 bytes.
+    pub fn vm_dir(&self, id: &str) -> PathBuf {
+        let short: String = id.chars().take(12).collect();
+        self.root.join("vms").join(short)
+    }
+
+    /// All VMs, oldest first.
+    pub fn list(&self) -> Vec<Meta> {
+        let mut out: Vec<Meta> = fs::read_dir(self.root.join("vms"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let text = fs::read_to_string(e.path().join("meta.json")).ok()?;
+                serde_json::from_str::<Meta>(&text).ok()
+            })
+            .collect();
+        out.sort_by_key(|m| m.created);
+        out
+    }
+
+    /// Reads a VM's metadata by exact ID.
+    pub fn meta(&self, id: &str) -> Result<Meta, StateError> {
+        let path = self.vm_dir(id).join("meta.json");
+        let text = fs::read_to_string(&path).map_err(|_| StateError::NoSuch(id.into()))?;
+        serde_json::from_str(&text).map_err(|source| StateError::Json { path, source })
+    }
+
+    /// Writes a VM's metadata (atomically).
+    pub fn save(&self, meta: &Meta) -> Result<(), StateError> {
+        let dir = self.vm_dir(&meta.id);
+        fs::create_dir_all(&dir).map_err(|source| StateError::Io { what: "create", path: dir.clone(), source })?;
+        let path = dir.join("meta.json");
+        let tmp = dir.join("meta.json.tmp");
+        let text = serde_json::to_string_pretty(meta).map_err(|source| StateError::Json { path: path.clone(), source })?;
+        fs::write(&tmp, text).map_err(|source| StateError::Io { what: "write", path: tmp.clone(), source })?;
+        fs::rename(&tmp, &path).map_err(|source| StateError::Io { what: "rename", path, source })
+    }
+
+    /// Finds a VM by name, full ID or unique ID prefix, as docker does.
+    pub fn resolve(&self, name_or_id: &str) -> Result<Meta, StateError> {
+        let all = self.list();
+        if let Some(m) = all.iter().find(|m| m.name == name_or_id || m.id == name_or_id) {
+            return Ok(m.clone());
+        }
+        let mut by_prefix = all.iter().filter(|m| !name_or_id.is_empty() && m.id.starts_with(name_or_id));
+        match (by_prefix.next(), by_prefix.next()) {
+            (Some(m), None) => Ok(m.clone()),
+            _ => Err(StateError::NoSuch(name_or_id.into())),
+        }
+    }
+
+    /// Checks that `name` is free.
+    pub fn check_name(&self, name: &str) -> Result<(), StateError> {
+        match self.list().into_iter().find(|m| m.name == name) {
+            Some(m) => Err(StateError::NameInUse(name.into(), m.id)),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes a VM's folder.
+    pub fn remove(&self, id: &str) -> Result<(), StateError> {
+        let dir = self.vm_dir(id);
+        fs::remove_dir_all(&dir).map_err(|source| StateError::Io { what: "remove", path: dir, source })
+    }
+}
+
+/// A random 64-hex-digit container ID, like the port layer's.
+pub fn new_id() -> String {
+    let mut b = [0u8; 32];
+    if let Ok(mut f) = fs::File::open("/dev/urandom") {
+        let _ = io::Read::read_exact(&mut f, &mut b);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Whether a process is alive.
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_by_name_id_and_prefix() {
+        let dir = std::env::temp_dir().join(format!("vch-state-{}", std::process::id()));
+        let st = State::open(&dir).unwrap();
+        let a = Meta { id: "abcdef01".into(), name: "web".into(), image: "busybox".into(), command: vec![], created: 1, qemu_pid: None };
+        let b = Meta { id: "abc99999".into(), name: "db".into(), created: 2, ..a.clone() };
+        st.save(&a).unwrap();
+        st.save(&b).unwrap();
+        assert_eq!(st.resolve("web").unwrap().id, "abcdef01");
+        assert_eq!(st.resolve("abcd").unwrap().id, "abcdef01");
+        assert!(st.resolve("abc").is_err(), "ambiguous prefix");
+        assert!(matches!(st.check_name("db"), Err(StateError::NameInUse(..))));
+        assert_eq!(st.list().len(), 2);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(new_id().len(), 64);
+    }
+}

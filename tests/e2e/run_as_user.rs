@@ -1,0 +1,35 @@
+//! `-u user` runs the process with the image's uid, gid and supplementary groups.
+
+use e2e::RunOptions;
+
+#[test]
+fn unprivileged_user_shows_in_id() {
+    let mut opts = RunOptions::new("busybox", &["sh", "-c", "id; echo HOME=$HOME; touch /root/x 2>&1 || echo denied"]);
+    opts.spec.user = "user".into();
+    let r = e2e::run_with(opts);
+    r.assert_clean_power_off();
+    let first = r.stdout.lines().next().unwrap_or("");
+    assert!(first.starts_with("uid=1000(user) gid=1000(user)"), "id said: {first}");
+    assert!(first.contains("10(wheel)"), "supplementary group missing: {first}");
+    assert!(r.stdout.contains("HOME=/home/user"));
+    assert!(r.stdout.contains("denied"), "an unprivileged user could write /root:\n{}", r.stdout);
+}
+
+#[test]
+fn numeric_uid_and_group_name() {
+    let mut opts = RunOptions::new("busybox", &["id"]);
+    opts.spec.user = "1000:wheel".into();
+    let r = e2e::run_with(opts);
+    r.assert_clean_power_off();
+    assert!(r.stdout.starts_with("uid=1000(user) gid=10(wheel)"), "id said: {}", r.stdout);
+}
+
+#[test]
+fn unknown_user_fails_to_start() {
+    let mut opts = RunOptions::new("busybox", &["id"]);
+    opts.spec.user = "nosuchuser".into();
+    let r = e2e::run_with(opts);
+    r.assert_clean_power_off();
+    assert_eq!(r.outcome.started, "unable to find user nosuchuser: no matching entries in passwd file");
+    assert_eq!(r.outcome.exit_code, 126);
+}

@@ -1,0 +1,38 @@
+//! tether: PID 1 of a container VM.
+//!
+//! It boots from the initramfs of the bootstrap ISO, reads the container's config from the
+//! hypervisor, mounts the container's disk as the root, runs the entrypoint, reaps every
+//! process, writes the outcome back, and powers the VM off when the container ends.
+//!
+//! PID 1 must never exit (the kernel panics) nor panic: every path ends in a clean power-off.
+
+mod boot;
+mod disk;
+mod early;
+mod etc;
+mod launch;
+mod log;
+mod output;
+mod platform;
+mod reaper;
+mod session;
+mod shutdown;
+mod signals;
+mod user;
+
+fn main() {
+    if std::process::id() != 1 {
+        eprintln!("tether: must run as PID 1 of a container VM (it mounts filesystems and powers the machine off)");
+        std::process::exit(2);
+    }
+    std::panic::set_hook(Box::new(|info| {
+        log::write_raw(format!("tether: PANIC: {info}\n").as_bytes());
+        shutdown::halt_now();
+    }));
+    log::init(tracing::Level::INFO);
+    if let Err(e) = boot::run() {
+        tracing::error!("{e:#}");
+    }
+    tracing::info!("powering off");
+    shutdown::power_off();
+}
