@@ -16,6 +16,8 @@
 //! The body is encoded with bincode's standard configuration (varint integers). Any change to
 //! [`Record`] is a wire change: the snapshot test in this crate pins the bytes.
 
+pub mod vic;
+
 use std::io::{self, Read};
 
 /// Frame sync marker. Chosen to be unlikely in text output (two bytes outside UTF-8's

@@ -24,6 +24,9 @@ pub enum ImageError {
     /// mkfs.ext4 failed
     #[error("mkfs.ext4 failed: {0}")]
     Mkfs(String),
+    /// qemu-img failed
+    #[error("qemu-img failed: {0}")]
+    QemuImg(String),
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ImageError + 'a {
@@ -81,6 +84,45 @@ fn busybox_rootfs(cache: &Path) -> Result<PathBuf, ImageError> {
     let _ = fs::remove_dir_all(&dir);
     fs::rename(&tmp, &dir).map_err(io_err("rename", &dir))?;
     Ok(dir)
+}
+
+/// A container's root disk as QEMU should open it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    pub path: PathBuf,
+    /// `raw` or `qcow2`.
+    pub format: &'static str,
+}
+
+/// Creates the container's root disk in `dir`.
+///
+/// The built-in image's filesystem is built once into the cache and each container gets a
+/// copy-on-write qcow2 overlay of it (as VIC gives each container a child disk of its image);
+/// a rootfs directory may change between runs, so it is copied into a fresh disk every time.
+pub fn container_disk(image: &str, cache: &Path, dir: &Path, size_mb: u64) -> Result<Disk, ImageError> {
+    let root = rootfs(image, cache)?;
+    if image != "busybox" {
+        let path = dir.join("disk.img");
+        make_disk(&root, &path, size_mb)?;
+        return Ok(Disk { path, format: "raw" });
+    }
+    let base = root.with_extension(format!("{size_mb}M.ext4"));
+    if !base.exists() {
+        let tmp = base.with_extension(format!("tmp{}", std::process::id()));
+        make_disk(&root, &tmp, size_mb)?;
+        fs::rename(&tmp, &base).map_err(io_err("rename", &base))?;
+    }
+    let path = dir.join("disk.qcow2");
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&base)
+        .arg(&path)
+        .output()
+        .map_err(|e| ImageError::QemuImg(format!("{e} (apt-get install qemu-utils)")))?;
+    if !out.status.success() {
+        return Err(ImageError::QemuImg(String::from_utf8_lossy(&out.stderr).into_owned()));
+    }
+    Ok(Disk { path, format: "qcow2" })
 }
 
 /// Creates the container's disk: an ext4 filesystem labelled `containerfs` holding a copy of

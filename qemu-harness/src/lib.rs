@@ -14,6 +14,7 @@
 pub mod artifacts;
 pub mod config;
 pub mod image;
+pub mod logs;
 pub mod state;
 pub mod vm;
 

@@ -3,7 +3,7 @@
 //! ```text
 //! <state>/vms/<id>/meta.json     name, image, command, created, QEMU pid
 //!                  config.vmx    the VM's extraConfig (guestinfo store)
-//!                  disk.img      the container's root disk
+//!                  disk.qcow2    the container's root disk (overlay of the cached image; disk.img for a rootfs directory)
 //!                  output.log    the output channel, as received (iolog frames)
 //!                  tether.debug  the tether's debug log
 //!                  console.log   the kernel console (ttyS1)

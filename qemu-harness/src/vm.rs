@@ -160,27 +160,17 @@ pub fn run(state: &State, mut opts: RunOptions, out: &mut dyn OutputHandler) -> 
         opts.spec.name = id.chars().take(12).collect();
     }
     state.check_name(&opts.spec.name)?;
-    let rootfs = image::rootfs(&opts.image, &artifacts::cache_dir())?;
     let dir = state.vm_dir(&id);
     fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-    let mut meta = Meta {
-        id: id.clone(),
-        name: opts.spec.name.clone(),
-        image: opts.image.clone(),
-        command: opts.spec.command.clone(),
-        created: now_secs(),
-        qemu_pid: None,
+    let prepared = prepare(state, &opts, &id, &dir);
+    let (mut meta, disk, store) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            // Nothing was started: leave no half-made container behind.
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
+        }
     };
-    state.save(&meta)?;
-    image::make_disk(&rootfs, &dir.join("disk.img"), opts.disk_mb)?;
-
-    let cfg = config::compose(&opts.spec);
-    let map = guestinfo::encode(&cfg).map_err(|e| VmError::Config(e.to_string()))?;
-    let store = FileStore::create(dir.join("config.vmx")).map_err(|e| VmError::Config(e.to_string()))?;
-    for (k, v) in map.iter().chain(opts.extra_config.iter().map(|(k, v)| (k, v))) {
-        store.set(k, v).map_err(|e| VmError::Config(e.to_string()))?;
-    }
-    let store: Arc<dyn Store> = Arc::new(store);
 
     let gi_sock = dir.join("gi.sock");
     let out_sock = dir.join("out.sock");
@@ -189,7 +179,7 @@ pub fn run(state: &State, mut opts: RunOptions, out: &mut dyn OutputHandler) -> 
     let gi_listener = UnixListener::bind(&gi_sock).map_err(io_err("listen", &gi_sock))?;
     let out_listener = UnixListener::bind(&out_sock).map_err(io_err("listen", &out_sock))?;
 
-    let mut child = spawn_qemu(&dir, &iso, &opts)?;
+    let mut child = spawn_qemu(&dir, &iso, &disk, &opts)?;
     meta.qemu_pid = Some(child.id());
     state.save(&meta)?;
 
@@ -279,6 +269,27 @@ pub fn run(state: &State, mut opts: RunOptions, out: &mut dyn OutputHandler) -> 
     Ok(RunOutcome { id, started, exit_code, timed_out, damaged_records: damaged, dir })
 }
 
+/// Builds the VM's disk and config store and records it in the state directory.
+fn prepare(state: &State, opts: &RunOptions, id: &str, dir: &Path) -> Result<(Meta, image::Disk, Arc<dyn Store>), VmError> {
+    let disk = image::container_disk(&opts.image, &artifacts::cache_dir(), dir, opts.disk_mb)?;
+    let cfg = config::compose(&opts.spec);
+    let map = guestinfo::encode(&cfg).map_err(|e| VmError::Config(e.to_string()))?;
+    let store = FileStore::create(dir.join("config.vmx")).map_err(|e| VmError::Config(e.to_string()))?;
+    for (k, v) in map.iter().chain(opts.extra_config.iter().map(|(k, v)| (k, v))) {
+        store.set(k, v).map_err(|e| VmError::Config(e.to_string()))?;
+    }
+    let meta = Meta {
+        id: id.to_owned(),
+        name: opts.spec.name.clone(),
+        image: opts.image.clone(),
+        command: opts.spec.command.clone(),
+        created: now_secs(),
+        qemu_pid: None,
+    };
+    state.save(&meta)?;
+    Ok((meta, disk, Arc::new(store)))
+}
+
 /// The primary session's `started` text and exit status from a config.
 pub fn session_result(cfg: &ContainerConfig, id: &str) -> (String, i64) {
     match cfg.sessions.get(id) {
@@ -319,7 +330,7 @@ pub fn qemu_binary() -> String {
     std::env::var("QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into())
 }
 
-fn spawn_qemu(dir: &Path, iso: &Path, opts: &RunOptions) -> Result<Child, VmError> {
+fn spawn_qemu(dir: &Path, iso: &Path, disk: &image::Disk, opts: &RunOptions) -> Result<Child, VmError> {
     let d = |name: &str| dir.join(name).display().to_string();
     let qemu = qemu_binary();
     let mut cmd = Command::new(&qemu);
@@ -327,7 +338,7 @@ fn spawn_qemu(dir: &Path, iso: &Path, opts: &RunOptions) -> Result<Child, VmErro
         .args(["-m", &opts.memory_mb.to_string(), "-smp", "1"])
         .args(["-device", "virtio-rng-pci"])
         .args(["-drive", &format!("file={},media=cdrom,readonly=on,if=ide,index=2", iso.display()), "-boot", "d"])
-        .args(["-drive", &format!("file={},format=raw,if=none,id=root,cache=unsafe", d("disk.img"))])
+        .args(["-drive", &format!("file={},format={},if=none,id=root,cache=writeback", disk.path.display(), disk.format)])
         .args(["-device", "virtio-blk-pci,drive=root"])
         // ttyS0 is the back-channel on vSphere; ttyS1 the kernel console.
         .args(["-serial", "null", "-serial", &format!("file:{}", d("console.log"))])

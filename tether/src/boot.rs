@@ -76,8 +76,42 @@ pub fn run() -> anyhow::Result<()> {
         Err(e) => tracing::error!(error = %e, "cannot encode the config write-back"),
     }
 
+    set_rlimits();
+    write_pid_file();
+
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start runtime")?;
     runtime.block_on(run_container(cfg, transport, platform))
+}
+
+/// Limits every process in the container inherits, as the original set them: many files,
+/// unlimited core/memlock/nproc, and an unlimited stack *hard* limit only (an unlimited soft
+/// stack switches the kernel to the legacy mmap layout).
+fn set_rlimits() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
+    let all = [
+        (Resource::RLIMIT_NOFILE, 1_048_576, 1_048_576),
+        (Resource::RLIMIT_CORE, RLIM_INFINITY, RLIM_INFINITY),
+        (Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY),
+        (Resource::RLIMIT_NPROC, RLIM_INFINITY, RLIM_INFINITY),
+    ];
+    for (res, soft, hard) in all {
+        if let Err(e) = setrlimit(res, soft, hard) {
+            tracing::warn!(resource = ?res, error = %e, "setrlimit failed");
+        }
+    }
+    if let Ok((soft, _)) = getrlimit(Resource::RLIMIT_STACK) {
+        if let Err(e) = setrlimit(Resource::RLIMIT_STACK, soft, RLIM_INFINITY) {
+            tracing::warn!(error = %e, "setrlimit stack failed");
+        }
+    }
+}
+
+/// `/.tether/run/tether.pid`, as the original wrote it (tools in the VM look for it).
+fn write_pid_file() {
+    let dir = Path::new("/.tether/run");
+    if std::fs::create_dir_all(dir).and_then(|()| std::fs::write(dir.join("tether.pid"), b"1")).is_err() {
+        tracing::warn!("cannot write /.tether/run/tether.pid");
+    }
 }
 
 /// Checks what the tether cannot run without, naming the key at fault.
@@ -143,7 +177,7 @@ fn bridge_commands(transport: &dyn Transport) -> mpsc::Receiver<HostCommand> {
 
 async fn run_container(mut cfg: ContainerConfig, transport: Box<dyn Transport>, platform: Platform) -> anyhow::Result<()> {
     let reaper = Reaper::start().context("start reaper")?;
-    let (sink, writer) = output::start(platform.output_channel());
+    let (sink, writer) = output::start(platform.output_channel(), output::Format::Tether);
     let mut commands = bridge_commands(&*transport);
     let id = cfg.common.id.clone();
     let result = run_primary(&mut cfg, &*transport, &reaper, &sink, &mut commands).await;

@@ -210,8 +210,9 @@ mod tests {
             .args(["-q", "-F", "-L", "vol-label-16chr"])
             .arg(&img)
             .arg("8M")
-            .status()
+            .output()
             .unwrap()
+            .status
             .success();
         assert!(ok);
         assert_eq!(read_ext4_id(&img).unwrap().unwrap().label, "vol-label-16chr");

@@ -311,3 +311,57 @@ mod tests {
         assert_eq!(LaunchError::NotExecutable("x".into()).exit_status(), 126);
     }
 }
+
+#[cfg(test)]
+mod spawn_tests {
+    use super::*;
+    use crate::user::Identity;
+    use std::io::Read;
+
+    fn me() -> Identity {
+        Identity { uid: nix::unistd::getuid().as_raw(), gid: nix::unistd::getgid().as_raw(), groups: vec![], home: "/".into() }
+    }
+
+    fn spec(path: &str, args: &[&str], dir: &str, stdout: Stdio) -> Spec {
+        Spec {
+            path: PathBuf::from(path),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec!["ONLY=this".into()],
+            dir: dir.into(),
+            identity: me(),
+            stdin: Stdio::Null,
+            stdout,
+            stderr: Stdio::Null,
+            controlling_tty: false,
+        }
+    }
+
+    #[test]
+    fn runs_with_exact_env_dir_and_default_sigpipe() {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        // SIGPIPE must be default in the child even though the test harness (Rust) ignores it.
+        let script = "env; pwd; grep -E '^SigIgn' /proc/self/status; exit 3";
+        let pid = spawn(spec("/bin/sh", &["sh", "-c", script], "/tmp", Stdio::Fd(w))).unwrap();
+        let mut out = String::new();
+        std::fs::File::from(r).read_to_string(&mut out).unwrap();
+        let status = nix::sys::wait::waitpid(pid, None).unwrap();
+        assert_eq!(crate::reaper::exit_code(status).map(|(_, c)| c), Some(3));
+        assert!(out.contains("ONLY=this\n"), "{out}");
+        assert!(!out.contains("HOME="), "tether's environment leaked: {out}");
+        assert!(out.contains("/tmp\n"), "{out}");
+        let ign = out.lines().find(|l| l.starts_with("SigIgn")).unwrap();
+        let mask = u64::from_str_radix(ign.split_whitespace().nth(1).unwrap(), 16).unwrap();
+        assert_eq!(mask & (1 << (libc::SIGPIPE - 1)), 0, "SIGPIPE still ignored: {ign}");
+    }
+
+    #[test]
+    fn child_errors_come_back_typed() {
+        let e = spawn(spec("/bin/true", &[], "/no/such/dir", Stdio::Null)).unwrap_err();
+        assert!(matches!(e, LaunchError::Chdir { .. }), "{e}");
+        assert_eq!(e.to_string(), "chdir /no/such/dir: no such file or directory");
+        let e = spawn(spec("/no/such/binary", &[], "/", Stdio::Null)).unwrap_err();
+        assert_eq!(e.exit_status(), 127, "{e}");
+        // Reap the failed children so they do not linger in the test process.
+        while nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)).is_ok_and(|s| s != nix::sys::wait::WaitStatus::StillAlive) {}
+    }
+}

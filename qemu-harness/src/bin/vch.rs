@@ -5,7 +5,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use std::io::Write;
+
+use iolog::Stream;
 use qemu_harness::config::ContainerSpec;
+use qemu_harness::logs;
 use qemu_harness::state::{self, State};
 use qemu_harness::vm::{self, Passthrough, RunOptions};
 
@@ -49,6 +53,29 @@ enum Cmd {
         /// Command and arguments
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
+    },
+    /// Fetch the logs of a container
+    Logs {
+        /// Follow log output until the container stops
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Show timestamps
+        #[arg(short = 't', long)]
+        timestamps: bool,
+        /// Show logs since a time (RFC 3339, Unix seconds) or for a duration ago (10m, 2h)
+        #[arg(long)]
+        since: Option<String>,
+        /// Number of lines to show from the end of the logs ("all" for every line)
+        #[arg(short = 'n', long, default_value = "all")]
+        tail: String,
+        /// Show only stdout
+        #[arg(long)]
+        stdout: bool,
+        /// Show only stderr
+        #[arg(long)]
+        stderr: bool,
+        /// Name or ID
+        name: String,
     },
     /// Show a container's configuration and state as JSON
     Inspect {
@@ -116,6 +143,73 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 eprintln!("vch: warning: {} output records were damaged in transit", outcome.damaged_records);
             }
             Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
+        }
+        Cmd::Logs { follow, timestamps, since, tail, stdout, stderr, name } => {
+            let meta = state.resolve(&name)?;
+            let path = state.vm_dir(&meta.id).join("output.log");
+            let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+            let since_ns = match since {
+                Some(s) => logs::parse_since(&s, now_ns).map_err(anyhow::Error::msg)?,
+                None => 0,
+            };
+            let tail: Option<usize> = match tail.as_str() {
+                "all" => None,
+                n => Some(n.parse().with_context(|| format!("invalid --tail {n:?}"))?),
+            };
+            let want = |l: &logs::LogLine| {
+                let stream_ok = match (stdout, stderr) {
+                    (true, false) => l.stream == Stream::Stdout,
+                    (false, true) => l.stream == Stream::Stderr,
+                    _ => true,
+                };
+                stream_ok && l.time_ns >= since_ns
+            };
+            let print = |lines: Vec<logs::LogLine>| -> Result<()> {
+                let mut out = std::io::stdout().lock();
+                let mut err = std::io::stderr().lock();
+                for l in lines {
+                    let w: &mut dyn Write = if l.stream == Stream::Stderr { &mut err } else { &mut out };
+                    if timestamps {
+                        write!(w, "{} ", logs::format_time(l.time_ns))?;
+                    }
+                    w.write_all(&l.bytes)?;
+                }
+                out.flush()?;
+                Ok(())
+            };
+            let running = |id: &str| state.meta(id).ok().and_then(|m| m.qemu_pid).map(state::pid_alive).unwrap_or(false);
+            if !path.exists() && !(follow && running(&meta.id)) {
+                return Ok(ExitCode::SUCCESS);
+            }
+            while !path.exists() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let mut reader = logs::LogReader::open(&path, &meta.id)?;
+            let mut lines: Vec<logs::LogLine> = reader.poll()?.into_iter().filter(|l| want(l)).collect();
+            let live = follow && running(&meta.id);
+            if !live {
+                lines.extend(reader.finish().into_iter().filter(|l| want(l)));
+            }
+            if let Some(n) = tail {
+                let skip = lines.len().saturating_sub(n);
+                lines.drain(..skip);
+            }
+            print(lines)?;
+            if live {
+                loop {
+                    std::thread::sleep(Duration::from_millis(100));
+                    let alive = running(&meta.id);
+                    print(reader.poll()?.into_iter().filter(|l| want(l)).collect())?;
+                    if !alive {
+                        print(reader.finish().into_iter().filter(|l| want(l)).collect())?;
+                        break;
+                    }
+                }
+            }
+            if reader.damaged > 0 || reader.lost > 0 {
+                eprintln!("vch: the log had {} damaged stretches; {} records were lost to damage", reader.damaged, reader.lost);
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Inspect { name } => {
             let meta = state.resolve(&name)?;

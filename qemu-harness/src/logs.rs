@@ -1,0 +1,201 @@
+//! Reading a VM's output log (`output.log`: the output channel as received) the way
+//! `docker logs` shows it: lines, per stream, optionally with timestamps, filtered, followed.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+use iolog::{Body, Item, Stream};
+
+/// One line of output (the last line of a stream may lack its newline).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub stream: Stream,
+    /// When the line's first byte was read from the process (UTC ns).
+    pub time_ns: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// Incremental reader of an output log file.
+#[derive(Debug)]
+pub struct LogReader {
+    file: File,
+    decoder: iolog::Decoder,
+    session: String,
+    partial: HashMap<Stream, (u64, Vec<u8>)>,
+    next_seq: HashMap<(String, Stream), u64>,
+    /// Damaged stretches skipped.
+    pub damaged: u64,
+    /// Records known lost (gaps in sequence numbers, of any session).
+    pub lost: u64,
+    /// Streams of the session that reached EOF.
+    pub ended: Vec<Stream>,
+}
+
+impl LogReader {
+    /// Opens the log of a VM, keeping the lines of `session` (the container's primary session
+    /// is the container ID).
+    pub fn open(path: &Path, session: &str) -> io::Result<LogReader> {
+        Ok(LogReader {
+            file: File::open(path)?,
+            decoder: iolog::Decoder::new(),
+            session: session.to_owned(),
+            partial: HashMap::new(),
+            next_seq: HashMap::new(),
+            damaged: 0,
+            lost: 0,
+            ended: Vec::new(),
+        })
+    }
+
+    /// Reads what was appended since the last call; returns the lines it completes.
+    pub fn poll(&mut self) -> io::Result<Vec<LogLine>> {
+        let mut lines = Vec::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = self.file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            self.decoder.push(&buf[..n]);
+            while let Some(item) = self.decoder.next_item() {
+                self.take(item, &mut lines);
+            }
+        }
+        Ok(lines)
+    }
+
+    /// Ends reading: partial lines are returned, a truncated last record counts as damage.
+    pub fn finish(&mut self) -> Vec<LogLine> {
+        if self.decoder.finish().is_some() {
+            self.damaged += 1;
+        }
+        let mut rest: Vec<LogLine> = self
+            .partial
+            .drain()
+            .filter(|(_, (_, bytes))| !bytes.is_empty())
+            .map(|(stream, (time_ns, bytes))| LogLine { stream, time_ns, bytes })
+            .collect();
+        rest.sort_by_key(|l| l.time_ns);
+        rest
+    }
+
+    fn take(&mut self, item: Item, lines: &mut Vec<LogLine>) {
+        let record = match item {
+            Item::Damage(_) => {
+                self.damaged += 1;
+                return;
+            }
+            Item::Record(r) => r,
+        };
+        let expected = self.next_seq.entry((record.session.clone(), record.stream)).or_insert(0);
+        if record.seq > *expected {
+            self.lost += record.seq - *expected;
+        }
+        *expected = record.seq + 1;
+        if record.session != self.session {
+            return;
+        }
+        match record.body {
+            Body::Eof => {
+                if let Some((time_ns, bytes)) = self.partial.remove(&record.stream).filter(|(_, b)| !b.is_empty()) {
+                    lines.push(LogLine { stream: record.stream, time_ns, bytes });
+                }
+                self.ended.push(record.stream);
+            }
+            Body::Data(data) => {
+                let mut rest = &data[..];
+                while !rest.is_empty() {
+                    let entry = self.partial.entry(record.stream).or_insert_with(|| (record.time_ns, Vec::new()));
+                    if entry.1.is_empty() {
+                        entry.0 = record.time_ns;
+                    }
+                    match rest.iter().position(|&b| b == b'\n') {
+                        Some(nl) => {
+                            entry.1.extend_from_slice(&rest[..=nl]);
+                            rest = &rest[nl + 1..];
+                            let (time_ns, bytes) = std::mem::take(entry);
+                            lines.push(LogLine { stream: record.stream, time_ns, bytes });
+                        }
+                        None => {
+                            entry.1.extend_from_slice(rest);
+                            rest = &[];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Parses `--since`: an RFC 3339 time, Unix seconds (fractions allowed), or a duration ago
+/// (`10s`, `5m`, `2h`).
+pub fn parse_since(s: &str, now_ns: u64) -> Result<u64, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return Ok((secs * 1e9) as u64);
+    }
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(now_ns.saturating_sub(d.as_nanos() as u64));
+    }
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
+    }
+    Err(format!("invalid --since {s:?}: give an RFC 3339 time, Unix seconds or a duration like 10m"))
+}
+
+/// Formats a timestamp like docker's `-t`.
+pub fn format_time(time_ns: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(time_ns);
+    humantime::format_rfc3339_nanos(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iolog::Record;
+    use std::io::Write;
+
+    fn frame(session: &str, stream: Stream, seq: u64, t: u64, body: Body) -> Vec<u8> {
+        iolog::encode(&Record { session: session.into(), stream, seq, time_ns: t, body }).unwrap()
+    }
+
+    #[test]
+    fn lines_streams_eof_gaps_and_damage() {
+        let dir = std::env::temp_dir().join(format!("vch-logs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("output.log");
+        let mut f = File::create(&path).unwrap();
+        f.write_all(&frame("c", Stream::Stdout, 0, 10, Body::Data(b"one\ntw".to_vec()))).unwrap();
+        f.write_all(&frame("c", Stream::Stderr, 0, 11, Body::Data(b"err\n".to_vec()))).unwrap();
+        f.write_all(&frame("x", Stream::Stdout, 0, 12, Body::Data(b"other session\n".to_vec()))).unwrap();
+        let mut r = LogReader::open(&path, "c").unwrap();
+        let got = r.poll().unwrap();
+        assert_eq!(got.iter().map(|l| l.bytes.as_slice()).collect::<Vec<_>>(), vec![&b"one\n"[..], b"err\n"]);
+        // Followed appends: the rest of the partial line, a damaged record, a gap, EOF.
+        f.write_all(&frame("c", Stream::Stdout, 1, 13, Body::Data(b"o\n".to_vec()))).unwrap();
+        let mut bad = frame("c", Stream::Stdout, 2, 14, Body::Data(b"lost\n".to_vec()));
+        bad[14] ^= 0xff;
+        f.write_all(&bad).unwrap();
+        f.write_all(&frame("c", Stream::Stdout, 3, 15, Body::Data(b"tail".to_vec()))).unwrap();
+        f.write_all(&frame("c", Stream::Stdout, 4, 16, Body::Eof)).unwrap();
+        let got = r.poll().unwrap();
+        assert_eq!(got, vec![
+            LogLine { stream: Stream::Stdout, time_ns: 10, bytes: b"two\n".to_vec() },
+            LogLine { stream: Stream::Stdout, time_ns: 15, bytes: b"tail".to_vec() },
+        ]);
+        assert_eq!((r.damaged, r.lost), (1, 1));
+        assert_eq!(r.ended, vec![Stream::Stdout]);
+        assert!(r.finish().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn since_forms() {
+        assert_eq!(parse_since("1700000000.5", 0).unwrap(), 1_700_000_000_500_000_000);
+        assert_eq!(parse_since("10s", 20_000_000_000).unwrap(), 10_000_000_000);
+        assert_eq!(parse_since("2023-11-14T22:13:20Z", 0).unwrap(), 1_700_000_000_000_000_000);
+        assert!(parse_since("yesterday-ish", 0).is_err());
+        assert_eq!(format_time(1_700_000_000_000_000_001), "2023-11-14T22:13:20.000000001Z");
+    }
+}
