@@ -5,22 +5,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use guestinfo::{ContainerConfig, HostCommand, Transport};
+use guestinfo::{ContainerConfig, Transport};
 use nix::mount::MsFlags;
-use tokio::sync::mpsc;
 
 use crate::platform::Platform;
-use crate::reaper::Reaper;
-use crate::{disk, early, etc, log, output, platform, session, shutdown, signals};
+use crate::{disk, early, etc, log, platform, runtime};
 
 /// Where the container disk is mounted before it becomes `/`.
 const NEW_ROOT: &str = "/root";
 /// How long to wait for the container disk to show up.
 const DISK_WAIT: Duration = Duration::from_secs(10);
-/// How long a process may hold the output pipes after the session process exited.
-const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
-/// How long a halted session gets between its stop signal and SIGKILL.
-const HALT_GRACE: Duration = Duration::from_secs(10);
 
 /// Boots and runs the container. Returns when the VM should power off.
 pub fn run() -> anyhow::Result<()> {
@@ -80,7 +74,7 @@ pub fn run() -> anyhow::Result<()> {
     write_pid_file();
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start runtime")?;
-    runtime.block_on(run_container(cfg, transport, platform))
+    runtime.block_on(runtime::run(cfg, transport, platform))
 }
 
 /// Limits every process in the container inherits, as the original set them: many files,
@@ -157,124 +151,3 @@ fn mount_root() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Forwards host commands from the transport's thread into the runtime.
-fn bridge_commands(transport: &dyn Transport) -> mpsc::Receiver<HostCommand> {
-    let (tx, rx) = mpsc::channel(16);
-    if let Some(commands) = transport.commands() {
-        let spawned = std::thread::Builder::new().name("host-commands".into()).spawn(move || {
-            while let Ok(c) = commands.recv() {
-                if tx.blocking_send(c).is_err() {
-                    break;
-                }
-            }
-        });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the host command thread");
-        }
-    }
-    rx
-}
-
-async fn run_container(mut cfg: ContainerConfig, transport: Box<dyn Transport>, platform: Platform) -> anyhow::Result<()> {
-    let reaper = Reaper::start().context("start reaper")?;
-    let (sink, writer) = output::start(platform.output_channel(), output::Format::Tether);
-    let mut commands = bridge_commands(&*transport);
-    let id = cfg.common.id.clone();
-    let result = run_primary(&mut cfg, &*transport, &reaper, &sink, &mut commands).await;
-
-    tracing::info!("stopping remaining processes");
-    shutdown::terminate_all(&reaper, shutdown::TERM_GRACE).await;
-    drop(sink);
-    // Pumps of killed processes end now; give their last records to the writer.
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    if !writer.flush(Duration::from_secs(5)) {
-        tracing::warn!("output channel did not drain in time");
-    }
-    tracing::info!(session = %id, "container finished");
-    result
-}
-
-async fn run_primary(
-    cfg: &mut ContainerConfig,
-    transport: &dyn Transport,
-    reaper: &Reaper,
-    sink: &output::OutputSink,
-    commands: &mut mpsc::Receiver<HostCommand>,
-) -> anyhow::Result<()> {
-    let id = cfg.common.id.clone();
-    let Some(scfg) = cfg.sessions.get(&id).cloned() else { anyhow::bail!("primary session vanished") };
-    let launched = session::launch(&id, &scfg, reaper, sink);
-    let now = session::now_secs();
-    let mut running = match launched {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(session = %id, error = %e, "launch failed");
-            if let Some(s) = cfg.sessions.get_mut(&id) {
-                s.started = e.to_string();
-                s.exit_status = e.exit_status();
-                s.detail.stop_time = now;
-                s.run_block = false;
-            }
-            session::write_back(transport, cfg, &id);
-            return Ok(());
-        }
-    };
-    tracing::info!(session = %id, pid = running.pid.as_raw(), "session started");
-    if let Some(s) = cfg.sessions.get_mut(&id) {
-        s.started = "true".into();
-        s.detail.start_time = now;
-        s.detail.stop_time = 0;
-        s.exit_status = 0;
-        s.run_block = false;
-    }
-    session::write_back(transport, cfg, &id);
-
-    let code = loop {
-        tokio::select! {
-            code = &mut running.exit => break code.unwrap_or(255),
-            Some(cmd) = commands.recv() => handle_command(cmd, cfg, &id, running.pid, transport).await,
-        }
-    };
-    if !session::drain(&mut running.pumps, DRAIN_AFTER_EXIT).await {
-        tracing::info!(session = %id, "descendants still hold the output after exit; continuing");
-    }
-    tracing::info!(session = %id, code, "session exited");
-    if let Some(s) = cfg.sessions.get_mut(&id) {
-        s.exit_status = code;
-        s.detail.stop_time = session::now_secs();
-    }
-    session::write_back(transport, cfg, &id);
-    Ok(())
-}
-
-async fn handle_command(cmd: HostCommand, cfg: &mut ContainerConfig, id: &str, pid: nix::unistd::Pid, transport: &dyn Transport) {
-    tracing::info!(?cmd, "host command");
-    let signal = |s: &str, group: bool| match signals::parse(s) {
-        Ok(n) => {
-            let target = if group { -pid.as_raw() } else { pid.as_raw() };
-            if let Err(e) = signals::send(target, n) {
-                tracing::error!(error = %e, "failed to signal {id}");
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "kill"),
-    };
-    match cmd {
-        HostCommand::Kill(s) => signal(&s, false),
-        HostCommand::GroupKill(s) => signal(&s, true),
-        HostCommand::Halt => {
-            let stop = cfg.sessions.get(id).map(|s| s.stop_signal.clone()).filter(|s| !s.is_empty()).unwrap_or_else(|| "TERM".into());
-            signal(&stop, false);
-            let pid_raw = pid.as_raw();
-            // Escalate only if the process is still there after the grace period; the main
-            // loop sees the exit as soon as it happens, so a prompt exit costs no waiting.
-            tokio::spawn(async move {
-                tokio::time::sleep(HALT_GRACE).await;
-                let _ = signals::send(pid_raw, libc::SIGKILL);
-            });
-        }
-        HostCommand::Reload => match transport.get_all().map_err(|e| e.to_string()).and_then(|m| guestinfo::decode_into(&m, cfg).map_err(|e| e.to_string())) {
-            Ok(()) => tracing::info!("config reloaded"),
-            Err(e) => tracing::error!(error = %e, "reload failed"),
-        },
-    }
-}

@@ -15,9 +15,11 @@ mod log;
 mod output;
 mod platform;
 mod reaper;
+mod runtime;
 mod session;
 mod shutdown;
 mod signals;
+mod stdio;
 mod user;
 
 fn main() {

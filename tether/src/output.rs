@@ -8,13 +8,13 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use iolog::{Body, Record, Stream};
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
+
+use crate::stdio::{AsyncStream, Fanout};
 
 /// Records waiting for the writer: bounded so memory stays bounded (64 × 60 KiB at most).
 const QUEUE: usize = 64;
@@ -32,7 +32,14 @@ pub enum Format {
 /// Handle for queueing output records.
 #[derive(Debug, Clone)]
 pub struct OutputSink {
-    tx: mpsc::Sender<Record>,
+    tx: mpsc::Sender<Msg>,
+}
+
+#[derive(Debug)]
+enum Msg {
+    Record(Record),
+    /// Answered once everything queued before it is written.
+    Flush(std::sync::mpsc::Sender<()>),
 }
 
 /// Turns records into bytes for the channel.
@@ -71,22 +78,24 @@ impl Encoder {
     }
 }
 
-/// The writer thread; join it at shutdown to flush.
-#[derive(Debug)]
-pub struct OutputWriter {
-    done: Arc<(Mutex<bool>, std::sync::Condvar)>,
-}
-
 /// Starts the writer thread over `dest` (the output port); `None` discards output (no
 /// channel: the VM still runs, but nobody can see its output).
-pub fn start(dest: Option<File>, format: Format) -> (OutputSink, OutputWriter) {
-    let (tx, mut rx) = mpsc::channel::<Record>(QUEUE);
+pub fn start(dest: Option<File>, format: Format) -> OutputSink {
+    let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
     let mut encoder = Encoder { format, last_ns: 0, vic_lines: Default::default() };
-    let done = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-    let done_thread = done.clone();
     let spawned = std::thread::Builder::new().name("output".into()).spawn(move || {
         let mut dest = dest;
-        while let Some(record) = rx.blocking_recv() {
+        while let Some(msg) = rx.blocking_recv() {
+            let record = match msg {
+                Msg::Record(r) => r,
+                Msg::Flush(done) => {
+                    if let Some(f) = dest.as_mut() {
+                        let _ = f.flush();
+                    }
+                    let _ = done.send(());
+                    continue;
+                }
+            };
             let frame = encoder.encode(record);
             if let Some(f) = dest.as_mut().filter(|_| !frame.is_empty()) {
                 if let Err(e) = f.write_all(&frame) {
@@ -95,26 +104,32 @@ pub fn start(dest: Option<File>, format: Format) -> (OutputSink, OutputWriter) {
                 }
             }
         }
-        let (m, cv) = &*done_thread;
-        *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        cv.notify_all();
     });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the output writer thread");
-        let (m, _) = &*done;
-        *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
     }
-    (OutputSink { tx }, OutputWriter { done })
+    OutputSink { tx }
 }
 
-impl OutputWriter {
-    /// Waits (blocking, bounded) until every queued frame is written. All `OutputSink`
-    /// clones must be dropped first, or this waits the whole timeout.
+impl OutputSink {
+    /// Waits (blocking, bounded) until everything queued so far is written to the channel.
+    /// Blocking on purpose: it is the last thing before power-off and must also work from
+    /// outside the runtime.
     pub fn flush(&self, timeout: Duration) -> bool {
-        let (m, cv) = &*self.done;
-        let guard = m.lock().unwrap_or_else(|p| p.into_inner());
-        let (guard, _) = cv.wait_timeout_while(guard, timeout, |done| !*done).unwrap_or_else(|p| p.into_inner());
-        *guard
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let deadline = std::time::Instant::now() + timeout;
+        let mut msg = Msg::Flush(done_tx);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(mpsc::error::TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return false,
+            }
+        }
+        done_rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())).is_ok()
     }
 }
 
@@ -122,40 +137,35 @@ fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
-/// Copies one stream of one session into records until EOF, then sends the EOF record.
-/// Returns when the last holder of the pipe's write end has closed it.
-pub async fn pump(sink: OutputSink, session: String, stream: Stream, fd: OwnedFd) {
-    let mut rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
-        Ok(rx) => rx,
-        Err(e) => {
-            tracing::error!(session, error = %e, "cannot read session output");
-            return;
-        }
-    };
+/// Copies one stream of one session into records and to the attached clients until EOF,
+/// then sends the EOF record and ends the stream for the clients. Returns when the last
+/// holder of the stream's write end has closed it.
+pub async fn pump(sink: OutputSink, session: String, stream: Stream, src: AsyncStream, fanout: Arc<Fanout>) {
     let mut seq = 0u64;
     let mut buf = vec![0u8; iolog::MAX_PAYLOAD];
     loop {
-        let n = match rx.read(&mut buf).await {
+        let n = match src.read(&mut buf).await {
             Ok(0) => break,
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 tracing::warn!(session, error = %e, "session output read failed");
                 break;
             }
         };
-        let data = buf.get(..n).unwrap_or_default().to_vec();
-        if !send(&sink, Record { session: session.clone(), stream, seq, time_ns: now_ns(), body: Body::Data(data) }).await {
-            // The writer is gone (shutdown): keep draining so the process never blocks.
-            continue;
+        let data = buf.get(..n).unwrap_or_default();
+        fanout.publish(data).await;
+        let record = Record { session: session.clone(), stream, seq, time_ns: now_ns(), body: Body::Data(data.to_vec()) };
+        // A closed sink (shutdown) still lets us drain, so the process never blocks on us.
+        if send(&sink, record).await {
+            seq += 1;
         }
-        seq += 1;
     }
+    fanout.close();
     send(&sink, Record { session, stream, seq, time_ns: now_ns(), body: Body::Eof }).await;
 }
 
 async fn send(sink: &OutputSink, record: Record) -> bool {
-    sink.tx.send(record).await.is_ok()
+    sink.tx.send(Msg::Record(record)).await.is_ok()
 }
 
 #[cfg(test)]
@@ -167,18 +177,31 @@ mod tests {
     fn pump_sends_every_byte_then_eof() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let (port_r, port_w) = nix::unistd::pipe().unwrap();
-        let (sink, writer) = start(Some(File::from(port_w)), Format::Tether);
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK).unwrap();
+        let sink = start(Some(File::from(port_w)), Format::Tether);
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let producer = std::thread::spawn(move || {
             let mut f = File::from(w);
             for i in 0..2000 {
                 writeln!(f, "line {i}").unwrap();
             }
         });
-        rt.block_on(pump(sink.clone(), "s1".into(), Stream::Stderr, r));
+        let fanout = Arc::new(Fanout::default());
+        let mut attached = fanout.subscribe();
+        let seen = rt.block_on(async {
+            let client = tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while let Some(c) = attached.recv().await {
+                    seen.extend(c);
+                }
+                seen
+            });
+            let src = AsyncStream::new(r).unwrap();
+            pump(sink.clone(), "s1".into(), Stream::Stderr, src, fanout).await;
+            client.await.unwrap()
+        });
         producer.join().unwrap();
+        assert!(sink.flush(Duration::from_secs(5)));
         drop(sink);
-        assert!(writer.flush(Duration::from_secs(5)));
         let mut bytes = Vec::new();
         File::from(port_r).read_to_end(&mut bytes).unwrap();
         let mut dec = iolog::Decoder::new();
@@ -196,6 +219,7 @@ mod tests {
         }
         let expected: String = (0..2000).map(|i| format!("line {i}\n")).collect();
         assert_eq!(String::from_utf8(data).unwrap(), expected);
+        assert_eq!(String::from_utf8(seen).unwrap(), expected, "the attached client missed output");
         assert!(last.is_some(), "no EOF record");
     }
 }

@@ -1,18 +1,21 @@
-//! Sessions: the container's primary process and (later) execs. Launching one, capturing its
-//! output, and the write-backs the port layer waits on.
+//! One session or exec at run time: its process, its output fan-outs, its stdin, its pty.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use guestinfo::{ContainerConfig, SessionConfig, Transport};
+use backchannel::requests::WindowSize;
+use guestinfo::SessionConfig;
 use iolog::Stream;
 use nix::unistd::Pid;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::launch::{self, LaunchError, Stdio};
 use crate::output::{self, OutputSink};
 use crate::reaper::{ExitCode, Reaper};
+use crate::stdio::{self, AsyncStream, Fanout, StdinEnd, StdinMsg};
 use crate::user::{self, UserError};
 
 /// Why a session did not start; the text goes to `started`.
@@ -24,15 +27,101 @@ pub enum StartError {
     /// the process could not be started
     #[error(transparent)]
     Launch(#[from] LaunchError),
+    /// a pty could not be allocated
+    #[error("allocate pty: {0}")]
+    Pty(nix::Error),
+    /// the tether could not watch the process's output
+    #[error("watch process output: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl StartError {
     /// The exit status recorded for a session that never ran.
     pub fn exit_status(&self) -> i64 {
         match self {
-            StartError::User(_) => 126,
             StartError::Launch(e) => e.exit_status(),
+            _ => 126,
         }
+    }
+}
+
+/// Run-time state of one session or exec, shared between its launcher task, the reload
+/// logic and attached clients.
+#[derive(Debug)]
+pub struct Session {
+    pub id: String,
+    /// Came from `execs` (non-persistent keys) rather than `sessions`.
+    pub exec: bool,
+    pub stdout: Arc<Fanout>,
+    pub stderr: Arc<Fanout>,
+    /// Input of the current process (absent until launch, and for non-tty sessions without
+    /// `openstdin`).
+    pub stdin: Option<mpsc::Sender<StdinMsg>>,
+    /// The pty master of a tty session, for resizes.
+    pub pty: Option<AsyncStream>,
+    /// A size asked for before launch, applied when the pty is created (no resize race).
+    pub winsize: Option<WindowSize>,
+    /// Held while `runblock` keeps the launch waiting; sending (or dropping) releases it.
+    pub latch: Option<oneshot::Sender<()>>,
+    /// PID of the running process.
+    pub pid: Option<Pid>,
+    /// A launcher task exists (running, waiting on the latch, or done).
+    pub launched: bool,
+    /// `true` once the process exited and its output drained (or it failed to launch).
+    pub done: watch::Sender<bool>,
+}
+
+impl Session {
+    pub fn new(id: &str, exec: bool) -> Session {
+        Session {
+            id: id.to_owned(),
+            exec,
+            stdout: Arc::new(Fanout::default()),
+            stderr: Arc::new(Fanout::default()),
+            stdin: None,
+            pty: None,
+            winsize: None,
+            latch: None,
+            pid: None,
+            launched: false,
+            done: watch::channel(false).0,
+        }
+    }
+
+    /// New output fan-outs for a relaunch (the previous ones were closed at exit).
+    pub fn reset_io(&mut self) {
+        self.stdout = Arc::new(Fanout::default());
+        self.stderr = Arc::new(Fanout::default());
+        self.stdin = None;
+        self.pty = None;
+        self.pid = None;
+        self.done.send_replace(false);
+    }
+
+    /// Applies a terminal size: now if the pty exists, at launch otherwise.
+    pub fn resize(&mut self, ws: WindowSize) -> Result<(), nix::Error> {
+        self.winsize = Some(ws);
+        match &self.pty {
+            Some(master) => set_winsize(master, ws),
+            None => Ok(()),
+        }
+    }
+}
+
+fn to_winsize(ws: WindowSize) -> libc::winsize {
+    let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+    libc::winsize { ws_row: clamp(ws.rows), ws_col: clamp(ws.cols), ws_xpixel: clamp(ws.width_px), ws_ypixel: clamp(ws.height_px) }
+}
+
+fn set_winsize(master: &AsyncStream, ws: WindowSize) -> Result<(), nix::Error> {
+    let w = to_winsize(ws);
+    // SAFETY: TIOCSWINSZ reads a `winsize` from the valid pointer we pass; the descriptor
+    // is kept open by `master` for the duration of the call.
+    let r = unsafe { libc::ioctl(master.raw_fd(), libc::TIOCSWINSZ, &w) };
+    if r < 0 {
+        Err(nix::Error::last())
+    } else {
+        Ok(())
     }
 }
 
@@ -42,6 +131,8 @@ pub struct Running {
     pub pid: Pid,
     pub exit: oneshot::Receiver<ExitCode>,
     pub pumps: Vec<JoinHandle<()>>,
+    pub stdin: Option<mpsc::Sender<StdinMsg>>,
+    pub pty: Option<AsyncStream>,
 }
 
 /// Seconds since the Unix epoch (UTC), the unit of `detail.*time`.
@@ -58,63 +149,87 @@ pub fn environment(cfg: &SessionConfig, home: &str) -> Vec<String> {
     env
 }
 
-/// Starts a session's process with its stdout and stderr pumped to the output channel.
+fn pipe() -> Result<(OwnedFd, OwnedFd), StartError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| StartError::Launch(LaunchError::Pipe(e)))
+}
+
+/// What the launcher needs from the session's run-time state.
+#[derive(Debug)]
+pub struct LaunchIo {
+    pub stdout: Arc<Fanout>,
+    pub stderr: Arc<Fanout>,
+    pub winsize: Option<WindowSize>,
+}
+
+/// Starts a session's process with its output pumped to the log and its fan-outs.
 /// Must run on the runtime thread (the reaper registration relies on it).
-pub fn launch(id: &str, cfg: &SessionConfig, reaper: &Reaper, sink: &OutputSink) -> Result<Running, StartError> {
+pub fn launch(id: &str, cfg: &SessionConfig, io: LaunchIo, reaper: &Reaper, sink: &OutputSink) -> Result<Running, StartError> {
     let identity = user::resolve(Path::new("/"), &cfg.user, &cfg.group)?;
     let env = environment(cfg, &identity.home);
     let path = launch::resolve_executable(&cfg.cmd.path, &cfg.cmd.dir, &env)?;
-    let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(LaunchError::Pipe)?;
-    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(LaunchError::Pipe)?;
     let args = if cfg.cmd.args.is_empty() { vec![cfg.cmd.path.clone()] } else { cfg.cmd.args.clone() };
-    let spec = launch::Spec {
-        path,
-        args,
-        env,
-        dir: cfg.cmd.dir.clone(),
-        identity,
-        stdin: Stdio::Null,
-        stdout: Stdio::Fd(out_w),
-        stderr: Stdio::Fd(err_w),
-        controlling_tty: false,
+
+    let mut pumps: Vec<(Stream, AsyncStream, Arc<Fanout>)> = Vec::new();
+    let (stdin_tx, stdin_rx) = mpsc::channel(64);
+    let mut stdin_dest = None;
+    let mut pty = None;
+    let (stdin, stdout, stderr) = if cfg.tty {
+        let ws = io.winsize.map(to_winsize);
+        let pair = nix::pty::openpty(ws.as_ref(), None).map_err(StartError::Pty)?;
+        for fd in [&pair.master, &pair.slave] {
+            let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+        }
+        let master = AsyncStream::new(pair.master)?;
+        let out = pair.slave.try_clone()?;
+        let err = pair.slave.try_clone()?;
+        pumps.push((Stream::Stdout, master.clone(), io.stdout.clone()));
+        // A tty session has no separate stderr: end that stream for attached clients now.
+        io.stderr.close();
+        stdin_dest = Some((master.clone(), StdinEnd::Eot));
+        pty = Some(master);
+        (Stdio::Fd(pair.slave), Stdio::Fd(out), Stdio::Fd(err))
+    } else {
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        pumps.push((Stream::Stderr, AsyncStream::new(err_r)?, io.stderr.clone()));
+        pumps.push((Stream::Stdout, AsyncStream::new(out_r)?, io.stdout.clone()));
+        let stdin = if cfg.open_stdin {
+            let (in_r, in_w) = pipe()?;
+            stdin_dest = Some((AsyncStream::new(in_w)?, StdinEnd::ClosePipe));
+            Stdio::Fd(in_r)
+        } else {
+            Stdio::Null
+        };
+        (stdin, Stdio::Fd(out_w), Stdio::Fd(err_w))
     };
+    let spec = launch::Spec { path, args, env, dir: cfg.cmd.dir.clone(), identity, stdin, stdout, stderr, controlling_tty: cfg.tty };
     let pid = launch::spawn(spec)?;
     // No await between fork and here: the reaper cannot have collected the child yet.
     let exit = reaper.watch(pid);
-    let pumps = vec![
-        tokio::spawn(output::pump(sink.clone(), id.to_owned(), Stream::Stdout, out_r)),
-        tokio::spawn(output::pump(sink.clone(), id.to_owned(), Stream::Stderr, err_r)),
-    ];
-    Ok(Running { pid, exit, pumps })
+    let pumps = pumps
+        .into_iter()
+        .map(|(stream, src, fanout)| tokio::spawn(output::pump(sink.clone(), id.to_owned(), stream, src, fanout)))
+        .collect();
+    let stdin = stdin_dest.map(|(dest, end)| {
+        tokio::spawn(stdio::stdin_writer(dest, end, stdin_rx));
+        stdin_tx
+    });
+    Ok(Running { pid, exit, pumps, stdin, pty })
 }
 
 /// Waits for output pumps to reach EOF, at most `timeout` (descendants may hold the pipes).
 /// Returns whether all finished.
 pub async fn drain(pumps: &mut Vec<JoinHandle<()>>, timeout: Duration) -> bool {
-    let all = futures_join(pumps);
-    tokio::time::timeout(timeout, all).await.is_ok()
-}
-
-async fn futures_join(pumps: &mut Vec<JoinHandle<()>>) {
-    for p in pumps.iter_mut() {
-        let _ = p.await;
-    }
-    pumps.clear();
-}
-
-/// Writes a session's RW keys back to the host. Failures are logged: the VM keeps running
-/// whether or not the host heard us.
-pub fn write_back(transport: &dyn Transport, cfg: &ContainerConfig, id: &str) {
-    match guestinfo::session_writeback(cfg, id) {
-        Ok(kvs) => {
-            for (k, v) in kvs {
-                if let Err(e) = transport.set(&k, &v) {
-                    tracing::error!(key = %k, error = %e, "write-back failed");
-                }
-            }
+    let all = async {
+        for p in pumps.iter_mut() {
+            let _ = p.await;
         }
-        Err(e) => tracing::error!(session = id, error = %e, "cannot encode session write-back"),
+    };
+    let done = tokio::time::timeout(timeout, all).await.is_ok();
+    if done {
+        pumps.clear();
     }
+    done
 }
 
 #[cfg(test)]
@@ -128,5 +243,11 @@ mod tests {
         assert_eq!(environment(&cfg, "/root"), vec!["PATH=/bin".to_owned(), "HOME=/root".to_owned()]);
         cfg.cmd.env.push("HOME=/x".into());
         assert_eq!(environment(&cfg, "/root"), vec!["PATH=/bin".to_owned(), "HOME=/x".to_owned()]);
+    }
+
+    #[test]
+    fn winsize_conversion_clamps() {
+        let w = to_winsize(WindowSize { cols: 80, rows: 24, width_px: 70_000, height_px: 0 });
+        assert_eq!((w.ws_col, w.ws_row, w.ws_xpixel, w.ws_ypixel), (80, 24, u16::MAX, 0));
     }
 }

@@ -1,0 +1,211 @@
+//! Asynchronous I/O on the tether's side of a process's standard streams (pipe ends and pty
+//! masters), fan-out of output to attached clients, and fan-in of their input.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+
+/// A nonblocking descriptor driven by the runtime. Clones share one registration, so a pty
+/// master can be read by the output pump and written by the stdin writer (the reactor
+/// refuses a second registration of the same descriptor).
+#[derive(Debug, Clone)]
+pub struct AsyncStream {
+    fd: Arc<AsyncFd<OwnedFd>>,
+}
+
+impl AsyncStream {
+    /// Wraps a descriptor (made nonblocking here).
+    pub fn new(fd: OwnedFd) -> std::io::Result<AsyncStream> {
+        let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)?;
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor is valid, stays open and
+        // refers to the same file description until the AsyncFd is dropped.
+        let registered = unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
+        Ok(AsyncStream { fd: Arc::new(registered) })
+    }
+
+    /// The descriptor, for ioctls.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.get_ref().as_raw_fd()
+    }
+
+    /// Reads into `buf`; 0 at end of stream. A pty master reports EIO once the last slave
+    /// descriptor is closed: that is its end of stream.
+    pub async fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|fd| nix::unistd::read(fd.get_ref(), buf).map_err(std::io::Error::from)) {
+                Ok(Ok(n)) => return Ok(n),
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Writes all of `data`.
+    pub async fn write_all(&self, mut data: &[u8]) -> std::io::Result<()> {
+        while !data.is_empty() {
+            let mut guard = self.fd.writable().await?;
+            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from)) {
+                Ok(Ok(n)) => data = &data[n..],
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How long an attached client may hold up the process's output before it is detached.
+/// A slow client slows the process down (no output is dropped for it); a dead one is cut off.
+const SUBSCRIBER_STALL: Duration = Duration::from_secs(30);
+
+/// One stream's output, copied to every attached client.
+#[derive(Debug, Default)]
+pub struct Fanout {
+    inner: Mutex<FanoutInner>,
+}
+
+#[derive(Debug, Default)]
+struct FanoutInner {
+    subscribers: Vec<mpsc::Sender<Vec<u8>>>,
+    closed: bool,
+}
+
+impl Fanout {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FanoutInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Attaches a client. The receiver yields output chunks and ends (`None`) when the stream
+    /// ends; a stream that already ended gives a receiver that ends at once.
+    pub fn subscribe(&self) -> mpsc::Receiver<Vec<u8>> {
+        let (tx, rx) = mpsc::channel(64);
+        let mut g = self.lock();
+        if !g.closed {
+            g.subscribers.push(tx);
+        }
+        rx
+    }
+
+    /// Copies a chunk to every client, dropping the ones that went away or stalled.
+    pub async fn publish(&self, chunk: &[u8]) {
+        let subs: Vec<mpsc::Sender<Vec<u8>>> = self.lock().subscribers.clone();
+        if subs.is_empty() {
+            return;
+        }
+        let mut dead = Vec::new();
+        for tx in &subs {
+            match tokio::time::timeout(SUBSCRIBER_STALL, tx.send(chunk.to_vec())).await {
+                Ok(Ok(())) => {}
+                _ => dead.push(tx.clone()),
+            }
+        }
+        if !dead.is_empty() {
+            self.lock().subscribers.retain(|s| !dead.iter().any(|d| d.same_channel(s)));
+        }
+    }
+
+    /// Ends the stream for every client (their receivers return `None` after the last chunk).
+    pub fn close(&self) {
+        let mut g = self.lock();
+        g.closed = true;
+        g.subscribers.clear();
+    }
+}
+
+/// Messages to a process's stdin writer.
+#[derive(Debug)]
+pub enum StdinMsg {
+    /// Bytes from an attached client.
+    Data(Vec<u8>),
+    /// A client that will send input attached.
+    SourceAdded,
+    /// A client's input ended (SSH EOF or detach).
+    SourceEnded,
+    /// `close-stdin`: end the process's stdin once no client is sending any more.
+    CloseWhenDone,
+}
+
+/// How the end of input is delivered to the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdinEnd {
+    /// Close the pipe.
+    ClosePipe,
+    /// Write EOT (ctrl-D) to the pty, which the line discipline turns into end of file.
+    Eot,
+}
+
+/// Runs the stdin writer of one process until its input is closed or the process is gone.
+pub async fn stdin_writer(dest: AsyncStream, end: StdinEnd, mut rx: mpsc::Receiver<StdinMsg>) {
+    let mut sources = 0usize;
+    let mut armed = false;
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            StdinMsg::Data(d) => {
+                if dest.write_all(&d).await.is_err() {
+                    // The process closed its stdin or exited: later input has nowhere to go.
+                    return;
+                }
+            }
+            StdinMsg::SourceAdded => sources += 1,
+            StdinMsg::SourceEnded => sources = sources.saturating_sub(1),
+            StdinMsg::CloseWhenDone => armed = true,
+        }
+        if armed && sources == 0 {
+            if end == StdinEnd::Eot {
+                let _ = dest.write_all(&[0x04]).await;
+                // A pty stays open for further input after EOT; the next close-stdin sends
+                // another one.
+                armed = false;
+                continue;
+            }
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fanout_copies_to_all_and_ends() {
+        let f = Fanout::default();
+        let mut a = f.subscribe();
+        let mut b = f.subscribe();
+        f.publish(b"x").await;
+        drop(b.recv().await);
+        drop(b);
+        f.publish(b"y").await;
+        f.close();
+        assert_eq!(a.recv().await, Some(b"x".to_vec()));
+        assert_eq!(a.recv().await, Some(b"y".to_vec()));
+        assert_eq!(a.recv().await, None);
+        assert_eq!(f.subscribe().recv().await, None, "a late subscriber sees the end at once");
+    }
+
+    #[tokio::test]
+    async fn stdin_closes_after_close_stdin_and_last_source() {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let dest = AsyncStream::new(w).unwrap();
+        let src = AsyncStream::new(r).unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        let task = tokio::spawn(stdin_writer(dest, StdinEnd::ClosePipe, rx));
+        tx.send(StdinMsg::SourceAdded).await.unwrap();
+        tx.send(StdinMsg::Data(b"data".to_vec())).await.unwrap();
+        tx.send(StdinMsg::CloseWhenDone).await.unwrap();
+        tx.send(StdinMsg::SourceEnded).await.unwrap();
+        task.await.unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(src.read(&mut buf).await.unwrap(), 4);
+        assert_eq!(src.read(&mut buf).await.unwrap(), 0, "pipe closed");
+    }
+}
