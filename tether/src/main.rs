@@ -6,6 +6,7 @@
 //!
 //! PID 1 must never exit (the kernel panics) nor panic: every path ends in a clean power-off.
 
+mod attach;
 mod boot;
 mod disk;
 mod early;

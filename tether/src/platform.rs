@@ -16,6 +16,7 @@ pub mod port {
     pub const GUESTINFO: &str = "org.tether.guestinfo";
     pub const DEBUG: &str = "org.tether.debug";
     pub const OUTPUT: &str = "org.tether.output";
+    pub const ATTACH: &str = "org.tether.attach";
 }
 
 /// The hypervisor flavour.
@@ -52,6 +53,15 @@ impl Platform {
     pub fn debug_channel(&self) -> Option<File> {
         let path = self.channel(port::DEBUG, "/dev/ttyS1")?;
         File::options().write(true).open(path).ok()
+    }
+
+    /// The back-channel device: the virtio port under QEMU when the harness gave one, the
+    /// first UART otherwise (vSphere, or QEMU's emulated 16550).
+    pub fn attach_channel(&self) -> PathBuf {
+        match self {
+            Platform::Vmware => PathBuf::from("/dev/ttyS0"),
+            Platform::Qemu { .. } => early::virtio_port(port::ATTACH).unwrap_or_else(|| PathBuf::from("/dev/ttyS0")),
+        }
     }
 
     /// Opens the output channel.

@@ -145,17 +145,10 @@ impl Tether {
         let mut to_launch = Vec::new();
         {
             let mut st = self.lock();
-            let ids: Vec<(String, bool)> = st
-                .cfg
-                .sessions
-                .keys()
-                .map(|id| (id.clone(), false))
-                .chain(st.cfg.execs.keys().map(|id| (id.clone(), true)))
-                .filter(|(id, exec)| *exec || !st.cfg.execs.contains_key(id))
-                .collect();
-            for (id, exec) in ids {
+            let ids: Vec<String> = st.cfg.sessions.keys().chain(st.cfg.execs.keys()).cloned().collect();
+            for id in ids {
                 let Some(sc) = st.session_cfg(&id).cloned() else { continue };
-                let rt = st.sessions.entry(id.clone()).or_insert_with(|| Session::new(&id, exec));
+                let rt = st.sessions.entry(id.clone()).or_insert_with(Session::new);
                 if !rt.launched {
                     if !sc.active || self.shutting_down() {
                         continue;
@@ -304,9 +297,12 @@ async fn run_session(t: Arc<Tether>, id: String, latch: Option<oneshot::Receiver
 /// One launch. Returns the exit code, or `None` when the launch failed.
 async fn launch_and_wait(t: &Arc<Tether>, id: &str) -> Option<i64> {
     let prepared = {
-        let st = t.lock();
-        match (st.session_cfg(id).cloned(), st.sessions.get(id)) {
-            (Some(sc), Some(rt)) => Some((sc, LaunchIo { stdout: rt.stdout.clone(), stderr: rt.stderr.clone(), winsize: rt.winsize })),
+        let mut st = t.lock();
+        let sc = st.session_cfg(id).cloned();
+        match (sc, st.sessions.get_mut(id)) {
+            (Some(sc), Some(rt)) => {
+                Some((sc, LaunchIo { stdout: rt.stdout.clone(), stderr: rt.stderr.clone(), winsize: rt.winsize, stdin: rt.stdin_rx.take() }))
+            }
             _ => None,
         }
     };
@@ -347,7 +343,6 @@ async fn launch_and_wait(t: &Arc<Tether>, id: &str) -> Option<i64> {
         }
         if let Some(rt) = st.sessions.get_mut(id) {
             rt.pid = Some(running.pid);
-            rt.stdin = running.stdin.take();
             rt.pty = running.pty.take();
         }
     }
@@ -371,7 +366,6 @@ async fn launch_and_wait(t: &Arc<Tether>, id: &str) -> Option<i64> {
         }
         if let Some(rt) = st.sessions.get_mut(id) {
             rt.pid = None;
-            rt.stdin = None;
             rt.pty = None;
             // Output that a lingering descendant writes later still reaches the log, but
             // attached clients are told the session ended.
@@ -420,6 +414,7 @@ pub async fn run(cfg: ContainerConfig, transport: Box<dyn Transport>, platform: 
         ids_changed: watch::channel(0).0,
     });
     t.reconcile();
+    tokio::spawn(crate::attach::serve(t.clone(), platform.attach_channel()));
 
     let mut stop = t.shutdown_signal();
     loop {

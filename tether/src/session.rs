@@ -49,14 +49,14 @@ impl StartError {
 /// logic and attached clients.
 #[derive(Debug)]
 pub struct Session {
-    pub id: String,
-    /// Came from `execs` (non-persistent keys) rather than `sessions`.
-    pub exec: bool,
     pub stdout: Arc<Fanout>,
     pub stderr: Arc<Fanout>,
-    /// Input of the current process (absent until launch, and for non-tty sessions without
-    /// `openstdin`).
-    pub stdin: Option<mpsc::Sender<StdinMsg>>,
+    /// Input for the process: exists before launch so a client attached under `runblock`
+    /// can already send; input for a process without stdin (non-tty, no `openstdin`) is
+    /// dropped.
+    pub stdin: mpsc::Sender<StdinMsg>,
+    /// The receiving end, taken by the launch.
+    pub stdin_rx: Option<mpsc::Receiver<StdinMsg>>,
     /// The pty master of a tty session, for resizes.
     pub pty: Option<AsyncStream>,
     /// A size asked for before launch, applied when the pty is created (no resize race).
@@ -71,14 +71,20 @@ pub struct Session {
     pub done: watch::Sender<bool>,
 }
 
+impl Default for Session {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Session {
-    pub fn new(id: &str, exec: bool) -> Session {
+    pub fn new() -> Session {
+        let (stdin, stdin_rx) = mpsc::channel(64);
         Session {
-            id: id.to_owned(),
-            exec,
             stdout: Arc::new(Fanout::default()),
             stderr: Arc::new(Fanout::default()),
-            stdin: None,
+            stdin,
+            stdin_rx: Some(stdin_rx),
             pty: None,
             winsize: None,
             latch: None,
@@ -92,7 +98,9 @@ impl Session {
     pub fn reset_io(&mut self) {
         self.stdout = Arc::new(Fanout::default());
         self.stderr = Arc::new(Fanout::default());
-        self.stdin = None;
+        let (stdin, stdin_rx) = mpsc::channel(64);
+        self.stdin = stdin;
+        self.stdin_rx = Some(stdin_rx);
         self.pty = None;
         self.pid = None;
         self.done.send_replace(false);
@@ -131,7 +139,6 @@ pub struct Running {
     pub pid: Pid,
     pub exit: oneshot::Receiver<ExitCode>,
     pub pumps: Vec<JoinHandle<()>>,
-    pub stdin: Option<mpsc::Sender<StdinMsg>>,
     pub pty: Option<AsyncStream>,
 }
 
@@ -159,6 +166,7 @@ pub struct LaunchIo {
     pub stdout: Arc<Fanout>,
     pub stderr: Arc<Fanout>,
     pub winsize: Option<WindowSize>,
+    pub stdin: Option<mpsc::Receiver<StdinMsg>>,
 }
 
 /// Starts a session's process with its output pumped to the log and its fan-outs.
@@ -170,7 +178,6 @@ pub fn launch(id: &str, cfg: &SessionConfig, io: LaunchIo, reaper: &Reaper, sink
     let args = if cfg.cmd.args.is_empty() { vec![cfg.cmd.path.clone()] } else { cfg.cmd.args.clone() };
 
     let mut pumps: Vec<(Stream, AsyncStream, Arc<Fanout>)> = Vec::new();
-    let (stdin_tx, stdin_rx) = mpsc::channel(64);
     let mut stdin_dest = None;
     let mut pty = None;
     let (stdin, stdout, stderr) = if cfg.tty {
@@ -210,11 +217,10 @@ pub fn launch(id: &str, cfg: &SessionConfig, io: LaunchIo, reaper: &Reaper, sink
         .into_iter()
         .map(|(stream, src, fanout)| tokio::spawn(output::pump(sink.clone(), id.to_owned(), stream, src, fanout)))
         .collect();
-    let stdin = stdin_dest.map(|(dest, end)| {
-        tokio::spawn(stdio::stdin_writer(dest, end, stdin_rx));
-        stdin_tx
-    });
-    Ok(Running { pid, exit, pumps, stdin, pty })
+    if let (Some((dest, end)), Some(rx)) = (stdin_dest, io.stdin) {
+        tokio::spawn(stdio::stdin_writer(dest, end, rx));
+    }
+    Ok(Running { pid, exit, pumps, pty })
 }
 
 /// Waits for output pumps to reach EOF, at most `timeout` (descendants may hold the pipes).
