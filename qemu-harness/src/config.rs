@@ -18,6 +18,10 @@ pub struct ContainerSpec {
     pub hostname: String,
     pub tty: bool,
     pub open_stdin: bool,
+    /// Relaunch the process when it exits.
+    pub restart: bool,
+    /// Hold the launch until a client attaches and unblocks it.
+    pub run_block: bool,
 }
 
 /// The container config for a spec: one primary session whose ID is the container ID.
@@ -49,7 +53,9 @@ pub fn compose(spec: &ContainerSpec) -> ContainerConfig {
     s.group = group;
     s.tty = spec.tty;
     s.open_stdin = spec.open_stdin;
-    s.attach = spec.tty || spec.open_stdin;
+    s.attach = spec.tty || spec.open_stdin || spec.run_block;
+    s.run_block = spec.run_block;
+    s.restart = spec.restart;
     s.active = true;
     s.stop_signal = "TERM".into();
     cfg.sessions.insert(spec.id.clone(), s);

@@ -12,9 +12,12 @@
 //!   invocations.
 
 pub mod artifacts;
+pub mod client;
 pub mod config;
+pub mod control;
 pub mod image;
 pub mod logs;
+pub mod portlayer;
 pub mod state;
 pub mod vm;
 

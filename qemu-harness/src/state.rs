@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// What the harness remembers about a VM besides its config.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Meta {
     pub id: String,
     pub name: String,
@@ -26,6 +26,22 @@ pub struct Meta {
     pub created: i64,
     /// QEMU's PID while it runs.
     pub qemu_pid: Option<u32>,
+    /// PID of the `vch` process keeping the VM (serving its channels) while it runs.
+    #[serde(default)]
+    pub keeper_pid: Option<u32>,
+    /// Root disk and its format.
+    #[serde(default)]
+    pub disk: String,
+    #[serde(default)]
+    pub disk_format: String,
+    #[serde(default)]
+    pub memory_mb: u32,
+    /// Hard limit on the VM's life.
+    #[serde(default)]
+    pub timeout_secs: u64,
+    /// `virtio`, `uart` or `tcp://HOST:PORT`.
+    #[serde(default)]
+    pub backchannel: String,
 }
 
 /// State directory errors.
@@ -70,6 +86,11 @@ impl State {
         let vms = root.join("vms");
         fs::create_dir_all(&vms).map_err(|source| StateError::Io { what: "create", path: vms, source })?;
         Ok(State { root })
+    }
+
+    /// The state directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// Folder of a VM, named by the short ID: QEMU's chardev sockets live in it, and a Unix
@@ -163,7 +184,7 @@ mod tests {
     fn resolve_by_name_id_and_prefix() {
         let dir = std::env::temp_dir().join(format!("vch-state-{}", std::process::id()));
         let st = State::open(&dir).unwrap();
-        let a = Meta { id: "abcdef01".into(), name: "web".into(), image: "busybox".into(), command: vec![], created: 1, qemu_pid: None };
+        let a = Meta { id: "abcdef01".into(), name: "web".into(), image: "busybox".into(), created: 1, ..Default::default() };
         let b = Meta { id: "abc99999".into(), name: "db".into(), created: 2, ..a.clone() };
         st.save(&a).unwrap();
         st.save(&b).unwrap();

@@ -1,23 +1,28 @@
-//! Running a container VM under QEMU.
+//! Creating and running container VMs under QEMU.
+//!
+//! [`create`] makes the VM's folder (disk, config store, metadata). [`keep`] runs it: QEMU
+//! under a hard timeout, the guestinfo channel served from the store, the output channel
+//! appended to `output.log`, the back-channel (the port layer's SSH client) and the control
+//! socket other `vch` invocations use. It returns when QEMU has exited.
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use guestinfo::store::{FileStore, Store};
 use guestinfo::transport::qemu::HostServer;
-use guestinfo::{ContainerConfig, HostCommand};
+use guestinfo::ContainerConfig;
 use iolog::{Body, Item, Stream};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
 
 use crate::artifacts;
 use crate::config::{self, ContainerSpec};
+use crate::control;
 use crate::image::{self, ImageError};
+use crate::portlayer::PortLayer;
 use crate::state::{self, Meta, State, StateError};
 
 /// Port names: must match the tether's `platform::port`.
@@ -25,6 +30,7 @@ pub mod port {
     pub const GUESTINFO: &str = "org.tether.guestinfo";
     pub const DEBUG: &str = "org.tether.debug";
     pub const OUTPUT: &str = "org.tether.output";
+    pub const ATTACH: &str = "org.tether.attach";
 }
 
 /// Harness errors (the user's `vch` command failed before or around the VM).
@@ -45,16 +51,56 @@ pub enum VmError {
     /// a file operation failed
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
-    /// the config could not be encoded
+    /// the config could not be encoded or stored
     #[error("container config: {0}")]
     Config(String),
     /// no command to run
     #[error("no command given (the busybox image has no default command)")]
     NoCommand,
+    /// a bad option value
+    #[error("{0}")]
+    Usage(String),
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> VmError + 'a {
     move |source| VmError::Io { what, path: path.to_owned(), source }
+}
+
+/// Where the VM's back-channel goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Backchannel {
+    /// A virtio-serial port to the harness's port layer (the QEMU default).
+    #[default]
+    Virtio,
+    /// The first emulated 16550 UART (`/dev/ttyS0`), as on vSphere.
+    Uart,
+    /// The VM's device dials this external endpoint (`host:port`): another port layer
+    /// drives the VM; `vch exec`/`attach` are then not available here.
+    External(String),
+}
+
+impl Backchannel {
+    /// Parses `virtio`, `uart` or `tcp://HOST:PORT`. A `+noise` suffix (a test aid) makes
+    /// the port layer send line garbage before each handshake.
+    pub fn parse(s: &str) -> Result<Backchannel, VmError> {
+        match s.trim_end_matches("+noise") {
+            "" | "virtio" => Ok(Backchannel::Virtio),
+            "uart" | "serial" => Ok(Backchannel::Uart),
+            other => match other.strip_prefix("tcp://") {
+                Some(hp) if hp.contains(':') => Ok(Backchannel::External(hp.to_owned())),
+                _ => Err(VmError::Usage(format!("--vch wants tcp://HOST:PORT, got {other:?}"))),
+            },
+        }
+    }
+
+    /// The form `parse` reads.
+    pub fn describe(&self) -> String {
+        match self {
+            Backchannel::Virtio => "virtio".into(),
+            Backchannel::Uart => "uart".into(),
+            Backchannel::External(hp) => format!("tcp://{hp}"),
+        }
+    }
 }
 
 /// What to run.
@@ -67,8 +113,11 @@ pub struct RunOptions {
     pub timeout: Duration,
     pub memory_mb: u32,
     pub disk_mb: u64,
+    pub backchannel: Backchannel,
+    /// Send line garbage before each back-channel handshake (robustness tests).
+    pub line_noise: bool,
     /// Raw extraConfig entries set after the composed config (tests use it to inject
-    /// malformed keys; an empty value removes nothing, it sets `<nil>`).
+    /// malformed keys).
     pub extra_config: Vec<(String, String)>,
 }
 
@@ -78,9 +127,11 @@ impl RunOptions {
         RunOptions {
             spec: ContainerSpec { command: command.iter().map(|s| s.to_string()).collect(), ..Default::default() },
             image: image.into(),
-            timeout: Duration::from_secs(120),
+            timeout: Duration::from_secs(600),
             memory_mb: 256,
             disk_mb: 256,
+            backchannel: Backchannel::Virtio,
+            line_noise: false,
             extra_config: Vec::new(),
         }
     }
@@ -96,14 +147,14 @@ pub struct RunOutcome {
     pub exit_code: i64,
     /// The VM had to be killed at the timeout.
     pub timed_out: bool,
-    /// Records that arrived damaged on the output channel.
+    /// Damaged stretches on the output channel.
     pub damaged_records: u64,
     /// The VM's folder.
     pub dir: PathBuf,
 }
 
 /// Where the container's output goes as it arrives.
-pub trait OutputHandler {
+pub trait OutputHandler: Send {
     fn output(&mut self, stream: Stream, bytes: &[u8]);
 }
 
@@ -143,8 +194,15 @@ fn now_secs() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-/// Creates the VM (disk, config) and runs it in the foreground until it powers off.
-pub fn run(state: &State, mut opts: RunOptions, out: &mut dyn OutputHandler) -> Result<RunOutcome, VmError> {
+/// A VM whose folder is ready.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub meta: Meta,
+    pub dir: PathBuf,
+}
+
+/// Creates a VM: disk, config, metadata. Nothing runs yet.
+pub fn create(state: &State, mut opts: RunOptions) -> Result<Created, VmError> {
     if opts.spec.command.is_empty() {
         return Err(VmError::NoCommand);
     }
@@ -155,139 +213,182 @@ pub fn run(state: &State, mut opts: RunOptions, out: &mut dyn OutputHandler) -> 
     if opts.spec.id.is_empty() {
         opts.spec.id = state::new_id();
     }
-    let id = opts.spec.id.clone();
     if opts.spec.name.is_empty() {
-        opts.spec.name = id.chars().take(12).collect();
+        opts.spec.name = opts.spec.id.chars().take(12).collect();
     }
     state.check_name(&opts.spec.name)?;
-    let dir = state.vm_dir(&id);
+    let dir = state.vm_dir(&opts.spec.id);
     fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-    let prepared = prepare(state, &opts, &id, &dir);
-    let (mut meta, disk, store) = match prepared {
-        Ok(p) => p,
+    match prepare(state, &opts, &dir) {
+        Ok(meta) => Ok(Created { meta, dir }),
         Err(e) => {
             // Nothing was started: leave no half-made container behind.
             let _ = fs::remove_dir_all(&dir);
-            return Err(e);
-        }
-    };
-
-    let gi_sock = dir.join("gi.sock");
-    let out_sock = dir.join("out.sock");
-    let _ = fs::remove_file(&gi_sock);
-    let _ = fs::remove_file(&out_sock);
-    let gi_listener = UnixListener::bind(&gi_sock).map_err(io_err("listen", &gi_sock))?;
-    let out_listener = UnixListener::bind(&out_sock).map_err(io_err("listen", &out_sock))?;
-
-    let mut child = spawn_qemu(&dir, &iso, &disk, &opts)?;
-    meta.qemu_pid = Some(child.id());
-    state.save(&meta)?;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let (_cmd_tx, cmd_rx) = mpsc::channel::<HostCommand>();
-    let gi_thread = {
-        let stop = stop.clone();
-        let store = store.clone();
-        thread::spawn(move || {
-            if let Some(stream) = accept_until(&gi_listener, &stop) {
-                let server = HostServer::new(store);
-                let _ = server.serve(stream, cmd_rx);
-            }
-        })
-    };
-    let (item_tx, item_rx) = mpsc::channel::<Item>();
-    let out_thread = {
-        let stop = stop.clone();
-        let log_path = dir.join("output.log");
-        thread::spawn(move || {
-            let Some(mut stream) = accept_until(&out_listener, &stop) else { return };
-            let mut log = File::options().create(true).append(true).open(&log_path).ok();
-            let mut dec = iolog::Decoder::new();
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                let chunk = &buf[..n];
-                if let Some(l) = log.as_mut() {
-                    let _ = l.write_all(chunk);
-                }
-                dec.push(chunk);
-                while let Some(item) = dec.next_item() {
-                    if item_tx.send(item).is_err() {
-                        return;
-                    }
-                }
-            }
-            if let Some(d) = dec.finish() {
-                let _ = item_tx.send(Item::Damage(d));
-            }
-        })
-    };
-
-    let deadline = Instant::now() + opts.timeout;
-    let mut timed_out = false;
-    let mut damaged = 0u64;
-    let mut deliver = |item: Item, damaged: &mut u64| match item {
-        Item::Record(r) => {
-            if let Body::Data(d) = r.body {
-                out.output(r.stream, &d);
-            }
-        }
-        Item::Damage(_) => *damaged += 1,
-    };
-    loop {
-        match item_rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(item) => deliver(item, &mut damaged),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {}
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        if Instant::now() >= deadline {
-            timed_out = true;
-            let _ = child.kill();
-            let _ = child.wait();
-            break;
+            Err(e)
         }
     }
-    // QEMU is gone, so its sockets are closed: the reader ends at EOF promptly.
-    stop.store(true, Ordering::Relaxed);
-    let _ = out_thread.join();
-    while let Ok(item) = item_rx.try_recv() {
-        deliver(item, &mut damaged);
-    }
-    let _ = gi_thread.join();
-    let _ = fs::remove_file(&gi_sock);
-    let _ = fs::remove_file(&out_sock);
-    meta.qemu_pid = None;
-    state.save(&meta)?;
-
-    let (started, exit_code) = session_result(&load_config(&dir)?, &id);
-    Ok(RunOutcome { id, started, exit_code, timed_out, damaged_records: damaged, dir })
 }
 
-/// Builds the VM's disk and config store and records it in the state directory.
-fn prepare(state: &State, opts: &RunOptions, id: &str, dir: &Path) -> Result<(Meta, image::Disk, Arc<dyn Store>), VmError> {
+fn prepare(state: &State, opts: &RunOptions, dir: &Path) -> Result<Meta, VmError> {
     let disk = image::container_disk(&opts.image, &artifacts::cache_dir(), dir, opts.disk_mb)?;
     let cfg = config::compose(&opts.spec);
-    let map = guestinfo::encode(&cfg).map_err(|e| VmError::Config(e.to_string()))?;
-    let store = FileStore::create(dir.join("config.vmx")).map_err(|e| VmError::Config(e.to_string()))?;
-    for (k, v) in map.iter().chain(opts.extra_config.iter().map(|(k, v)| (k, v))) {
-        store.set(k, v).map_err(|e| VmError::Config(e.to_string()))?;
+    let store = FileStore::open(dir.join("config.vmx")).map_err(|e| VmError::Config(e.to_string()))?;
+    guestinfo::store::write_config(&store, &cfg).map_err(|e| VmError::Config(e.to_string()))?;
+    if !opts.extra_config.is_empty() {
+        store.set_all(&opts.extra_config).map_err(|e| VmError::Config(e.to_string()))?;
     }
     let meta = Meta {
-        id: id.to_owned(),
+        id: opts.spec.id.clone(),
         name: opts.spec.name.clone(),
         image: opts.image.clone(),
         command: opts.spec.command.clone(),
         created: now_secs(),
         qemu_pid: None,
+        keeper_pid: None,
+        disk: disk.path.display().to_string(),
+        disk_format: disk.format.to_owned(),
+        memory_mb: opts.memory_mb,
+        timeout_secs: opts.timeout.as_secs(),
+        backchannel: format!("{}{}", opts.backchannel.describe(), if opts.line_noise { "+noise" } else { "" }),
     };
     state.save(&meta)?;
-    Ok((meta, disk, Arc::new(store)))
+    Ok(meta)
+}
+
+/// Creates and runs a VM in the foreground until it powers off, streaming its output.
+/// Blocking: runs its own runtime.
+pub fn run(state: &State, opts: RunOptions, out: &mut dyn OutputHandler) -> Result<RunOutcome, VmError> {
+    let created = create(state, opts)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(io_err("start runtime", &created.dir))?;
+    rt.block_on(async {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let keeper = tokio::spawn(keep(state.clone(), created, Some(tx), None));
+        while let Some(item) = rx.recv().await {
+            if let Item::Record(r) = item {
+                if let Body::Data(d) = r.body {
+                    out.output(r.stream, &d);
+                }
+            }
+        }
+        keeper.await.map_err(|e| VmError::Config(format!("keeper task: {e}")))?
+    })
+}
+
+/// Hooks into a running keeper (for `vch run -it`).
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub portlayer: Arc<PortLayer>,
+    pub guestinfo: HostServer,
+}
+
+/// Runs a created VM until QEMU exits (or the timeout kills it). `items` receives the
+/// primary session's output records as they arrive; `live` receives the keeper's handles
+/// once the VM is starting.
+pub async fn keep(
+    state: State,
+    created: Created,
+    items: Option<mpsc::UnboundedSender<Item>>,
+    live: Option<tokio::sync::oneshot::Sender<Live>>,
+) -> Result<RunOutcome, VmError> {
+    let Created { mut meta, dir } = created;
+    let iso = artifacts::iso();
+    let store = Arc::new(FileStore::open(dir.join("config.vmx")).map_err(|e| VmError::Config(e.to_string()))?);
+    let store_dyn: Arc<dyn Store> = store.clone();
+    let guestinfo = HostServer::new(store_dyn.clone());
+    let backchannel = Backchannel::parse(&meta.backchannel)?;
+
+    let sock = |n: &str| dir.join(n);
+    for n in ["gi.sock", "out.sock", "ctl.sock"] {
+        let _ = fs::remove_file(sock(n));
+    }
+    let gi_listener = std::os::unix::net::UnixListener::bind(sock("gi.sock")).map_err(io_err("listen", &dir))?;
+    let out_listener = tokio::net::UnixListener::bind(sock("out.sock")).map_err(io_err("listen", &dir))?;
+    let portlayer = PortLayer::new(meta.backchannel.ends_with("+noise"));
+    let attach_port = match &backchannel {
+        Backchannel::External(_) => None,
+        _ => {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io_err("listen", &dir))?;
+            let port = l.local_addr().map_err(io_err("listen", &dir))?.port();
+            tokio::spawn(portlayer.clone().serve(l));
+            Some(port)
+        }
+    };
+
+    let mut cmd = qemu_command(&dir, &iso, &meta, &backchannel, attach_port);
+    let mut child = cmd.spawn().map_err(|e| VmError::Qemu(qemu_binary(), e))?;
+    meta.qemu_pid = child.id();
+    meta.keeper_pid = Some(std::process::id());
+    state.save(&meta)?;
+
+    // guestinfo: QEMU connects once at start; serve it on a thread (the server is blocking).
+    let gi = guestinfo.clone();
+    std::thread::spawn(move || {
+        if let Ok((stream, _)) = gi_listener.accept() {
+            let _ = gi.serve_stream(stream);
+        }
+    });
+    let ctl = tokio::net::UnixListener::bind(sock("ctl.sock")).map_err(io_err("listen", &dir))?;
+    let keeper = control::Keeper { id: meta.id.clone(), store: store_dyn, guestinfo: guestinfo.clone(), portlayer: portlayer.clone() };
+    let ctl_task = tokio::spawn(control::serve(ctl, keeper));
+    if let Some(live) = live {
+        let _ = live.send(Live { portlayer: portlayer.clone(), guestinfo: guestinfo.clone() });
+    }
+
+    let log_path = dir.join("output.log");
+    let primary = meta.id.clone();
+    let output_task = tokio::spawn(async move {
+        let Ok((mut stream, _)) = out_listener.accept().await else { return 0u64 };
+        let mut log = File::options().create(true).append(true).open(&log_path).ok();
+        let mut dec = iolog::Decoder::new();
+        let mut damaged = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let chunk = &buf[..n];
+            if let Some(l) = log.as_mut() {
+                let _ = l.write_all(chunk);
+            }
+            dec.push(chunk);
+            while let Some(item) = dec.next_item() {
+                match &item {
+                    Item::Damage(_) => damaged += 1,
+                    Item::Record(r) if r.session != primary => continue,
+                    Item::Record(_) => {}
+                }
+                if let Some(tx) = &items {
+                    let _ = tx.send(item);
+                }
+            }
+        }
+        if dec.finish().is_some() {
+            damaged += 1;
+        }
+        damaged
+    });
+
+    let timeout = Duration::from_secs(meta.timeout_secs.max(1));
+    let timed_out = tokio::select! {
+        _ = child.wait() => false,
+        _ = tokio::time::sleep(timeout) => {
+            let _ = child.kill().await;
+            true
+        }
+    };
+    // QEMU is gone, so its sockets are closed: the reader ends at EOF promptly.
+    let damaged = tokio::time::timeout(Duration::from_secs(5), output_task).await.ok().and_then(|r| r.ok()).unwrap_or(0);
+    ctl_task.abort();
+    for n in ["gi.sock", "out.sock", "ctl.sock"] {
+        let _ = fs::remove_file(sock(n));
+    }
+    meta.qemu_pid = None;
+    meta.keeper_pid = None;
+    state.save(&meta)?;
+
+    let (started, exit_code) = session_result(&load_config(&dir)?, &meta.id);
+    Ok(RunOutcome { id: meta.id.clone(), started, exit_code, timed_out, damaged_records: damaged, dir })
 }
 
 /// The primary session's `started` text and exit status from a config.
@@ -301,28 +402,7 @@ pub fn session_result(cfg: &ContainerConfig, id: &str) -> (String, i64) {
 /// Reads a VM's current config from its store, including the fields the tether writes back.
 pub fn load_config(dir: &Path) -> Result<ContainerConfig, VmError> {
     let store = FileStore::open(dir.join("config.vmx")).map_err(|e| VmError::Config(e.to_string()))?;
-    guestinfo::decode_full(&store.plain_map()).map_err(|e| VmError::Config(e.to_string()))
-}
-
-fn accept_until(listener: &UnixListener, stop: &AtomicBool) -> Option<UnixStream> {
-    if listener.set_nonblocking(true).is_err() {
-        return None;
-    }
-    loop {
-        match listener.accept() {
-            Ok((s, _)) => {
-                let _ = s.set_nonblocking(false);
-                return Some(s);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if stop.load(Ordering::Relaxed) {
-                    return None;
-                }
-                thread::sleep(Duration::from_millis(5));
-            }
-            Err(_) => return None,
-        }
-    }
+    guestinfo::store::read_config(&store).map_err(|e| VmError::Config(e.to_string()))
 }
 
 /// The QEMU binary: `$QEMU`, else `qemu-system-x86_64`.
@@ -330,28 +410,50 @@ pub fn qemu_binary() -> String {
     std::env::var("QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into())
 }
 
-fn spawn_qemu(dir: &Path, iso: &Path, disk: &image::Disk, opts: &RunOptions) -> Result<Child, VmError> {
+fn qemu_command(dir: &Path, iso: &Path, meta: &Meta, backchannel: &Backchannel, attach_port: Option<u16>) -> tokio::process::Command {
     let d = |name: &str| dir.join(name).display().to_string();
-    let qemu = qemu_binary();
-    let mut cmd = Command::new(&qemu);
+    let mut cmd = tokio::process::Command::new(qemu_binary());
     cmd.args(["-machine", "q35", "-accel", "tcg", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-        .args(["-m", &opts.memory_mb.to_string(), "-smp", "1"])
+        .args(["-m", &meta.memory_mb.to_string(), "-smp", "1"])
         .args(["-device", "virtio-rng-pci"])
         .args(["-drive", &format!("file={},media=cdrom,readonly=on,if=ide,index=2", iso.display()), "-boot", "d"])
-        .args(["-drive", &format!("file={},format={},if=none,id=root,cache=writeback", disk.path.display(), disk.format)])
-        .args(["-device", "virtio-blk-pci,drive=root"])
-        // ttyS0 is the back-channel on vSphere; ttyS1 the kernel console.
-        .args(["-serial", "null", "-serial", &format!("file:{}", d("console.log"))])
+        .args(["-drive", &format!("file={},format={},if=none,id=root,cache=writeback", meta.disk, meta.disk_format)])
+        .args(["-device", "virtio-blk-pci,drive=root"]);
+    // The back-channel's chardev: QEMU dials the port layer and redials after a drop, as
+    // a vSphere network serial port does.
+    let attach_chardev = match (backchannel, attach_port) {
+        (Backchannel::External(hp), _) => {
+            let (host, port) = hp.rsplit_once(':').unwrap_or((hp.as_str(), "2377"));
+            Some(format!("socket,id=att,host={host},port={port},server=off,reconnect=1"))
+        }
+        (_, Some(port)) => Some(format!("socket,id=att,host=127.0.0.1,port={port},server=off,reconnect=1,nodelay=on")),
+        _ => None,
+    };
+    // ttyS0 is the back-channel on vSphere (here only in UART mode); ttyS1 the kernel console.
+    match (backchannel, &attach_chardev) {
+        (Backchannel::Uart, Some(c)) => {
+            cmd.args(["-chardev", c]).args(["-serial", "chardev:att"]);
+        }
+        _ => {
+            cmd.args(["-serial", "null"]);
+        }
+    }
+    cmd.args(["-serial", &format!("file:{}", d("console.log"))])
         .args(["-device", "virtio-serial-pci,max_ports=8"])
         .args(["-chardev", &format!("socket,id=gi,path={},server=off", d("gi.sock"))])
         .args(["-device", &format!("virtserialport,chardev=gi,name={}", port::GUESTINFO)])
         .args(["-chardev", &format!("file,id=dbg,path={}", d("tether.debug"))])
         .args(["-device", &format!("virtserialport,chardev=dbg,name={}", port::DEBUG)])
         .args(["-chardev", &format!("socket,id=out,path={},server=off", d("out.sock"))])
-        .args(["-device", &format!("virtserialport,chardev=out,name={}", port::OUTPUT)])
-        .stdin(Stdio::null());
-    let log = File::create(dir.join("qemu.log")).map_err(io_err("create", dir))?;
-    let log2 = log.try_clone().map_err(io_err("dup", dir))?;
-    cmd.stdout(log).stderr(log2);
-    cmd.spawn().map_err(|e| VmError::Qemu(qemu, e))
+        .args(["-device", &format!("virtserialport,chardev=out,name={}", port::OUTPUT)]);
+    if let (Backchannel::Virtio | Backchannel::External(_), Some(c)) = (backchannel, &attach_chardev) {
+        cmd.args(["-chardev", c]).args(["-device", &format!("virtserialport,chardev=att,name={}", port::ATTACH)]);
+    }
+    let log = File::create(dir.join("qemu.log")).ok();
+    let log2 = log.as_ref().and_then(|l| l.try_clone().ok());
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(log.map(std::process::Stdio::from).unwrap_or_else(std::process::Stdio::null))
+        .stderr(log2.map(std::process::Stdio::from).unwrap_or_else(std::process::Stdio::null))
+        .kill_on_drop(true);
+    cmd
 }

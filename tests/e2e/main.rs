@@ -1,12 +1,19 @@
 //! End-to-end scenarios. Each module is one thing a user does; each test boots real container
 //! VMs under QEMU (TCG) from the bootstrap ISO and checks what the user would see.
 
+mod attach_to_running;
+mod backchannel_robustness;
 mod bad_config;
+mod exec_in_running;
+mod exec_with_tty;
 mod exit_codes;
 mod inspect_writeback;
 mod kill_pid1;
 mod missing_binary;
 mod orphan_reaping;
+mod restart_policy;
 mod run_as_user;
 mod run_hello;
+mod run_interactive;
 mod run_with_env_and_workdir;
+mod signals_and_stop;

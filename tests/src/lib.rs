@@ -79,3 +79,181 @@ pub fn vch(state_dir: &Path, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A private `vch` state directory for one scenario; every VM still running in it is
+/// removed (`vch rm -f`) when the scenario ends, pass or fail.
+#[derive(Debug)]
+pub struct Vch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for Vch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Vch {
+    pub fn new() -> Vch {
+        Vch { dir: tempfile::Builder::new().prefix("e2e").tempdir_in("/tmp").expect("temp dir") }
+    }
+
+    /// Runs `vch ARGS` to completion: (exit code, stdout, stderr).
+    pub fn cmd(&self, args: &[&str]) -> (i32, String, String) {
+        vch(self.dir.path(), args)
+    }
+
+    /// Runs `vch ARGS` with `input` on stdin.
+    pub fn cmd_with_input(&self, args: &[&str], input: &[u8]) -> (i32, String, String) {
+        use std::io::Write;
+        use std::process::Stdio;
+        let mut child = Command::new(vch_binary())
+            .arg("--state")
+            .arg(self.dir.path())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run vch");
+        child.stdin.take().expect("stdin").write_all(input).expect("write stdin");
+        let out = wait_with_timeout(child, Duration::from_secs(120));
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Starts `vch ARGS` in the background with piped output (killed on drop of the child
+    /// if the test forgets it: see [`Attached`]).
+    pub fn spawn(&self, args: &[&str]) -> Attached {
+        use std::process::Stdio;
+        let child = Command::new(vch_binary())
+            .arg("--state")
+            .arg(self.dir.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run vch");
+        Attached::new(child)
+    }
+
+    /// `vch run -d ARGS`: the container ID.
+    pub fn run_detached(&self, args: &[&str]) -> String {
+        let mut full = vec!["run", "-d", "--timeout", "300"];
+        full.extend_from_slice(args);
+        let (code, out, err) = self.cmd(&full);
+        assert_eq!(code, 0, "vch run -d failed: {err}");
+        out.trim().to_owned()
+    }
+
+    /// The container's config as `vch inspect` prints it.
+    pub fn inspect(&self, name: &str) -> serde_json::Value {
+        let (code, out, err) = self.cmd(&["inspect", name]);
+        assert_eq!(code, 0, "inspect: {err}");
+        serde_json::from_str(&out).expect("inspect prints JSON")
+    }
+
+    /// Polls `check` every 100 ms until it returns true or `limit` passes.
+    pub fn wait_until(&self, limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if check() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+}
+
+impl Drop for Vch {
+    fn drop(&mut self) {
+        let (_, ps, _) = self.cmd(&["ps", "-q"]);
+        let ids: Vec<&str> = ps.split_whitespace().collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids);
+            let _ = self.cmd(&args);
+        }
+    }
+}
+
+fn wait_with_timeout(mut child: std::process::Child, limit: Duration) -> std::process::Output {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("collect output")
+}
+
+/// A background `vch` whose stdout is read line by line on a thread.
+#[derive(Debug)]
+pub struct Attached {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Attached {
+    fn new(mut child: std::process::Child) -> Attached {
+        use std::io::BufRead;
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Attached { child, lines, seen: Vec::new() }
+    }
+
+    /// Waits for a line containing `needle`; returns it.
+    pub fn expect_line(&mut self, needle: &str, limit: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return Some(l);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Waits for the process to end (bounded) and returns its exit code.
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

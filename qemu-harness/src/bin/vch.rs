@@ -9,7 +9,7 @@ use std::io::Write;
 
 use iolog::Stream;
 use qemu_harness::config::ContainerSpec;
-use qemu_harness::logs;
+use qemu_harness::{client, control, logs};
 use qemu_harness::state::{self, State};
 use qemu_harness::vm::{self, Passthrough, RunOptions};
 
@@ -25,11 +25,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Run a command in a new container VM, in the foreground
+    /// Run a command in a new container VM
     Run {
         /// Assign a name to the container
         #[arg(long)]
         name: Option<String>,
+        /// Run in the background and print the container ID
+        #[arg(short = 'd', long)]
+        detach: bool,
+        /// Keep stdin open and send it to the container
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Allocate a pseudo-terminal
+        #[arg(short = 't', long)]
+        tty: bool,
         /// Set environment variables
         #[arg(short = 'e', long = "env")]
         env: Vec<String>,
@@ -42,8 +51,15 @@ enum Cmd {
         /// Container host name
         #[arg(long)]
         hostname: Option<String>,
+        /// Restart policy: "no" or "always" (relaunch the process when it exits)
+        #[arg(long, default_value = "no")]
+        restart: String,
+        /// Where the VM's back-channel goes: virtio (default), uart (the 16550 serial port,
+        /// as on vSphere) or tcp://HOST:PORT (an external port layer)
+        #[arg(long = "vch", default_value = "virtio")]
+        backchannel: String,
         /// Kill the VM if it runs longer than this many seconds
-        #[arg(long, default_value_t = 600)]
+        #[arg(long, default_value_t = 3600)]
         timeout: u64,
         /// VM memory in MiB
         #[arg(long, default_value_t = 256)]
@@ -53,6 +69,58 @@ enum Cmd {
         /// Command and arguments
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
+    },
+    /// Run a command in a running container
+    Exec {
+        /// Keep stdin open and send it to the command
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Allocate a pseudo-terminal
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Set environment variables
+        #[arg(short = 'e', long = "env")]
+        env: Vec<String>,
+        /// Username or UID (format: <name|uid>[:<group|gid>])
+        #[arg(short = 'u', long = "user")]
+        user: Option<String>,
+        /// Working directory inside the container
+        #[arg(short = 'w', long = "workdir")]
+        workdir: Option<String>,
+        /// Name or ID
+        name: String,
+        /// Command and arguments
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Attach to a running container's primary process (detach with ctrl-p ctrl-q)
+    Attach {
+        /// Name or ID
+        name: String,
+    },
+    /// Send a signal to a container's primary process
+    Kill {
+        /// Signal (name or number)
+        #[arg(short = 's', long, default_value = "KILL")]
+        signal: String,
+        names: Vec<String>,
+    },
+    /// Stop containers: the stop signal, then SIGKILL after the grace period
+    Stop {
+        /// Seconds to wait before killing
+        #[arg(short = 't', long, default_value_t = 10)]
+        time: u64,
+        names: Vec<String>,
+    },
+    /// Drops a running VM's back-channel connection, as a VCH restart would (it reconnects)
+    #[command(hide = true, name = "debug-drop-backchannel")]
+    DropBackchannel {
+        name: String,
+    },
+    /// Keeps a VM running (started by `run -d` and `run -it`; not for direct use)
+    #[command(hide = true)]
+    Keeper {
+        id: String,
     },
     /// Fetch the logs of a container
     Logs {
@@ -87,6 +155,9 @@ enum Cmd {
         /// Show all containers (default shows just running)
         #[arg(short = 'a', long)]
         all: bool,
+        /// Only display container IDs
+        #[arg(short = 'q', long)]
+        quiet: bool,
     },
     /// Remove one or more containers
     Rm {
@@ -112,7 +183,7 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli) -> Result<ExitCode> {
     let state = State::open(cli.state.clone().unwrap_or_else(State::default_dir))?;
     match cli.cmd {
-        Cmd::Run { name, env, workdir, user, hostname, timeout, memory, image, command } => {
+        Cmd::Run { name, detach, interactive, tty, env, workdir, user, hostname, restart, backchannel, timeout, memory, image, command } => {
             let mut opts = RunOptions::new(&image, &[]);
             opts.spec = ContainerSpec {
                 name: name.unwrap_or_default(),
@@ -121,28 +192,88 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 workdir: workdir.unwrap_or_default(),
                 user: user.unwrap_or_default(),
                 hostname: hostname.unwrap_or_default(),
+                tty,
+                open_stdin: interactive,
+                restart: match restart.as_str() {
+                    "no" => false,
+                    "always" | "unless-stopped" | "on-failure" => true,
+                    other => bail!("unknown restart policy {other:?} (no, always)"),
+                },
                 ..Default::default()
             };
             opts.timeout = Duration::from_secs(timeout);
             opts.memory_mb = memory;
+            opts.backchannel = vm::Backchannel::parse(&backchannel)?;
+            opts.line_noise = backchannel.ends_with("+noise");
+            if detach || interactive || tty {
+                return run_background(&state, opts, detach);
+            }
             let outcome = vm::run(&state, opts, &mut Passthrough)?;
-            if outcome.timed_out {
-                bail!("container {} did not finish within {timeout} s; the VM was killed (debug log: {})", outcome.id, outcome.dir.join("tether.debug").display());
+            finish_run(&outcome, timeout)
+        }
+        Cmd::Exec { interactive, tty, env, user, workdir, name, command } => {
+            let meta = running(&state, &name)?;
+            let spec = control::ExecSpec { command, env, user: user.unwrap_or_default(), workdir: workdir.unwrap_or_default(), tty, stdin: interactive };
+            let rt = runtime()?;
+            rt.block_on(async {
+                let conn = control::connect(&state.vm_dir(&meta.id).join("ctl.sock")).await.context("connect to the container")?;
+                let payload = serde_json::to_vec(&spec)?;
+                let id = control::request(&conn, control::REQ_EXEC, &payload).await.map_err(anyhow::Error::msg)?;
+                let id = String::from_utf8_lossy(&id).into_owned();
+                let opts = client::AttachOptions { tty, stdin: interactive, unblock: true, detach_keys: tty };
+                match client::attach(&conn, &id, opts).await.map_err(anyhow::Error::msg)? {
+                    client::Ended::Exited(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
+                    client::Ended::Detached => Ok(ExitCode::SUCCESS),
+                    client::Ended::Closed => {
+                        // No exit status on the channel (a launch failure): the tether wrote it back.
+                        let cfg = vm::load_config(&state.vm_dir(&meta.id))?;
+                        let exec = cfg.execs.get(&id).cloned().unwrap_or_default();
+                        if exec.started != "true" && !exec.started.is_empty() {
+                            eprintln!("vch: exec failed: {}", exec.started);
+                        }
+                        Ok(ExitCode::from(exec.exit_status.clamp(0, 255) as u8))
+                    }
+                }
+            })
+        }
+        Cmd::Attach { name } => {
+            let meta = running(&state, &name)?;
+            let cfg = vm::load_config(&state.vm_dir(&meta.id))?;
+            let primary = cfg.sessions.get(&meta.id).cloned().unwrap_or_default();
+            let rt = runtime()?;
+            let ended = rt.block_on(async {
+                let conn = control::connect(&state.vm_dir(&meta.id).join("ctl.sock")).await.context("connect to the container")?;
+                let opts = client::AttachOptions { tty: primary.tty, stdin: primary.open_stdin, unblock: true, detach_keys: true };
+                client::attach(&conn, &meta.id, opts).await.map_err(anyhow::Error::msg)
+            })?;
+            match ended {
+                client::Ended::Exited(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
+                _ => Ok(ExitCode::SUCCESS),
             }
-            if outcome.started != "true" {
-                let why = if outcome.started.is_empty() {
-                    format!("the VM powered off before the container started (debug log: {})", outcome.dir.join("tether.debug").display())
-                } else {
-                    outcome.started.clone()
-                };
-                eprintln!("vch: container {} failed to start: {why}", &outcome.id[..12.min(outcome.id.len())]);
-                let code = if outcome.exit_code > 0 { outcome.exit_code } else { 125 };
-                return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+        }
+        Cmd::Kill { signal, names } => for_each(&state, &names, |meta| {
+            control_request(&state, meta, control::REQ_KILL, signal.as_bytes())
+        }),
+        Cmd::Stop { time, names } => for_each(&state, &names, |meta| {
+            if control_request(&state, meta, control::REQ_STOP, time.to_string().as_bytes()).is_err() {
+                // The keeper could not be reached: power the VM off hard.
+                kill_qemu(meta);
             }
-            if outcome.damaged_records > 0 {
-                eprintln!("vch: warning: {} output records were damaged in transit", outcome.damaged_records);
+            // The port layer's own limit: the grace period plus time to power off, then a
+            // hard power-off.
+            if !wait_stopped(&state, &meta.id, Duration::from_secs(time + 15)) {
+                kill_qemu(meta);
+                wait_stopped(&state, &meta.id, Duration::from_secs(10));
             }
-            Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
+            Ok(())
+        }),
+        Cmd::DropBackchannel { name } => for_each(&state, &[name], |meta| control_request(&state, meta, control::REQ_DROP, &[])),
+        Cmd::Keeper { id } => {
+            let meta = state.meta(&id)?;
+            let created = vm::Created { dir: state.vm_dir(&meta.id), meta };
+            let rt = runtime()?;
+            rt.block_on(vm::keep(state.clone(), created, None, None))?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Logs { follow, timestamps, since, tail, stdout, stderr, name } => {
             let meta = state.resolve(&name)?;
@@ -177,7 +308,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 out.flush()?;
                 Ok(())
             };
-            let running = |id: &str| state.meta(id).ok().and_then(|m| m.qemu_pid).map(state::pid_alive).unwrap_or(false);
+            let running = |id: &str| state.meta(id).map(|m| is_running(&m)).unwrap_or(false);
             if !path.exists() && !(follow && running(&meta.id)) {
                 return Ok(ExitCode::SUCCESS);
             }
@@ -225,12 +356,17 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&doc)?);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Ps { all } => {
+        Cmd::Ps { all, quiet } => {
+            if quiet {
+                for meta in state.list().into_iter().filter(|m| all || is_running(m)) {
+                    println!("{}", meta.id);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             println!("{:<14}{:<16}{:<10}{:<30}{}", "CONTAINER ID", "NAME", "IMAGE", "COMMAND", "STATUS");
             for meta in state.list() {
                 let cfg = vm::load_config(&state.vm_dir(&meta.id)).ok();
-                let running = meta.qemu_pid.map(state::pid_alive).unwrap_or(false);
-                if !all && !running {
+                if !all && !is_running(&meta) {
                     continue;
                 }
                 let status = cfg.as_ref().map(|c| state_text(&meta, c)).unwrap_or_else(|| "unknown".into());
@@ -248,11 +384,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             for n in names {
                 let r = (|| -> Result<()> {
                     let meta = state.resolve(&n)?;
-                    if let Some(pid) = meta.qemu_pid.filter(|p| state::pid_alive(*p)) {
+                    if is_running(&meta) {
                         if !force {
                             bail!("container {n} is running: stop it first or use rm -f");
                         }
-                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).context("kill QEMU")?;
+                        kill_qemu(&meta);
+                        wait_stopped(&state, &meta.id, Duration::from_secs(10));
                     }
                     state.remove(&meta.id)?;
                     println!("{n}");
@@ -269,7 +406,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
 }
 
 fn state_text(meta: &state::Meta, cfg: &guestinfo::ContainerConfig) -> String {
-    let running = meta.qemu_pid.map(state::pid_alive).unwrap_or(false);
+    let running = is_running(meta);
     let (started, code) = vm::session_result(cfg, &meta.id);
     match (running, started.as_str()) {
         (true, "true") => "Up".into(),
@@ -278,4 +415,161 @@ fn state_text(meta: &state::Meta, cfg: &guestinfo::ContainerConfig) -> String {
         (false, "") => "Created".into(),
         (false, _) => format!("Failed ({code})"),
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+fn is_running(meta: &state::Meta) -> bool {
+    meta.qemu_pid.map(state::pid_alive).unwrap_or(false)
+}
+
+fn running(state: &State, name: &str) -> Result<state::Meta> {
+    let meta = state.resolve(name)?;
+    if !is_running(&meta) {
+        bail!("container {name} is not running");
+    }
+    if meta.backchannel.starts_with("tcp://") {
+        bail!("container {name}'s back-channel goes to an external port layer ({})", meta.backchannel);
+    }
+    Ok(meta)
+}
+
+fn for_each(state: &State, names: &[String], mut f: impl FnMut(&state::Meta) -> Result<()>) -> Result<ExitCode> {
+    let mut failed = false;
+    for n in names {
+        match running(state, n).and_then(|m| f(&m)) {
+            Ok(()) => println!("{n}"),
+            Err(e) => {
+                eprintln!("vch: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn control_request(state: &State, meta: &state::Meta, name: &str, data: &[u8]) -> Result<()> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let conn = control::connect(&state.vm_dir(&meta.id).join("ctl.sock")).await.context("connect to the container")?;
+        control::request(&conn, name, data).await.map_err(anyhow::Error::msg)?;
+        Ok(())
+    })
+}
+
+fn kill_qemu(meta: &state::Meta) {
+    if let Some(pid) = meta.qemu_pid {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// Waits until the VM's keeper has finished (QEMU gone, state saved).
+fn wait_stopped(state: &State, id: &str, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        match state.meta(id) {
+            Ok(m) if m.keeper_pid.map(state::pid_alive).unwrap_or(false) || is_running(&m) => {}
+            _ => return true,
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn finish_run(outcome: &vm::RunOutcome, timeout: u64) -> Result<ExitCode> {
+    if outcome.timed_out {
+        bail!("container {} did not finish within {timeout} s; the VM was killed (debug log: {})", outcome.id, outcome.dir.join("tether.debug").display());
+    }
+    if outcome.started != "true" {
+        let why = if outcome.started.is_empty() {
+            format!("the VM powered off before the container started (debug log: {})", outcome.dir.join("tether.debug").display())
+        } else {
+            outcome.started.clone()
+        };
+        eprintln!("vch: container {} failed to start: {why}", &outcome.id[..12.min(outcome.id.len())]);
+        let code = if outcome.exit_code > 0 { outcome.exit_code } else { 125 };
+        return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+    }
+    if outcome.damaged_records > 0 {
+        eprintln!("vch: warning: {} stretches of output were damaged in transit", outcome.damaged_records);
+    }
+    Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
+}
+
+/// `run -d` and `run -it`: the VM is kept by a background `vch keeper`, so it outlives this
+/// command (detach) and other commands can reach it.
+fn run_background(state: &State, mut opts: RunOptions, detach: bool) -> Result<ExitCode> {
+    let interactive = opts.spec.open_stdin || opts.spec.tty;
+    if !detach {
+        // Hold the launch until our terminal is bound, so not a byte of output is lost.
+        opts.spec.run_block = true;
+    }
+    let created = vm::create(state, opts.clone())?;
+    let id = created.meta.id.clone();
+    let exe = std::env::current_exe().context("locate vch")?;
+    let log = std::fs::File::create(created.dir.join("keeper.log"))?;
+    {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new(exe)
+            .arg("--state")
+            .arg(state.root())
+            .arg("keeper")
+            .arg(&id)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            // Its own process group: ctrl-c in this terminal must not reach the VM's keeper.
+            .process_group(0)
+            .spawn()
+            .context("start the VM keeper")?;
+    }
+    if detach {
+        // docker run -d returns once the container started (or failed to).
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let cfg = vm::load_config(&created.dir)?;
+            let (started, code) = vm::session_result(&cfg, &id);
+            if started == "true" {
+                println!("{id}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !started.is_empty() {
+                eprintln!("vch: container {} failed to start: {started}", &id[..12]);
+                return Ok(ExitCode::from(code.clamp(1, 255) as u8));
+            }
+            let meta = state.meta(&id)?;
+            if std::time::Instant::now() > deadline || (meta.keeper_pid.is_some() && !is_running(&meta) && !meta.keeper_pid.map(state::pid_alive).unwrap_or(false)) {
+                bail!("container {} did not start (debug log: {})", &id[..12], created.dir.join("tether.debug").display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let rt = runtime()?;
+    let ctl = created.dir.join("ctl.sock");
+    let ended = rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let conn = loop {
+            match control::connect(&ctl).await {
+                Ok(c) => break c,
+                Err(e) if tokio::time::Instant::now() > deadline => return Err(anyhow::anyhow!("the VM keeper did not come up: {e}")),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let opts = client::AttachOptions { tty: opts.spec.tty, stdin: interactive && opts.spec.open_stdin, unblock: true, detach_keys: true };
+        client::attach(&conn, &id, opts).await.map_err(anyhow::Error::msg)
+    })?;
+    if ended == client::Ended::Detached {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The session ended: the VM powers off; report what the tether wrote back.
+    wait_stopped(state, &id, Duration::from_secs(30));
+    let cfg = vm::load_config(&created.dir)?;
+    let (started, code) = vm::session_result(&cfg, &id);
+    if started != "true" {
+        eprintln!("vch: container {} failed to start: {started}", &id[..12]);
+        return Ok(ExitCode::from(code.clamp(1, 255) as u8));
+    }
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
