@@ -16,6 +16,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod image;
+pub mod keys;
 pub mod logs;
 pub mod portlayer;
 pub mod state;

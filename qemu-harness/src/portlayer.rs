@@ -28,11 +28,13 @@ pub struct PortLayer {
     ids: watch::Sender<BTreeSet<String>>,
     /// Send line garbage before each handshake (robustness tests).
     noise: bool,
+    /// Offered after `none` is refused (a tether given our public key refuses `none`).
+    key: sshproto::PrivateKey,
 }
 
 impl PortLayer {
-    pub fn new(noise: bool) -> Arc<PortLayer> {
-        Arc::new(PortLayer { conn: watch::channel(None).0, next: Default::default(), ids: watch::channel(BTreeSet::new()).0, noise })
+    pub fn new(noise: bool, key: sshproto::PrivateKey) -> Arc<PortLayer> {
+        Arc::new(PortLayer { conn: watch::channel(None).0, next: Default::default(), ids: watch::channel(BTreeSet::new()).0, noise, key })
     }
 
     /// Accepts the VM's connections until the listener fails (the task is aborted when the
@@ -79,7 +81,7 @@ impl PortLayer {
             }
             r.succeed(Vec::new());
         });
-        let config = Arc::new(ClientConfig::new("daemon").handlers(handlers));
+        let config = Arc::new(ClientConfig::new("daemon").key(self.key.clone()).handlers(handlers));
         let (conn, driver) = match Client::connect(stream, config).await {
             Ok(x) => x,
             Err(e) => {

@@ -116,6 +116,8 @@ pub struct RunOptions {
     pub backchannel: Backchannel,
     /// Send line garbage before each back-channel handshake (robustness tests).
     pub line_noise: bool,
+    /// Be the original port layer: a 512-bit RSA host key and `none` authentication.
+    pub vic_compat: bool,
     /// Raw extraConfig entries set after the composed config (tests use it to inject
     /// malformed keys).
     pub extra_config: Vec<(String, String)>,
@@ -132,6 +134,7 @@ impl RunOptions {
             disk_mb: 256,
             backchannel: Backchannel::Virtio,
             line_noise: false,
+            vic_compat: false,
             extra_config: Vec::new(),
         }
     }
@@ -231,7 +234,11 @@ pub fn create(state: &State, mut opts: RunOptions) -> Result<Created, VmError> {
 
 fn prepare(state: &State, opts: &RunOptions, dir: &Path) -> Result<Meta, VmError> {
     let disk = image::container_disk(&opts.image, &artifacts::cache_dir(), dir, opts.disk_mb)?;
-    let cfg = config::compose(&opts.spec);
+    let mut cfg = config::compose(&opts.spec);
+    cfg.key = crate::keys::host_key(opts.vic_compat).map_err(|e| VmError::Config(e.to_string()))?;
+    if !opts.vic_compat {
+        cfg.tether.vch_client_key = crate::keys::client_key(state.root()).map_err(|e| VmError::Config(e.to_string()))?.1;
+    }
     let store = FileStore::open(dir.join("config.vmx")).map_err(|e| VmError::Config(e.to_string()))?;
     guestinfo::store::write_config(&store, &cfg).map_err(|e| VmError::Config(e.to_string()))?;
     if !opts.extra_config.is_empty() {
@@ -303,7 +310,8 @@ pub async fn keep(
     }
     let gi_listener = std::os::unix::net::UnixListener::bind(sock("gi.sock")).map_err(io_err("listen", &dir))?;
     let out_listener = tokio::net::UnixListener::bind(sock("out.sock")).map_err(io_err("listen", &dir))?;
-    let portlayer = PortLayer::new(meta.backchannel.ends_with("+noise"));
+    let client_key = crate::keys::client_key(state.root()).map_err(|e| VmError::Config(e.to_string()))?.0;
+    let portlayer = PortLayer::new(meta.backchannel.ends_with("+noise"), client_key);
     let attach_port = match &backchannel {
         Backchannel::External(_) => None,
         _ => {
@@ -387,7 +395,12 @@ pub async fn keep(
     meta.keeper_pid = None;
     state.save(&meta)?;
 
-    let (started, exit_code) = session_result(&load_config(&dir)?, &meta.id);
+    let (started, exit_code) = match load_config(&dir) {
+        Ok(cfg) => session_result(&cfg, &meta.id),
+        // A config the codec refuses (the malformed-key scenarios) still carries the
+        // tether's verdict in plain keys.
+        Err(_) => raw_session_result(&*store, &meta.id),
+    };
     Ok(RunOutcome { id: meta.id.clone(), started, exit_code, timed_out, damaged_records: damaged, dir })
 }
 
@@ -397,6 +410,14 @@ pub fn session_result(cfg: &ContainerConfig, id: &str) -> (String, i64) {
         Some(s) => (s.started.clone(), s.exit_status),
         None => (String::new(), 0),
     }
+}
+
+/// `started` and `status` of a session read straight from the store's keys.
+pub fn raw_session_result(store: &dyn Store, id: &str) -> (String, i64) {
+    let get = |leaf: &str| {
+        store.get(&format!("guestinfo.vice..sessions|{id}.{leaf}")).ok().flatten().map(|v| if v == "<nil>" { String::new() } else { v }).unwrap_or_default()
+    };
+    (get("started"), get("status").parse().unwrap_or(0))
 }
 
 /// Reads a VM's current config from its store, including the fields the tether writes back.

@@ -4,7 +4,7 @@ use e2e::RunOptions;
 
 #[test]
 fn unprivileged_user_shows_in_id() {
-    let mut opts = RunOptions::new("busybox", &["sh", "-c", "id; echo HOME=$HOME; touch /root/x 2>&1 || echo denied"]);
+    let mut opts = RunOptions::new("busybox", &["sh", "-c", "id; echo HOME=$HOME; if touch /root/x 2>/dev/null; then echo allowed; else echo denied; fi"]);
     opts.spec.user = "user".into();
     let r = e2e::run_with(opts);
     r.assert_clean_power_off();

@@ -49,6 +49,10 @@ pub fn server_config(cfg: &ContainerConfig, handlers: Handlers) -> Result<Server
             .map_err(|e| AttachError::HostKey(e.to_string()))?
     };
     let mut config = ServerConfig::new(host_key).handlers(handlers);
+    // A serial line has no connection state: without probes a VCH that vanished is only
+    // noticed when the next connection's bytes arrive. Any reply counts, and every SSH
+    // peer answers an unknown want-reply request, so the original port layer qualifies.
+    config.common.keepalive = Some(sshproto::Keepalive { interval: Duration::from_secs(10), max_missed: 3 });
     if cfg.tether.vch_client_key.trim().is_empty() {
         config = config.allow_none_for(["daemon"]);
     } else {

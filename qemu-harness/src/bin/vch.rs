@@ -58,6 +58,10 @@ enum Cmd {
         /// as on vSphere) or tcp://HOST:PORT (an external port layer)
         #[arg(long = "vch", default_value = "virtio")]
         backchannel: String,
+        /// Be the original VIC port layer on the back-channel: a 512-bit RSA host key
+        /// (ssh-rsa/SHA-1) and `none` authentication
+        #[arg(long)]
+        vic_compat: bool,
         /// Kill the VM if it runs longer than this many seconds
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
@@ -183,7 +187,7 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli) -> Result<ExitCode> {
     let state = State::open(cli.state.clone().unwrap_or_else(State::default_dir))?;
     match cli.cmd {
-        Cmd::Run { name, detach, interactive, tty, env, workdir, user, hostname, restart, backchannel, timeout, memory, image, command } => {
+        Cmd::Run { name, detach, interactive, tty, env, workdir, user, hostname, restart, backchannel, vic_compat, timeout, memory, image, command } => {
             let mut opts = RunOptions::new(&image, &[]);
             opts.spec = ContainerSpec {
                 name: name.unwrap_or_default(),
@@ -205,6 +209,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             opts.memory_mb = memory;
             opts.backchannel = vm::Backchannel::parse(&backchannel)?;
             opts.line_noise = backchannel.ends_with("+noise");
+            opts.vic_compat = vic_compat;
             if detach || interactive || tty {
                 return run_background(&state, opts, detach);
             }
@@ -221,19 +226,21 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 let id = control::request(&conn, control::REQ_EXEC, &payload).await.map_err(anyhow::Error::msg)?;
                 let id = String::from_utf8_lossy(&id).into_owned();
                 let opts = client::AttachOptions { tty, stdin: interactive, unblock: true, detach_keys: tty };
-                match client::attach(&conn, &id, opts).await.map_err(anyhow::Error::msg)? {
-                    client::Ended::Exited(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
-                    client::Ended::Detached => Ok(ExitCode::SUCCESS),
-                    client::Ended::Closed => {
-                        // No exit status on the channel (a launch failure): the tether wrote it back.
-                        let cfg = vm::load_config(&state.vm_dir(&meta.id))?;
-                        let exec = cfg.execs.get(&id).cloned().unwrap_or_default();
-                        if exec.started != "true" && !exec.started.is_empty() {
-                            eprintln!("vch: exec failed: {}", exec.started);
-                        }
-                        Ok(ExitCode::from(exec.exit_status.clamp(0, 255) as u8))
-                    }
+                let ended = client::attach(&conn, &id, opts).await.map_err(anyhow::Error::msg)?;
+                if ended == client::Ended::Detached {
+                    return Ok(ExitCode::SUCCESS);
                 }
+                // What the tether wrote back is authoritative (and says why a launch failed).
+                let cfg = vm::load_config(&state.vm_dir(&meta.id))?;
+                let exec = cfg.execs.get(&id).cloned().unwrap_or_default();
+                if exec.started != "true" && !exec.started.is_empty() {
+                    eprintln!("vch: exec failed: {}", exec.started);
+                }
+                let code = match ended {
+                    client::Ended::Exited(code) => code,
+                    _ => exec.exit_status,
+                };
+                Ok(ExitCode::from(code.clamp(0, 255) as u8))
             })
         }
         Cmd::Attach { name } => {
