@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 
 /// The workspace root (the harness is built inside it).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// The bootstrap ISO: `$TETHER_ISO`, else `target/bootstrap/bootstrap.iso` in the workspace,

@@ -44,10 +44,13 @@ impl RawTerminal {
         if !stdin.is_terminal() {
             return RawTerminal { saved: None };
         }
-        let Ok(saved) = nix::sys::termios::tcgetattr(stdin.as_fd()) else { return RawTerminal { saved: None } };
+        let Ok(saved) = nix::sys::termios::tcgetattr(stdin.as_fd()) else {
+            return RawTerminal { saved: None };
+        };
         let mut raw = saved.clone();
         nix::sys::termios::cfmakeraw(&mut raw);
-        let _ = nix::sys::termios::tcsetattr(stdin.as_fd(), nix::sys::termios::SetArg::TCSANOW, &raw);
+        let _ =
+            nix::sys::termios::tcsetattr(stdin.as_fd(), nix::sys::termios::SetArg::TCSANOW, &raw);
         RawTerminal { saved: Some(saved) }
     }
 }
@@ -55,7 +58,11 @@ impl RawTerminal {
 impl Drop for RawTerminal {
     fn drop(&mut self) {
         if let Some(saved) = &self.saved {
-            let _ = nix::sys::termios::tcsetattr(std::io::stdin().as_fd(), nix::sys::termios::SetArg::TCSANOW, saved);
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin().as_fd(),
+                nix::sys::termios::SetArg::TCSANOW,
+                saved,
+            );
         }
     }
 }
@@ -63,12 +70,22 @@ impl Drop for RawTerminal {
 /// The local terminal's size, if stdout or stdin is a terminal.
 pub fn terminal_size() -> Option<WindowSize> {
     for fd in [libc::STDOUT_FILENO, libc::STDIN_FILENO] {
-        let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+        let mut ws = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
         // SAFETY: TIOCGWINSZ writes a `winsize` into the valid pointer we pass; the fd is
         // only read, and an invalid fd just makes the call fail.
         let r = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
         if r == 0 && ws.ws_col > 0 {
-            return Some(WindowSize { cols: ws.ws_col.into(), rows: ws.ws_row.into(), width_px: ws.ws_xpixel.into(), height_px: ws.ws_ypixel.into() });
+            return Some(WindowSize {
+                cols: ws.ws_col.into(),
+                rows: ws.ws_row.into(),
+                width_px: ws.ws_xpixel.into(),
+                height_px: ws.ws_ypixel.into(),
+            });
         }
     }
     None
@@ -77,8 +94,15 @@ pub fn terminal_size() -> Option<WindowSize> {
 /// Attaches to session `id` over `conn` (the tether's back-channel, or a keeper's control
 /// socket, which relays it) until the session ends or the user detaches.
 pub async fn attach(conn: &Connection, id: &str, opts: AttachOptions) -> Result<Ended, String> {
-    let ch = conn.open_channel(req::CHANNEL_ATTACH, id.as_bytes()).await.map_err(|e| e.to_string())?;
-    let _raw = if opts.tty && opts.stdin && std::io::stdin().is_terminal() { Some(RawTerminal::enter()) } else { None };
+    let ch = conn
+        .open_channel(req::CHANNEL_ATTACH, id.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let _raw = if opts.tty && opts.stdin && std::io::stdin().is_terminal() {
+        Some(RawTerminal::enter())
+    } else {
+        None
+    };
     let mut err_reader = ch.stderr();
     let (mut reader, writer) = ch.split();
     if opts.tty {
@@ -135,10 +159,18 @@ pub async fn attach(conn: &Connection, id: &str, opts: AttachOptions) -> Result<
     let resize = if opts.tty {
         let w = writer.clone();
         Some(tokio::spawn(async move {
-            let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else { return };
+            let Ok(mut winch) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+            else {
+                return;
+            };
             while winch.recv().await.is_some() {
                 if let Some(ws) = terminal_size() {
-                    let _ = w.lock().await.request(req::REQ_WINDOW_CHANGE, &ws.payload()).await;
+                    let _ = w
+                        .lock()
+                        .await
+                        .request(req::REQ_WINDOW_CHANGE, &ws.payload())
+                        .await;
                 }
             }
         }))

@@ -44,7 +44,11 @@ pub fn compose(spec: &ContainerSpec) -> ContainerConfig {
     }
     env.extend(spec.env.iter().cloned());
     s.cmd.env = env;
-    s.cmd.dir = if spec.workdir.is_empty() { "/".into() } else { spec.workdir.clone() };
+    s.cmd.dir = if spec.workdir.is_empty() {
+        "/".into()
+    } else {
+        spec.workdir.clone()
+    };
     let (user, group) = match spec.user.split_once(':') {
         Some((u, g)) => (u.to_owned(), g.to_owned()),
         None => (spec.user.clone(), String::new()),
@@ -80,7 +84,10 @@ mod tests {
         let s = &cfg.sessions["abc"];
         assert_eq!(s.cmd.path, "echo");
         assert_eq!(s.cmd.args, vec!["echo", "hi"]);
-        assert_eq!(s.cmd.env, vec![format!("PATH={DEFAULT_PATH}"), "A=1".into()]);
+        assert_eq!(
+            s.cmd.env,
+            vec![format!("PATH={DEFAULT_PATH}"), "A=1".into()]
+        );
         assert_eq!((s.user.as_str(), s.group.as_str()), ("user", "wheel"));
         assert_eq!(s.cmd.dir, "/");
         assert!(s.active);

@@ -12,7 +12,10 @@ use guestinfo::store::Store;
 use guestinfo::transport::qemu::HostServer;
 use guestinfo::{HostCommand, SessionConfig};
 use serde::{Deserialize, Serialize};
-use sshproto::{Channel, ChannelOpenRequest, Client, ClientConfig, Connection, GlobalRequest, Handlers, OpenFailureReason, PrivateKey, Server, ServerConfig};
+use sshproto::{
+    Channel, ChannelOpenRequest, Client, ClientConfig, Connection, GlobalRequest, Handlers,
+    OpenFailureReason, PrivateKey, Server, ServerConfig,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixListener;
 
@@ -52,9 +55,15 @@ pub struct Keeper {
 
 /// Serves the control socket until the task is aborted.
 pub async fn serve(listener: UnixListener, keeper: Keeper) {
-    let config = Arc::new(ServerConfig::new(PrivateKey::generate_ed25519()).allow_none_for_anyone().handlers(handlers(keeper)));
+    let config = Arc::new(
+        ServerConfig::new(PrivateKey::generate_ed25519())
+            .allow_none_for_anyone()
+            .handlers(handlers(keeper)),
+    );
     loop {
-        let Ok((stream, _)) = listener.accept().await else { return };
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
         let config = config.clone();
         tokio::spawn(async move {
             match Server::accept(stream, config).await {
@@ -94,8 +103,22 @@ fn handlers(k: Keeper) -> Handlers {
         .on_global_request(REQ_STOP, move |r: GlobalRequest| {
             let grace = String::from_utf8_lossy(r.data()).trim().to_owned();
             let key = "guestinfo.vice./tether/stoptimeout";
-            let set = if grace.is_empty() { Ok(()) } else { k4.store.set(key, &grace).map_err(|e| e.to_string()) };
-            match set.and_then(|()| k4.guestinfo.push(HostCommand::Reload).map_err(|e| e.to_string())).and_then(|()| k4.guestinfo.push(HostCommand::Halt).map_err(|e| e.to_string())) {
+            let set = if grace.is_empty() {
+                Ok(())
+            } else {
+                k4.store.set(key, &grace).map_err(|e| e.to_string())
+            };
+            match set
+                .and_then(|()| {
+                    k4.guestinfo
+                        .push(HostCommand::Reload)
+                        .map_err(|e| e.to_string())
+                })
+                .and_then(|()| {
+                    k4.guestinfo
+                        .push(HostCommand::Halt)
+                        .map_err(|e| e.to_string())
+                }) {
                 Ok(()) => r.succeed(Vec::new()),
                 Err(e) => r.fail_with(e.into_bytes()),
             }
@@ -110,7 +133,10 @@ fn handlers(k: Keeper) -> Handlers {
 /// tether's own reason.
 async fn open_upstream(k: Keeper, open: ChannelOpenRequest) {
     let Some(up_conn) = k.portlayer.connection(BACKCHANNEL_WAIT).await else {
-        open.reject(OpenFailureReason::CONNECT_FAILED, "the container's back-channel is not connected");
+        open.reject(
+            OpenFailureReason::CONNECT_FAILED,
+            "the container's back-channel is not connected",
+        );
         return;
     };
     let ty = open.channel_type().to_owned();
@@ -120,11 +146,17 @@ async fn open_upstream(k: Keeper, open: ChannelOpenRequest) {
             Ok(down) => splice(down, up).await,
             Err(e) => tracing::debug!(error = %e, "control channel accept"),
         },
-        Err(e) => open.reject(OpenFailureReason::ADMINISTRATIVELY_PROHIBITED, &e.to_string()),
+        Err(e) => open.reject(
+            OpenFailureReason::ADMINISTRATIVELY_PROHIBITED,
+            &e.to_string(),
+        ),
     }
 }
 
-async fn copy<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(r: &mut R, w: &tokio::sync::Mutex<W>) -> bool {
+async fn copy<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    r: &mut R,
+    w: &tokio::sync::Mutex<W>,
+) -> bool {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         match r.read(&mut buf).await {
@@ -199,7 +231,8 @@ impl WaitStatus for sshproto::ChannelWriter {
 }
 
 async fn create_exec(k: &Keeper, payload: &[u8]) -> Result<String, String> {
-    let spec: ExecSpec = serde_json::from_slice(payload).map_err(|e| format!("bad exec request: {e}"))?;
+    let spec: ExecSpec =
+        serde_json::from_slice(payload).map_err(|e| format!("bad exec request: {e}"))?;
     if spec.command.is_empty() {
         return Err("no command given".into());
     }
@@ -223,7 +256,11 @@ async fn create_exec(k: &Keeper, payload: &[u8]) -> Result<String, String> {
     exec.cmd.path = spec.command[0].clone();
     exec.cmd.args = spec.command.clone();
     exec.cmd.env = env;
-    exec.cmd.dir = if spec.workdir.is_empty() { primary.cmd.dir.clone() } else { spec.workdir.clone() };
+    exec.cmd.dir = if spec.workdir.is_empty() {
+        primary.cmd.dir.clone()
+    } else {
+        spec.workdir.clone()
+    };
     exec.user = user;
     exec.group = group;
     exec.tty = spec.tty;
@@ -243,7 +280,9 @@ async fn create_exec(k: &Keeper, payload: &[u8]) -> Result<String, String> {
         .map(|(key, v)| (key, if v.is_empty() { "<nil>".to_owned() } else { v }))
         .collect();
     k.store.set_all(&entries).map_err(|e| e.to_string())?;
-    k.guestinfo.push(HostCommand::Reload).map_err(|e| e.to_string())?;
+    k.guestinfo
+        .push(HostCommand::Reload)
+        .map_err(|e| e.to_string())?;
     if !k.portlayer.wait_for_id(&eid, BACKCHANNEL_WAIT).await {
         return Err("the container did not start the exec (is it running?)".into());
     }
@@ -253,7 +292,9 @@ async fn create_exec(k: &Keeper, payload: &[u8]) -> Result<String, String> {
 /// Connects to a running VM's control socket.
 pub async fn connect(ctl: &Path) -> std::io::Result<Connection> {
     let stream = tokio::net::UnixStream::connect(ctl).await?;
-    let (conn, driver) = Client::connect(stream, Arc::new(ClientConfig::new("vch"))).await.map_err(std::io::Error::other)?;
+    let (conn, driver) = Client::connect(stream, Arc::new(ClientConfig::new("vch")))
+        .await
+        .map_err(std::io::Error::other)?;
     tokio::spawn(driver);
     Ok(conn)
 }

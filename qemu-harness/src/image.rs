@@ -20,7 +20,11 @@ pub enum ImageError {
     NoBusybox,
     /// a file operation failed
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     /// mkfs.ext4 failed
     #[error("mkfs.ext4 failed: {0}")]
     Mkfs(String),
@@ -30,7 +34,11 @@ pub enum ImageError {
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ImageError + 'a {
-    move |source| ImageError::Io { what, path: path.to_owned(), source }
+    move |source| ImageError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// The root filesystem directory of an image: the directory itself, or the built-in busybox
@@ -59,16 +67,37 @@ fn busybox_rootfs(cache: &Path) -> Result<PathBuf, ImageError> {
     if dir.join(".complete").exists() {
         return Ok(dir);
     }
-    let tmp = cache.join("images").join(format!(".busybox-{key}-{}", std::process::id()));
+    let tmp = cache
+        .join("images")
+        .join(format!(".busybox-{key}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
-    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "root", "home/user", "proc", "sys", "dev", "var/log", "run"] {
+    for d in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "etc",
+        "tmp",
+        "root",
+        "home/user",
+        "proc",
+        "sys",
+        "dev",
+        "var/log",
+        "run",
+    ] {
         fs::create_dir_all(tmp.join(d)).map_err(io_err("mkdir", &tmp))?;
     }
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(tmp.join("tmp"), fs::Permissions::from_mode(0o1777)).map_err(io_err("chmod", &tmp))?;
+    fs::set_permissions(tmp.join("tmp"), fs::Permissions::from_mode(0o1777))
+        .map_err(io_err("chmod", &tmp))?;
     fs::write(tmp.join("bin/busybox"), &bin).map_err(io_err("write", &tmp))?;
-    fs::set_permissions(tmp.join("bin/busybox"), fs::Permissions::from_mode(0o755)).map_err(io_err("chmod", &tmp))?;
-    let list = Command::new(BUSYBOX).arg("--list-full").output().map_err(|_| ImageError::NoBusybox)?;
+    fs::set_permissions(tmp.join("bin/busybox"), fs::Permissions::from_mode(0o755))
+        .map_err(io_err("chmod", &tmp))?;
+    let list = Command::new(BUSYBOX)
+        .arg("--list-full")
+        .output()
+        .map_err(|_| ImageError::NoBusybox)?;
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         let link = tmp.join(applet.trim_start_matches('/'));
         if applet.is_empty() || link.exists() {
@@ -79,7 +108,8 @@ fn busybox_rootfs(cache: &Path) -> Result<PathBuf, ImageError> {
     fs::write(tmp.join("etc/passwd"), PASSWD).map_err(io_err("write", &tmp))?;
     fs::write(tmp.join("etc/group"), GROUP).map_err(io_err("write", &tmp))?;
     fs::write(tmp.join("etc/hosts"), "127.0.0.1 localhost\n").map_err(io_err("write", &tmp))?;
-    std::os::unix::fs::chown(tmp.join("home/user"), Some(1000), Some(1000)).map_err(io_err("chown", &tmp))?;
+    std::os::unix::fs::chown(tmp.join("home/user"), Some(1000), Some(1000))
+        .map_err(io_err("chown", &tmp))?;
     fs::write(tmp.join(".complete"), b"").map_err(io_err("write", &tmp))?;
     let _ = fs::remove_dir_all(&dir);
     fs::rename(&tmp, &dir).map_err(io_err("rename", &dir))?;
@@ -99,12 +129,20 @@ pub struct Disk {
 /// The built-in image's filesystem is built once into the cache and each container gets a
 /// copy-on-write qcow2 overlay of it (as VIC gives each container a child disk of its image);
 /// a rootfs directory may change between runs, so it is copied into a fresh disk every time.
-pub fn container_disk(image: &str, cache: &Path, dir: &Path, size_mb: u64) -> Result<Disk, ImageError> {
+pub fn container_disk(
+    image: &str,
+    cache: &Path,
+    dir: &Path,
+    size_mb: u64,
+) -> Result<Disk, ImageError> {
     let root = rootfs(image, cache)?;
     if image != "busybox" {
         let path = dir.join("disk.img");
         make_disk(&root, &path, size_mb)?;
-        return Ok(Disk { path, format: "raw" });
+        return Ok(Disk {
+            path,
+            format: "raw",
+        });
     }
     let base = root.with_extension(format!("{size_mb}M.ext4"));
     if !base.exists() {
@@ -120,23 +158,38 @@ pub fn container_disk(image: &str, cache: &Path, dir: &Path, size_mb: u64) -> Re
         .output()
         .map_err(|e| ImageError::QemuImg(format!("{e} (apt-get install qemu-utils)")))?;
     if !out.status.success() {
-        return Err(ImageError::QemuImg(String::from_utf8_lossy(&out.stderr).into_owned()));
+        return Err(ImageError::QemuImg(
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
     }
-    Ok(Disk { path, format: "qcow2" })
+    Ok(Disk {
+        path,
+        format: "qcow2",
+    })
 }
 
 /// Creates the container's disk: an ext4 filesystem labelled `containerfs` holding a copy of
 /// `rootfs`, as a sparse raw image of `size_mb` megabytes.
 pub fn make_disk(rootfs: &Path, disk: &Path, size_mb: u64) -> Result<(), ImageError> {
     let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", CONTAINERFS_LABEL, "-E", "root_owner=0:0", "-d"])
+        .args([
+            "-q",
+            "-F",
+            "-L",
+            CONTAINERFS_LABEL,
+            "-E",
+            "root_owner=0:0",
+            "-d",
+        ])
         .arg(rootfs)
         .arg(disk)
         .arg(format!("{size_mb}M"))
         .output()
         .map_err(|e| ImageError::Mkfs(format!("{e} (apt-get install e2fsprogs)")))?;
     if !out.status.success() {
-        return Err(ImageError::Mkfs(String::from_utf8_lossy(&out.stderr).into_owned()));
+        return Err(ImageError::Mkfs(
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
     }
     Ok(())
 }

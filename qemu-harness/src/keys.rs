@@ -13,7 +13,10 @@ pub enum KeyError {
     Generate(String),
     /// reading or writing the client key file failed
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// A host key for a new container, as the config's `key` bytes.
@@ -24,12 +27,18 @@ pub fn host_key(vic_compat: bool) -> Result<Vec<u8>, KeyError> {
     let mut rng = rand_core::OsRng;
     if vic_compat {
         use rsa::pkcs1::EncodeRsaPrivateKey;
-        let key = rsa::RsaPrivateKey::new(&mut rng, 512).map_err(|e| KeyError::Generate(e.to_string()))?;
-        let pem = key.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF).map_err(|e| KeyError::Generate(e.to_string()))?;
+        let key = rsa::RsaPrivateKey::new(&mut rng, 512)
+            .map_err(|e| KeyError::Generate(e.to_string()))?;
+        let pem = key
+            .to_pkcs1_pem(rsa::pkcs8::LineEnding::LF)
+            .map_err(|e| KeyError::Generate(e.to_string()))?;
         return Ok(pem.as_bytes().to_vec());
     }
-    let key = ssh_key::PrivateKey::random(&mut rng, ssh_key::Algorithm::Ed25519).map_err(|e| KeyError::Generate(e.to_string()))?;
-    let pem = key.to_openssh(ssh_key::LineEnding::LF).map_err(|e| KeyError::Generate(e.to_string()))?;
+    let key = ssh_key::PrivateKey::random(&mut rng, ssh_key::Algorithm::Ed25519)
+        .map_err(|e| KeyError::Generate(e.to_string()))?;
+    let pem = key
+        .to_openssh(ssh_key::LineEnding::LF)
+        .map_err(|e| KeyError::Generate(e.to_string()))?;
     Ok(pem.as_bytes().to_vec())
 }
 
@@ -37,15 +46,27 @@ pub fn host_key(vic_compat: bool) -> Result<Vec<u8>, KeyError> {
 /// public half as an OpenSSH line for the container config.
 pub fn client_key(state_root: &Path) -> Result<(PrivateKey, String), KeyError> {
     let path = state_root.join("vch_client_ed25519");
-    let io = |source| KeyError::Io { path: path.display().to_string(), source };
+    let io = |source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     if !path.exists() {
-        let key = ssh_key::PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519).map_err(|e| KeyError::Generate(e.to_string()))?;
-        let pem = key.to_openssh(ssh_key::LineEnding::LF).map_err(|e| KeyError::Generate(e.to_string()))?;
+        let key = ssh_key::PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+            .map_err(|e| KeyError::Generate(e.to_string()))?;
+        let pem = key
+            .to_openssh(ssh_key::LineEnding::LF)
+            .map_err(|e| KeyError::Generate(e.to_string()))?;
         let tmp = path.with_extension("tmp");
         {
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io)?;
             f.write_all(pem.as_bytes()).map_err(io)?;
         }
         std::fs::rename(&tmp, &path).map_err(io)?;

@@ -75,7 +75,11 @@ impl LogReader {
             .partial
             .drain()
             .filter(|(_, (_, bytes))| !bytes.is_empty())
-            .map(|(stream, (time_ns, bytes))| LogLine { stream, time_ns, bytes })
+            .map(|(stream, (time_ns, bytes))| LogLine {
+                stream,
+                time_ns,
+                bytes,
+            })
             .collect();
         rest.sort_by_key(|l| l.time_ns);
         rest
@@ -89,7 +93,10 @@ impl LogReader {
             }
             Item::Record(r) => r,
         };
-        let expected = self.next_seq.entry((record.session.clone(), record.stream)).or_insert(0);
+        let expected = self
+            .next_seq
+            .entry((record.session.clone(), record.stream))
+            .or_insert(0);
         if record.seq > *expected {
             self.lost += record.seq - *expected;
         }
@@ -99,15 +106,26 @@ impl LogReader {
         }
         match record.body {
             Body::Eof => {
-                if let Some((time_ns, bytes)) = self.partial.remove(&record.stream).filter(|(_, b)| !b.is_empty()) {
-                    lines.push(LogLine { stream: record.stream, time_ns, bytes });
+                if let Some((time_ns, bytes)) = self
+                    .partial
+                    .remove(&record.stream)
+                    .filter(|(_, b)| !b.is_empty())
+                {
+                    lines.push(LogLine {
+                        stream: record.stream,
+                        time_ns,
+                        bytes,
+                    });
                 }
                 self.ended.push(record.stream);
             }
             Body::Data(data) => {
                 let mut rest = &data[..];
                 while !rest.is_empty() {
-                    let entry = self.partial.entry(record.stream).or_insert_with(|| (record.time_ns, Vec::new()));
+                    let entry = self
+                        .partial
+                        .entry(record.stream)
+                        .or_insert_with(|| (record.time_ns, Vec::new()));
                     if entry.1.is_empty() {
                         entry.0 = record.time_ns;
                     }
@@ -116,7 +134,11 @@ impl LogReader {
                             entry.1.extend_from_slice(&rest[..=nl]);
                             rest = &rest[nl + 1..];
                             let (time_ns, bytes) = std::mem::take(entry);
-                            lines.push(LogLine { stream: record.stream, time_ns, bytes });
+                            lines.push(LogLine {
+                                stream: record.stream,
+                                time_ns,
+                                bytes,
+                            });
                         }
                         None => {
                             entry.1.extend_from_slice(rest);
@@ -139,9 +161,14 @@ pub fn parse_since(s: &str, now_ns: u64) -> Result<u64, String> {
         return Ok(now_ns.saturating_sub(d.as_nanos() as u64));
     }
     if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return Ok(t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
+        return Ok(t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0));
     }
-    Err(format!("invalid --since {s:?}: give an RFC 3339 time, Unix seconds or a duration like 10m"))
+    Err(format!(
+        "invalid --since {s:?}: give an RFC 3339 time, Unix seconds or a duration like 10m"
+    ))
 }
 
 /// Formats a timestamp like docker's `-t`.
@@ -157,7 +184,14 @@ mod tests {
     use std::io::Write;
 
     fn frame(session: &str, stream: Stream, seq: u64, t: u64, body: Body) -> Vec<u8> {
-        iolog::encode(&Record { session: session.into(), stream, seq, time_ns: t, body }).unwrap()
+        iolog::encode(&Record {
+            session: session.into(),
+            stream,
+            seq,
+            time_ns: t,
+            body,
+        })
+        .unwrap()
     }
 
     #[test]
@@ -166,24 +200,74 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("output.log");
         let mut f = File::create(&path).unwrap();
-        f.write_all(&frame("c", Stream::Stdout, 0, 10, Body::Data(b"one\ntw".to_vec()))).unwrap();
-        f.write_all(&frame("c", Stream::Stderr, 0, 11, Body::Data(b"err\n".to_vec()))).unwrap();
-        f.write_all(&frame("x", Stream::Stdout, 0, 12, Body::Data(b"other session\n".to_vec()))).unwrap();
+        f.write_all(&frame(
+            "c",
+            Stream::Stdout,
+            0,
+            10,
+            Body::Data(b"one\ntw".to_vec()),
+        ))
+        .unwrap();
+        f.write_all(&frame(
+            "c",
+            Stream::Stderr,
+            0,
+            11,
+            Body::Data(b"err\n".to_vec()),
+        ))
+        .unwrap();
+        f.write_all(&frame(
+            "x",
+            Stream::Stdout,
+            0,
+            12,
+            Body::Data(b"other session\n".to_vec()),
+        ))
+        .unwrap();
         let mut r = LogReader::open(&path, "c").unwrap();
         let got = r.poll().unwrap();
-        assert_eq!(got.iter().map(|l| l.bytes.as_slice()).collect::<Vec<_>>(), vec![&b"one\n"[..], b"err\n"]);
+        assert_eq!(
+            got.iter().map(|l| l.bytes.as_slice()).collect::<Vec<_>>(),
+            vec![&b"one\n"[..], b"err\n"]
+        );
         // Followed appends: the rest of the partial line, a damaged record, a gap, EOF.
-        f.write_all(&frame("c", Stream::Stdout, 1, 13, Body::Data(b"o\n".to_vec()))).unwrap();
+        f.write_all(&frame(
+            "c",
+            Stream::Stdout,
+            1,
+            13,
+            Body::Data(b"o\n".to_vec()),
+        ))
+        .unwrap();
         let mut bad = frame("c", Stream::Stdout, 2, 14, Body::Data(b"lost\n".to_vec()));
         bad[14] ^= 0xff;
         f.write_all(&bad).unwrap();
-        f.write_all(&frame("c", Stream::Stdout, 3, 15, Body::Data(b"tail".to_vec()))).unwrap();
-        f.write_all(&frame("c", Stream::Stdout, 4, 16, Body::Eof)).unwrap();
+        f.write_all(&frame(
+            "c",
+            Stream::Stdout,
+            3,
+            15,
+            Body::Data(b"tail".to_vec()),
+        ))
+        .unwrap();
+        f.write_all(&frame("c", Stream::Stdout, 4, 16, Body::Eof))
+            .unwrap();
         let got = r.poll().unwrap();
-        assert_eq!(got, vec![
-            LogLine { stream: Stream::Stdout, time_ns: 10, bytes: b"two\n".to_vec() },
-            LogLine { stream: Stream::Stdout, time_ns: 15, bytes: b"tail".to_vec() },
-        ]);
+        assert_eq!(
+            got,
+            vec![
+                LogLine {
+                    stream: Stream::Stdout,
+                    time_ns: 10,
+                    bytes: b"two\n".to_vec()
+                },
+                LogLine {
+                    stream: Stream::Stdout,
+                    time_ns: 15,
+                    bytes: b"tail".to_vec()
+                },
+            ]
+        );
         assert_eq!((r.damaged, r.lost), (1, 1));
         assert_eq!(r.ended, vec![Stream::Stdout]);
         assert!(r.finish().is_empty());
@@ -192,10 +276,19 @@ mod tests {
 
     #[test]
     fn since_forms() {
-        assert_eq!(parse_since("1700000000.5", 0).unwrap(), 1_700_000_000_500_000_000);
+        assert_eq!(
+            parse_since("1700000000.5", 0).unwrap(),
+            1_700_000_000_500_000_000
+        );
         assert_eq!(parse_since("10s", 20_000_000_000).unwrap(), 10_000_000_000);
-        assert_eq!(parse_since("2023-11-14T22:13:20Z", 0).unwrap(), 1_700_000_000_000_000_000);
+        assert_eq!(
+            parse_since("2023-11-14T22:13:20Z", 0).unwrap(),
+            1_700_000_000_000_000_000
+        );
         assert!(parse_since("yesterday-ish", 0).is_err());
-        assert_eq!(format_time(1_700_000_000_000_000_001), "2023-11-14T22:13:20.000000001Z");
+        assert_eq!(
+            format_time(1_700_000_000_000_000_001),
+            "2023-11-14T22:13:20.000000001Z"
+        );
     }
 }

@@ -34,7 +34,13 @@ pub struct PortLayer {
 
 impl PortLayer {
     pub fn new(noise: bool, key: sshproto::PrivateKey) -> Arc<PortLayer> {
-        Arc::new(PortLayer { conn: watch::channel(None).0, next: Default::default(), ids: watch::channel(BTreeSet::new()).0, noise, key })
+        Arc::new(PortLayer {
+            conn: watch::channel(None).0,
+            next: Default::default(),
+            ids: watch::channel(BTreeSet::new()).0,
+            noise,
+            key,
+        })
     }
 
     /// Accepts the VM's connections until the listener fails (the task is aborted when the
@@ -58,7 +64,9 @@ impl PortLayer {
         if self.noise {
             // What a line keeps from an earlier connection: a half SYN, SSH bytes, junk.
             use tokio::io::AsyncWriteExt;
-            let _ = stream.write_all(b"\x16\x00SSH-2.0-stale\r\n\x00\xff\x06\x15garbage").await;
+            let _ = stream
+                .write_all(b"\x16\x00SSH-2.0-stale\r\n\x00\xff\x06\x15garbage")
+                .await;
         }
         let mut attempts = 0;
         loop {
@@ -74,14 +82,21 @@ impl PortLayer {
             }
         }
         let ids = self.ids.clone();
-        let handlers = Handlers::new().on_global_request(req::GLOBAL_CONTAINER_IDS, move |r: GlobalRequest| {
-            // The tether pushes exec IDs after each reload.
-            if let Some(list) = req::parse_id_list(r.data()) {
-                ids.send_modify(|set| set.extend(list));
-            }
-            r.succeed(Vec::new());
-        });
-        let config = Arc::new(ClientConfig::new("daemon").key(self.key.clone()).handlers(handlers));
+        let handlers = Handlers::new().on_global_request(
+            req::GLOBAL_CONTAINER_IDS,
+            move |r: GlobalRequest| {
+                // The tether pushes exec IDs after each reload.
+                if let Some(list) = req::parse_id_list(r.data()) {
+                    ids.send_modify(|set| set.extend(list));
+                }
+                r.succeed(Vec::new());
+            },
+        );
+        let config = Arc::new(
+            ClientConfig::new("daemon")
+                .key(self.key.clone())
+                .handlers(handlers),
+        );
         let (conn, driver) = match Client::connect(stream, config).await {
             Ok(x) => x,
             Err(e) => {
@@ -119,7 +134,11 @@ impl PortLayer {
     /// The current connection, waiting up to `timeout` for one.
     pub async fn connection(&self, timeout: Duration) -> Option<Connection> {
         let mut rx = self.conn.subscribe();
-        let got = tokio::time::timeout(timeout, rx.wait_for(|c| c.as_ref().map(|(_, c)| !c.is_closed()).unwrap_or(false))).await;
+        let got = tokio::time::timeout(
+            timeout,
+            rx.wait_for(|c| c.as_ref().map(|(_, c)| !c.is_closed()).unwrap_or(false)),
+        )
+        .await;
         match got {
             Ok(Ok(c)) => c.as_ref().map(|(_, c)| c.clone()),
             _ => None,
@@ -129,7 +148,10 @@ impl PortLayer {
     /// Waits until the tether lists `id` as attachable.
     pub async fn wait_for_id(&self, id: &str, timeout: Duration) -> bool {
         let mut rx = self.ids.subscribe();
-        let found = tokio::time::timeout(timeout, rx.wait_for(|set| set.contains(id))).await.map(|r| r.is_ok()).unwrap_or(false);
+        let found = tokio::time::timeout(timeout, rx.wait_for(|set| set.contains(id)))
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false);
         found
     }
 

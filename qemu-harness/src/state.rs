@@ -55,10 +55,17 @@ pub enum StateError {
     NameInUse(String, String),
     /// a file operation failed
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     /// a metadata file is damaged
     #[error("{path}: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 /// The state directory.
@@ -84,7 +91,11 @@ impl State {
     pub fn open(root: impl Into<PathBuf>) -> Result<State, StateError> {
         let root = root.into();
         let vms = root.join("vms");
-        fs::create_dir_all(&vms).map_err(|source| StateError::Io { what: "create", path: vms, source })?;
+        fs::create_dir_all(&vms).map_err(|source| StateError::Io {
+            what: "create",
+            path: vms,
+            source,
+        })?;
         Ok(State { root })
     }
 
@@ -125,21 +136,41 @@ impl State {
     /// Writes a VM's metadata (atomically).
     pub fn save(&self, meta: &Meta) -> Result<(), StateError> {
         let dir = self.vm_dir(&meta.id);
-        fs::create_dir_all(&dir).map_err(|source| StateError::Io { what: "create", path: dir.clone(), source })?;
+        fs::create_dir_all(&dir).map_err(|source| StateError::Io {
+            what: "create",
+            path: dir.clone(),
+            source,
+        })?;
         let path = dir.join("meta.json");
         let tmp = dir.join("meta.json.tmp");
-        let text = serde_json::to_string_pretty(meta).map_err(|source| StateError::Json { path: path.clone(), source })?;
-        fs::write(&tmp, text).map_err(|source| StateError::Io { what: "write", path: tmp.clone(), source })?;
-        fs::rename(&tmp, &path).map_err(|source| StateError::Io { what: "rename", path, source })
+        let text = serde_json::to_string_pretty(meta).map_err(|source| StateError::Json {
+            path: path.clone(),
+            source,
+        })?;
+        fs::write(&tmp, text).map_err(|source| StateError::Io {
+            what: "write",
+            path: tmp.clone(),
+            source,
+        })?;
+        fs::rename(&tmp, &path).map_err(|source| StateError::Io {
+            what: "rename",
+            path,
+            source,
+        })
     }
 
     /// Finds a VM by name, full ID or unique ID prefix, as docker does.
     pub fn resolve(&self, name_or_id: &str) -> Result<Meta, StateError> {
         let all = self.list();
-        if let Some(m) = all.iter().find(|m| m.name == name_or_id || m.id == name_or_id) {
+        if let Some(m) = all
+            .iter()
+            .find(|m| m.name == name_or_id || m.id == name_or_id)
+        {
             return Ok(m.clone());
         }
-        let mut by_prefix = all.iter().filter(|m| !name_or_id.is_empty() && m.id.starts_with(name_or_id));
+        let mut by_prefix = all
+            .iter()
+            .filter(|m| !name_or_id.is_empty() && m.id.starts_with(name_or_id));
         match (by_prefix.next(), by_prefix.next()) {
             (Some(m), None) => Ok(m.clone()),
             _ => Err(StateError::NoSuch(name_or_id.into())),
@@ -157,7 +188,11 @@ impl State {
     /// Removes a VM's folder.
     pub fn remove(&self, id: &str) -> Result<(), StateError> {
         let dir = self.vm_dir(id);
-        fs::remove_dir_all(&dir).map_err(|source| StateError::Io { what: "remove", path: dir, source })
+        fs::remove_dir_all(&dir).map_err(|source| StateError::Io {
+            what: "remove",
+            path: dir,
+            source,
+        })
     }
 }
 
@@ -173,7 +208,9 @@ pub fn new_id() -> String {
 /// Whether a process is alive.
 pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-        && !fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true)
+        && !fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true)
 }
 
 #[cfg(test)]
@@ -184,14 +221,28 @@ mod tests {
     fn resolve_by_name_id_and_prefix() {
         let dir = std::env::temp_dir().join(format!("vch-state-{}", std::process::id()));
         let st = State::open(&dir).unwrap();
-        let a = Meta { id: "abcdef01".into(), name: "web".into(), image: "busybox".into(), created: 1, ..Default::default() };
-        let b = Meta { id: "abc99999".into(), name: "db".into(), created: 2, ..a.clone() };
+        let a = Meta {
+            id: "abcdef01".into(),
+            name: "web".into(),
+            image: "busybox".into(),
+            created: 1,
+            ..Default::default()
+        };
+        let b = Meta {
+            id: "abc99999".into(),
+            name: "db".into(),
+            created: 2,
+            ..a.clone()
+        };
         st.save(&a).unwrap();
         st.save(&b).unwrap();
         assert_eq!(st.resolve("web").unwrap().id, "abcdef01");
         assert_eq!(st.resolve("abcd").unwrap().id, "abcdef01");
         assert!(st.resolve("abc").is_err(), "ambiguous prefix");
-        assert!(matches!(st.check_name("db"), Err(StateError::NameInUse(..))));
+        assert!(matches!(
+            st.check_name("db"),
+            Err(StateError::NameInUse(..))
+        ));
         assert_eq!(st.list().len(), 2);
         fs::remove_dir_all(&dir).unwrap();
         assert_eq!(new_id().len(), 64);

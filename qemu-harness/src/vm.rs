@@ -50,7 +50,11 @@ pub enum VmError {
     Qemu(String, std::io::Error),
     /// a file operation failed
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// the config could not be encoded or stored
     #[error("container config: {0}")]
     Config(String),
@@ -63,7 +67,11 @@ pub enum VmError {
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> VmError + 'a {
-    move |source| VmError::Io { what, path: path.to_owned(), source }
+    move |source| VmError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Where the VM's back-channel goes.
@@ -88,7 +96,9 @@ impl Backchannel {
             "uart" | "serial" => Ok(Backchannel::Uart),
             other => match other.strip_prefix("tcp://") {
                 Some(hp) if hp.contains(':') => Ok(Backchannel::External(hp.to_owned())),
-                _ => Err(VmError::Usage(format!("--vch wants tcp://HOST:PORT, got {other:?}"))),
+                _ => Err(VmError::Usage(format!(
+                    "--vch wants tcp://HOST:PORT, got {other:?}"
+                ))),
             },
         }
     }
@@ -127,7 +137,10 @@ impl RunOptions {
     /// Defaults for an image and command.
     pub fn new(image: &str, command: &[&str]) -> RunOptions {
         RunOptions {
-            spec: ContainerSpec { command: command.iter().map(|s| s.to_string()).collect(), ..Default::default() },
+            spec: ContainerSpec {
+                command: command.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            },
             image: image.into(),
             timeout: Duration::from_secs(600),
             memory_mb: 256,
@@ -194,7 +207,10 @@ impl OutputHandler for Passthrough {
 }
 
 fn now_secs() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// A VM whose folder is ready.
@@ -237,12 +253,17 @@ fn prepare(state: &State, opts: &RunOptions, dir: &Path) -> Result<Meta, VmError
     let mut cfg = config::compose(&opts.spec);
     cfg.key = crate::keys::host_key(opts.vic_compat).map_err(|e| VmError::Config(e.to_string()))?;
     if !opts.vic_compat {
-        cfg.tether.vch_client_key = crate::keys::client_key(state.root()).map_err(|e| VmError::Config(e.to_string()))?.1;
+        cfg.tether.vch_client_key = crate::keys::client_key(state.root())
+            .map_err(|e| VmError::Config(e.to_string()))?
+            .1;
     }
-    let store = FileStore::open(dir.join("config.vmx")).map_err(|e| VmError::Config(e.to_string()))?;
+    let store =
+        FileStore::open(dir.join("config.vmx")).map_err(|e| VmError::Config(e.to_string()))?;
     guestinfo::store::write_config(&store, &cfg).map_err(|e| VmError::Config(e.to_string()))?;
     if !opts.extra_config.is_empty() {
-        store.set_all(&opts.extra_config).map_err(|e| VmError::Config(e.to_string()))?;
+        store
+            .set_all(&opts.extra_config)
+            .map_err(|e| VmError::Config(e.to_string()))?;
     }
     let meta = Meta {
         id: opts.spec.id.clone(),
@@ -256,7 +277,11 @@ fn prepare(state: &State, opts: &RunOptions, dir: &Path) -> Result<Meta, VmError
         disk_format: disk.format.to_owned(),
         memory_mb: opts.memory_mb,
         timeout_secs: opts.timeout.as_secs(),
-        backchannel: format!("{}{}", opts.backchannel.describe(), if opts.line_noise { "+noise" } else { "" }),
+        backchannel: format!(
+            "{}{}",
+            opts.backchannel.describe(),
+            if opts.line_noise { "+noise" } else { "" }
+        ),
     };
     state.save(&meta)?;
     Ok(meta)
@@ -264,9 +289,17 @@ fn prepare(state: &State, opts: &RunOptions, dir: &Path) -> Result<Meta, VmError
 
 /// Creates and runs a VM in the foreground until it powers off, streaming its output.
 /// Blocking: runs its own runtime.
-pub fn run(state: &State, opts: RunOptions, out: &mut dyn OutputHandler) -> Result<RunOutcome, VmError> {
+pub fn run(
+    state: &State,
+    opts: RunOptions,
+    out: &mut dyn OutputHandler,
+) -> Result<RunOutcome, VmError> {
     let created = create(state, opts)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(io_err("start runtime", &created.dir))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(io_err("start runtime", &created.dir))?;
     rt.block_on(async {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let keeper = tokio::spawn(keep(state.clone(), created, Some(tx), None));
@@ -277,7 +310,9 @@ pub fn run(state: &State, opts: RunOptions, out: &mut dyn OutputHandler) -> Resu
                 }
             }
         }
-        keeper.await.map_err(|e| VmError::Config(format!("keeper task: {e}")))?
+        keeper
+            .await
+            .map_err(|e| VmError::Config(format!("keeper task: {e}")))?
     })
 }
 
@@ -299,7 +334,9 @@ pub async fn keep(
 ) -> Result<RunOutcome, VmError> {
     let Created { mut meta, dir } = created;
     let iso = artifacts::iso();
-    let store = Arc::new(FileStore::open(dir.join("config.vmx")).map_err(|e| VmError::Config(e.to_string()))?);
+    let store = Arc::new(
+        FileStore::open(dir.join("config.vmx")).map_err(|e| VmError::Config(e.to_string()))?,
+    );
     let store_dyn: Arc<dyn Store> = store.clone();
     let guestinfo = HostServer::new(store_dyn.clone());
     let backchannel = Backchannel::parse(&meta.backchannel)?;
@@ -308,14 +345,20 @@ pub async fn keep(
     for n in ["gi.sock", "out.sock", "ctl.sock"] {
         let _ = fs::remove_file(sock(n));
     }
-    let gi_listener = std::os::unix::net::UnixListener::bind(sock("gi.sock")).map_err(io_err("listen", &dir))?;
-    let out_listener = tokio::net::UnixListener::bind(sock("out.sock")).map_err(io_err("listen", &dir))?;
-    let client_key = crate::keys::client_key(state.root()).map_err(|e| VmError::Config(e.to_string()))?.0;
+    let gi_listener =
+        std::os::unix::net::UnixListener::bind(sock("gi.sock")).map_err(io_err("listen", &dir))?;
+    let out_listener =
+        tokio::net::UnixListener::bind(sock("out.sock")).map_err(io_err("listen", &dir))?;
+    let client_key = crate::keys::client_key(state.root())
+        .map_err(|e| VmError::Config(e.to_string()))?
+        .0;
     let portlayer = PortLayer::new(meta.backchannel.ends_with("+noise"), client_key);
     let attach_port = match &backchannel {
         Backchannel::External(_) => None,
         _ => {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io_err("listen", &dir))?;
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(io_err("listen", &dir))?;
             let port = l.local_addr().map_err(io_err("listen", &dir))?.port();
             tokio::spawn(portlayer.clone().serve(l));
             Some(port)
@@ -336,17 +379,31 @@ pub async fn keep(
         }
     });
     let ctl = tokio::net::UnixListener::bind(sock("ctl.sock")).map_err(io_err("listen", &dir))?;
-    let keeper = control::Keeper { id: meta.id.clone(), store: store_dyn, guestinfo: guestinfo.clone(), portlayer: portlayer.clone() };
+    let keeper = control::Keeper {
+        id: meta.id.clone(),
+        store: store_dyn,
+        guestinfo: guestinfo.clone(),
+        portlayer: portlayer.clone(),
+    };
     let ctl_task = tokio::spawn(control::serve(ctl, keeper));
     if let Some(live) = live {
-        let _ = live.send(Live { portlayer: portlayer.clone(), guestinfo: guestinfo.clone() });
+        let _ = live.send(Live {
+            portlayer: portlayer.clone(),
+            guestinfo: guestinfo.clone(),
+        });
     }
 
     let log_path = dir.join("output.log");
     let primary = meta.id.clone();
     let output_task = tokio::spawn(async move {
-        let Ok((mut stream, _)) = out_listener.accept().await else { return 0u64 };
-        let mut log = File::options().create(true).append(true).open(&log_path).ok();
+        let Ok((mut stream, _)) = out_listener.accept().await else {
+            return 0u64;
+        };
+        let mut log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .ok();
         let mut dec = iolog::Decoder::new();
         let mut damaged = 0;
         let mut buf = vec![0u8; 64 * 1024];
@@ -386,7 +443,11 @@ pub async fn keep(
         }
     };
     // QEMU is gone, so its sockets are closed: the reader ends at EOF promptly.
-    let damaged = tokio::time::timeout(Duration::from_secs(5), output_task).await.ok().and_then(|r| r.ok()).unwrap_or(0);
+    let damaged = tokio::time::timeout(Duration::from_secs(5), output_task)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or(0);
     ctl_task.abort();
     for n in ["gi.sock", "out.sock", "ctl.sock"] {
         let _ = fs::remove_file(sock(n));
@@ -401,7 +462,14 @@ pub async fn keep(
         // tether's verdict in plain keys.
         Err(_) => raw_session_result(&*store, &meta.id),
     };
-    Ok(RunOutcome { id: meta.id.clone(), started, exit_code, timed_out, damaged_records: damaged, dir })
+    Ok(RunOutcome {
+        id: meta.id.clone(),
+        started,
+        exit_code,
+        timed_out,
+        damaged_records: damaged,
+        dir,
+    })
 }
 
 /// The primary session's `started` text and exit status from a config.
@@ -415,14 +483,20 @@ pub fn session_result(cfg: &ContainerConfig, id: &str) -> (String, i64) {
 /// `started` and `status` of a session read straight from the store's keys.
 pub fn raw_session_result(store: &dyn Store, id: &str) -> (String, i64) {
     let get = |leaf: &str| {
-        store.get(&format!("guestinfo.vice..sessions|{id}.{leaf}")).ok().flatten().map(|v| if v == "<nil>" { String::new() } else { v }).unwrap_or_default()
+        store
+            .get(&format!("guestinfo.vice..sessions|{id}.{leaf}"))
+            .ok()
+            .flatten()
+            .map(|v| if v == "<nil>" { String::new() } else { v })
+            .unwrap_or_default()
     };
     (get("started"), get("status").parse().unwrap_or(0))
 }
 
 /// Reads a VM's current config from its store, including the fields the tether writes back.
 pub fn load_config(dir: &Path) -> Result<ContainerConfig, VmError> {
-    let store = FileStore::open(dir.join("config.vmx")).map_err(|e| VmError::Config(e.to_string()))?;
+    let store =
+        FileStore::open(dir.join("config.vmx")).map_err(|e| VmError::Config(e.to_string()))?;
     guestinfo::store::read_config(&store).map_err(|e| VmError::Config(e.to_string()))
 }
 
@@ -431,23 +505,56 @@ pub fn qemu_binary() -> String {
     std::env::var("QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into())
 }
 
-fn qemu_command(dir: &Path, iso: &Path, meta: &Meta, backchannel: &Backchannel, attach_port: Option<u16>) -> tokio::process::Command {
+fn qemu_command(
+    dir: &Path,
+    iso: &Path,
+    meta: &Meta,
+    backchannel: &Backchannel,
+    attach_port: Option<u16>,
+) -> tokio::process::Command {
     let d = |name: &str| dir.join(name).display().to_string();
     let mut cmd = tokio::process::Command::new(qemu_binary());
-    cmd.args(["-machine", "q35", "-accel", "tcg", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-        .args(["-m", &meta.memory_mb.to_string(), "-smp", "1"])
-        .args(["-device", "virtio-rng-pci"])
-        .args(["-drive", &format!("file={},media=cdrom,readonly=on,if=ide,index=2", iso.display()), "-boot", "d"])
-        .args(["-drive", &format!("file={},format={},if=none,id=root,cache=writeback", meta.disk, meta.disk_format)])
-        .args(["-device", "virtio-blk-pci,drive=root"]);
+    cmd.args([
+        "-machine",
+        "q35",
+        "-accel",
+        "tcg",
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+    ])
+    .args(["-m", &meta.memory_mb.to_string(), "-smp", "1"])
+    .args(["-device", "virtio-rng-pci"])
+    .args([
+        "-drive",
+        &format!(
+            "file={},media=cdrom,readonly=on,if=ide,index=2",
+            iso.display()
+        ),
+        "-boot",
+        "d",
+    ])
+    .args([
+        "-drive",
+        &format!(
+            "file={},format={},if=none,id=root,cache=writeback",
+            meta.disk, meta.disk_format
+        ),
+    ])
+    .args(["-device", "virtio-blk-pci,drive=root"]);
     // The back-channel's chardev: QEMU dials the port layer and redials after a drop, as
     // a vSphere network serial port does.
     let attach_chardev = match (backchannel, attach_port) {
         (Backchannel::External(hp), _) => {
             let (host, port) = hp.rsplit_once(':').unwrap_or((hp.as_str(), "2377"));
-            Some(format!("socket,id=att,host={host},port={port},server=off,reconnect=1"))
+            Some(format!(
+                "socket,id=att,host={host},port={port},server=off,reconnect=1"
+            ))
         }
-        (_, Some(port)) => Some(format!("socket,id=att,host=127.0.0.1,port={port},server=off,reconnect=1,nodelay=on")),
+        (_, Some(port)) => Some(format!(
+            "socket,id=att,host=127.0.0.1,port={port},server=off,reconnect=1,nodelay=on"
+        )),
         _ => None,
     };
     // ttyS0 is the back-channel on vSphere (here only in UART mode); ttyS1 the kernel console.
@@ -461,20 +568,49 @@ fn qemu_command(dir: &Path, iso: &Path, meta: &Meta, backchannel: &Backchannel, 
     }
     cmd.args(["-serial", &format!("file:{}", d("console.log"))])
         .args(["-device", "virtio-serial-pci,max_ports=8"])
-        .args(["-chardev", &format!("socket,id=gi,path={},server=off", d("gi.sock"))])
-        .args(["-device", &format!("virtserialport,chardev=gi,name={}", port::GUESTINFO)])
-        .args(["-chardev", &format!("file,id=dbg,path={}", d("tether.debug"))])
-        .args(["-device", &format!("virtserialport,chardev=dbg,name={}", port::DEBUG)])
-        .args(["-chardev", &format!("socket,id=out,path={},server=off", d("out.sock"))])
-        .args(["-device", &format!("virtserialport,chardev=out,name={}", port::OUTPUT)]);
-    if let (Backchannel::Virtio | Backchannel::External(_), Some(c)) = (backchannel, &attach_chardev) {
-        cmd.args(["-chardev", c]).args(["-device", &format!("virtserialport,chardev=att,name={}", port::ATTACH)]);
+        .args([
+            "-chardev",
+            &format!("socket,id=gi,path={},server=off", d("gi.sock")),
+        ])
+        .args([
+            "-device",
+            &format!("virtserialport,chardev=gi,name={}", port::GUESTINFO),
+        ])
+        .args([
+            "-chardev",
+            &format!("file,id=dbg,path={}", d("tether.debug")),
+        ])
+        .args([
+            "-device",
+            &format!("virtserialport,chardev=dbg,name={}", port::DEBUG),
+        ])
+        .args([
+            "-chardev",
+            &format!("socket,id=out,path={},server=off", d("out.sock")),
+        ])
+        .args([
+            "-device",
+            &format!("virtserialport,chardev=out,name={}", port::OUTPUT),
+        ]);
+    if let (Backchannel::Virtio | Backchannel::External(_), Some(c)) =
+        (backchannel, &attach_chardev)
+    {
+        cmd.args(["-chardev", c]).args([
+            "-device",
+            &format!("virtserialport,chardev=att,name={}", port::ATTACH),
+        ]);
     }
     let log = File::create(dir.join("qemu.log")).ok();
     let log2 = log.as_ref().and_then(|l| l.try_clone().ok());
     cmd.stdin(std::process::Stdio::null())
-        .stdout(log.map(std::process::Stdio::from).unwrap_or_else(std::process::Stdio::null))
-        .stderr(log2.map(std::process::Stdio::from).unwrap_or_else(std::process::Stdio::null))
+        .stdout(
+            log.map(std::process::Stdio::from)
+                .unwrap_or_else(std::process::Stdio::null),
+        )
+        .stderr(
+            log2.map(std::process::Stdio::from)
+                .unwrap_or_else(std::process::Stdio::null),
+        )
         .kill_on_drop(true);
     cmd
 }

@@ -5,15 +5,36 @@
 #[test]
 fn garbage_before_the_handshake() {
     let vch = e2e::Vch::new();
-    vch.run_detached(&["--name", "noisy", "--vch", "virtio+noise", "busybox", "sleep", "600"]);
+    vch.run_detached(&[
+        "--name",
+        "noisy",
+        "--vch",
+        "virtio+noise",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
     let (code, out, err) = vch.cmd(&["exec", "noisy", "echo", "through the noise"]);
-    assert_eq!((code, out.as_str()), (0, "through the noise\n"), "stderr: {err}");
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "through the noise\n"),
+        "stderr: {err}"
+    );
 }
 
 #[test]
 fn exec_over_the_16550_uart() {
     let vch = e2e::Vch::new();
-    vch.run_detached(&["--name", "uart", "--vch", "uart", "--vic-compat", "busybox", "sleep", "600"]);
+    vch.run_detached(&[
+        "--name",
+        "uart",
+        "--vch",
+        "uart",
+        "--vic-compat",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
     let (code, out, err) = vch.cmd(&["exec", "uart", "sh", "-c", "echo over ttyS0; exit 7"]);
     assert_eq!((code, out.as_str()), (7, "over ttyS0\n"), "stderr: {err}");
     let (code, out, _) = vch.cmd_with_input(&["exec", "-i", "uart", "cat"], b"uart stdin\n");

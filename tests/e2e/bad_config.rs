@@ -6,7 +6,10 @@ fn with_extra(key_suffix: &str, value: &str) -> e2e::Finished {
     let id = "badc0ffee0000000000000000000000000000000000000000000000000000001";
     let mut opts = RunOptions::new("busybox", &["echo", "never"]);
     opts.spec.id = id.into();
-    opts.extra_config = vec![(format!("guestinfo.vice./sessions|{id}/{key_suffix}"), value.into())];
+    opts.extra_config = vec![(
+        format!("guestinfo.vice./sessions|{id}/{key_suffix}"),
+        value.into(),
+    )];
     e2e::run_with(opts)
 }
 
@@ -15,8 +18,16 @@ fn malformed_key_names_the_key_and_powers_off() {
     let r = with_extra("cmd/Args", "not-a-number");
     r.assert_clean_power_off();
     assert_eq!(r.stdout, "");
-    assert!(r.outcome.started.starts_with("invalid container config:"), "started = {:?}", r.outcome.started);
-    assert!(r.outcome.started.contains("cmd/Args"), "the key is not named: {:?}", r.outcome.started);
+    assert!(
+        r.outcome.started.starts_with("invalid container config:"),
+        "started = {:?}",
+        r.outcome.started
+    );
+    assert!(
+        r.outcome.started.contains("cmd/Args"),
+        "the key is not named: {:?}",
+        r.outcome.started
+    );
     assert_ne!(r.outcome.exit_code, 0);
 }
 
@@ -24,5 +35,9 @@ fn malformed_key_names_the_key_and_powers_off() {
 fn missing_command_is_reported() {
     let r = with_extra("cmd/Path", "");
     r.assert_clean_power_off();
-    assert!(r.outcome.started.contains("no command"), "started = {:?}", r.outcome.started);
+    assert!(
+        r.outcome.started.contains("no command"),
+        "started = {:?}",
+        r.outcome.started
+    );
 }

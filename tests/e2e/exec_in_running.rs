@@ -18,14 +18,45 @@ fn exec_true_false_and_missing_binary() {
     let start = std::time::Instant::now();
     let (code, _, err) = vch.cmd(&["exec", "ex", "nosuchcmd"]);
     assert_eq!(code, 127, "stderr: {err}");
-    assert!(err.contains("nosuchcmd: no such executable in PATH"), "stderr: {err}");
-    assert!(start.elapsed() < Duration::from_secs(30), "a missing binary must fail fast");
+    assert!(
+        err.contains("nosuchcmd: no such executable in PATH"),
+        "stderr: {err}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "a missing binary must fail fast"
+    );
     // Execs see the container's environment and can be given their own.
-    let (_, out, _) = vch.cmd(&["exec", "-e", "X=y", "-w", "/tmp", "-u", "user", "ex", "sh", "-c", "echo $X $(pwd) $(id -un) $PATH"]);
-    assert_eq!(out, "y /tmp user /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n");
+    let (_, out, _) = vch.cmd(&[
+        "exec",
+        "-e",
+        "X=y",
+        "-w",
+        "/tmp",
+        "-u",
+        "user",
+        "ex",
+        "sh",
+        "-c",
+        "echo $X $(pwd) $(id -un) $PATH",
+    ]);
+    assert_eq!(
+        out,
+        "y /tmp user /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+    );
     // Exec output is in the container's output log too.
-    let log = std::fs::read(vch.dir.path().join("vms").join(&vch.inspect("ex")["Id"].as_str().unwrap()[..12]).join("output.log")).unwrap();
-    assert!(log.windows(3).any(|w| w == b"42\n"), "exec output missing from output.log");
+    let log = std::fs::read(
+        vch.dir
+            .path()
+            .join("vms")
+            .join(&vch.inspect("ex")["Id"].as_str().unwrap()[..12])
+            .join("output.log"),
+    )
+    .unwrap();
+    assert!(
+        log.windows(3).any(|w| w == b"42\n"),
+        "exec output missing from output.log"
+    );
 }
 
 #[test]
@@ -35,7 +66,8 @@ fn stdin_is_piped_and_closed() {
     let (code, out, err) = vch.cmd_with_input(&["exec", "-i", "in", "cat"], b"data\nmore data\n");
     assert_eq!(code, 0, "stderr: {err}");
     assert_eq!(out, "data\nmore data\n");
-    let (code, out, _) = vch.cmd_with_input(&["exec", "-i", "in", "wc", "-c"], &vec![b'x'; 1_000_000]);
+    let (code, out, _) =
+        vch.cmd_with_input(&["exec", "-i", "in", "wc", "-c"], &vec![b'x'; 1_000_000]);
     assert_eq!(code, 0);
     assert_eq!(out.trim(), "1000000");
 }

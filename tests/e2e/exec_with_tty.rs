@@ -35,24 +35,62 @@ fn exec_tty_size_and_resize() {
     rt.block_on(async {
         let conn = qemu_harness::control::connect(&ctl).await.unwrap();
         let spec = qemu_harness::control::ExecSpec {
-            command: vec!["sh".into(), "-c".into(), "stty size; read x; stty size; tty".into()],
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "stty size; read x; stty size; tty".into(),
+            ],
             tty: true,
             stdin: true,
             ..Default::default()
         };
-        let eid = qemu_harness::control::request(&conn, qemu_harness::control::REQ_EXEC, &serde_json::to_vec(&spec).unwrap()).await.unwrap();
+        let eid = qemu_harness::control::request(
+            &conn,
+            qemu_harness::control::REQ_EXEC,
+            &serde_json::to_vec(&spec).unwrap(),
+        )
+        .await
+        .unwrap();
         let eid = String::from_utf8(eid).unwrap();
-        let ch = conn.open_channel(req::CHANNEL_ATTACH, eid.as_bytes()).await.unwrap();
+        let ch = conn
+            .open_channel(req::CHANNEL_ATTACH, eid.as_bytes())
+            .await
+            .unwrap();
         let (mut r, w) = ch.split();
         let w = Arc::new(tokio::sync::Mutex::new(w));
         // The size is set before the process starts: its first `stty size` sees it.
-        let ws = WindowSize { cols: 100, rows: 40, width_px: 0, height_px: 0 };
-        assert!(w.lock().await.request(req::REQ_WINDOW_CHANGE, &ws.payload()).await.unwrap());
-        assert!(w.lock().await.request(req::REQ_UNBLOCK, req::UNBLOCK_PAYLOAD).await.unwrap());
+        let ws = WindowSize {
+            cols: 100,
+            rows: 40,
+            width_px: 0,
+            height_px: 0,
+        };
+        assert!(w
+            .lock()
+            .await
+            .request(req::REQ_WINDOW_CHANGE, &ws.payload())
+            .await
+            .unwrap());
+        assert!(w
+            .lock()
+            .await
+            .request(req::REQ_UNBLOCK, req::UNBLOCK_PAYLOAD)
+            .await
+            .unwrap());
         let out = read_until(&mut r, "40 100").await;
         assert!(out.contains("40 100"), "first stty size: {out:?}");
-        let ws = WindowSize { cols: 120, rows: 50, width_px: 0, height_px: 0 };
-        assert!(w.lock().await.request(req::REQ_WINDOW_CHANGE, &ws.payload()).await.unwrap());
+        let ws = WindowSize {
+            cols: 120,
+            rows: 50,
+            width_px: 0,
+            height_px: 0,
+        };
+        assert!(w
+            .lock()
+            .await
+            .request(req::REQ_WINDOW_CHANGE, &ws.payload())
+            .await
+            .unwrap());
         use tokio::io::AsyncWriteExt;
         w.lock().await.write_all(b"go\n").await.unwrap();
         let out = read_until(&mut r, "/dev/pts/").await;

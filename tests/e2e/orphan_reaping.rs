@@ -27,7 +27,11 @@ fn five_hundred_orphans_are_reaped() {
     r.assert_clean_power_off();
     assert_eq!(r.outcome.exit_code, 0, "stderr: {}", r.stderr);
     let get = |k: &str| -> i64 {
-        r.stdout.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse().ok()).unwrap_or(-1)
+        r.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(-1)
     };
     assert_eq!(get("running="), 500, "stdout:\n{}", r.stdout);
     assert_eq!(get("zombies="), 0, "stdout:\n{}", r.stdout);

@@ -9,10 +9,20 @@ fn unprivileged_user_shows_in_id() {
     let r = e2e::run_with(opts);
     r.assert_clean_power_off();
     let first = r.stdout.lines().next().unwrap_or("");
-    assert!(first.starts_with("uid=1000(user) gid=1000(user)"), "id said: {first}");
-    assert!(first.contains("10(wheel)"), "supplementary group missing: {first}");
+    assert!(
+        first.starts_with("uid=1000(user) gid=1000(user)"),
+        "id said: {first}"
+    );
+    assert!(
+        first.contains("10(wheel)"),
+        "supplementary group missing: {first}"
+    );
     assert!(r.stdout.contains("HOME=/home/user"));
-    assert!(r.stdout.contains("denied"), "an unprivileged user could write /root:\n{}", r.stdout);
+    assert!(
+        r.stdout.contains("denied"),
+        "an unprivileged user could write /root:\n{}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -21,7 +31,11 @@ fn numeric_uid_and_group_name() {
     opts.spec.user = "1000:wheel".into();
     let r = e2e::run_with(opts);
     r.assert_clean_power_off();
-    assert!(r.stdout.starts_with("uid=1000(user) gid=10(wheel)"), "id said: {}", r.stdout);
+    assert!(
+        r.stdout.starts_with("uid=1000(user) gid=10(wheel)"),
+        "id said: {}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -30,6 +44,9 @@ fn unknown_user_fails_to_start() {
     opts.spec.user = "nosuchuser".into();
     let r = e2e::run_with(opts);
     r.assert_clean_power_off();
-    assert_eq!(r.outcome.started, "unable to find user nosuchuser: no matching entries in passwd file");
+    assert_eq!(
+        r.outcome.started,
+        "unable to find user nosuchuser: no matching entries in passwd file"
+    );
     assert_eq!(r.outcome.exit_code, 126);
 }

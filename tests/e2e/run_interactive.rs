@@ -4,7 +4,16 @@
 #[test]
 fn run_tty_loses_no_early_output() {
     let vch = e2e::Vch::new();
-    let (code, out, err) = vch.cmd(&["run", "-t", "--timeout", "120", "busybox", "sh", "-c", "echo first; echo second; exit 4"]);
+    let (code, out, err) = vch.cmd(&[
+        "run",
+        "-t",
+        "--timeout",
+        "120",
+        "busybox",
+        "sh",
+        "-c",
+        "echo first; echo second; exit 4",
+    ]);
     assert_eq!(code, 4, "stderr: {err}");
     // A pty turns \n into \r\n.
     assert_eq!(out, "first\r\nsecond\r\n");
@@ -13,7 +22,19 @@ fn run_tty_loses_no_early_output() {
 #[test]
 fn run_interactive_reads_stdin() {
     let vch = e2e::Vch::new();
-    let (code, out, err) = vch.cmd_with_input(&["run", "-i", "--timeout", "120", "busybox", "sh", "-c", "read a; echo got $a"], b"hello\n");
+    let (code, out, err) = vch.cmd_with_input(
+        &[
+            "run",
+            "-i",
+            "--timeout",
+            "120",
+            "busybox",
+            "sh",
+            "-c",
+            "read a; echo got $a",
+        ],
+        b"hello\n",
+    );
     assert_eq!(code, 0, "stderr: {err}");
     assert_eq!(out, "got hello\n");
 }

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-pub use qemu_harness::vm::{RunOptions, RunOutcome};
 use qemu_harness::state::State;
 use qemu_harness::vm::{self, Captured};
+pub use qemu_harness::vm::{RunOptions, RunOutcome};
 
 /// Hard limit for one scenario's VM; QEMU is killed when it passes.
 pub const VM_TIMEOUT: Duration = Duration::from_secs(90);
@@ -35,7 +35,11 @@ impl Finished {
 
     /// Panics with the run's details unless it exited normally (not killed at the timeout).
     pub fn assert_clean_power_off(&self) {
-        assert!(!self.outcome.timed_out, "VM did not power off by itself; debug log:\n{}", self.debug_log());
+        assert!(
+            !self.outcome.timed_out,
+            "VM did not power off by itself; debug log:\n{}",
+            self.debug_log()
+        );
     }
 }
 
@@ -46,7 +50,10 @@ pub fn run(image: &str, command: &[&str]) -> Finished {
 
 /// Runs a VM with full options.
 pub fn run_with(mut opts: RunOptions) -> Finished {
-    let tmp = tempfile::Builder::new().prefix("e2e").tempdir_in("/tmp").expect("temp dir");
+    let tmp = tempfile::Builder::new()
+        .prefix("e2e")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
     let state = State::open(tmp.path()).expect("state dir");
     if opts.timeout > VM_TIMEOUT {
         opts.timeout = VM_TIMEOUT;
@@ -66,13 +73,22 @@ pub fn run_with(mut opts: RunOptions) -> Finished {
 /// reason to skip.
 pub fn vch_binary() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/vch");
-    assert!(p.is_file(), "{} is missing: build it with `cargo build -p qemu-harness --bin vch`", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: build it with `cargo build -p qemu-harness --bin vch`",
+        p.display()
+    );
     p
 }
 
 /// Runs `vch` with a state directory; returns (exit code, stdout, stderr).
 pub fn vch(state_dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(vch_binary()).arg("--state").arg(state_dir).args(args).output().expect("run vch");
+    let out = Command::new(vch_binary())
+        .arg("--state")
+        .arg(state_dir)
+        .args(args)
+        .output()
+        .expect("run vch");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -95,7 +111,12 @@ impl Default for Vch {
 
 impl Vch {
     pub fn new() -> Vch {
-        Vch { dir: tempfile::Builder::new().prefix("e2e").tempdir_in("/tmp").expect("temp dir") }
+        Vch {
+            dir: tempfile::Builder::new()
+                .prefix("e2e")
+                .tempdir_in("/tmp")
+                .expect("temp dir"),
+        }
     }
 
     /// Runs `vch ARGS` to completion: (exit code, stdout, stderr).
@@ -116,9 +137,18 @@ impl Vch {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run vch");
-        child.stdin.take().expect("stdin").write_all(input).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write stdin");
         let out = wait_with_timeout(child, Duration::from_secs(120));
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// Starts `vch ARGS` in the background with piped output (killed on drop of the child
@@ -214,7 +244,11 @@ impl Attached {
                 }
             }
         });
-        Attached { child, lines, seen: Vec::new() }
+        Attached {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
     }
 
     /// Waits for a line containing `needle`; returns it.

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use backchannel::{handshake, requests as req};
 use guestinfo::ContainerConfig;
-use sshproto::{Channel, ChannelRequest, GlobalRequest, Handlers, NoneAuth, OpenFailureReason, PrivateKey, PublicKey, Server, ServerConfig};
+use sshproto::{
+    Channel, ChannelRequest, GlobalRequest, Handlers, NoneAuth, OpenFailureReason, PrivateKey,
+    PublicKey, Server, ServerConfig,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::runtime::Tether;
@@ -37,7 +40,10 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 /// The SSH server configuration from the container config: the config's host key (the
 /// original's PEM RSA key, or an OpenSSH key) and, when the config names a VCH client key,
 /// that key and nothing else; otherwise `none` for user `daemon`, as the original.
-pub fn server_config(cfg: &ContainerConfig, handlers: Handlers) -> Result<ServerConfig, AttachError> {
+pub fn server_config(
+    cfg: &ContainerConfig,
+    handlers: Handlers,
+) -> Result<ServerConfig, AttachError> {
     let host_key = if cfg.key.is_empty() {
         // The port layer always sends one; without it, a fresh key still lets a client that
         // does not pin host keys (the original port layer does not) connect.
@@ -52,11 +58,15 @@ pub fn server_config(cfg: &ContainerConfig, handlers: Handlers) -> Result<Server
     // A serial line has no connection state: without probes a VCH that vanished is only
     // noticed when the next connection's bytes arrive. Any reply counts, and every SSH
     // peer answers an unknown want-reply request, so the original port layer qualifies.
-    config.common.keepalive = Some(sshproto::Keepalive { interval: Duration::from_secs(10), max_missed: 3 });
+    config.common.keepalive = Some(sshproto::Keepalive {
+        interval: Duration::from_secs(10),
+        max_missed: 3,
+    });
     if cfg.tether.vch_client_key.trim().is_empty() {
         config = config.allow_none_for(["daemon"]);
     } else {
-        let key = PublicKey::from_openssh(cfg.tether.vch_client_key.trim()).map_err(|e| AttachError::ClientKey(e.to_string()))?;
+        let key = PublicKey::from_openssh(cfg.tether.vch_client_key.trim())
+            .map_err(|e| AttachError::ClientKey(e.to_string()))?;
         config = config.authorized_keys([key]);
         config.auth.none = NoneAuth::Deny;
     }
@@ -67,7 +77,10 @@ pub fn server_config(cfg: &ContainerConfig, handlers: Handlers) -> Result<Server
 /// no-op on a virtual port but what the original did), as is for a virtio port.
 fn open_device(path: &Path) -> std::io::Result<AsyncStream> {
     use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
-    let is_uart = path.file_name().map(|n| n.to_string_lossy().starts_with("ttyS")).unwrap_or(false);
+    let is_uart = path
+        .file_name()
+        .map(|n| n.to_string_lossy().starts_with("ttyS"))
+        .unwrap_or(false);
     let fd: OwnedFd = if is_uart {
         let port = serialport::new(path.to_string_lossy(), 115_200)
             .timeout(Duration::from_secs(3600))
@@ -76,7 +89,11 @@ fn open_device(path: &Path) -> std::io::Result<AsyncStream> {
         // SAFETY: into_raw_fd hands over ownership of an open descriptor exactly once.
         unsafe { OwnedFd::from_raw_fd(port.into_raw_fd()) }
     } else {
-        std::fs::File::options().read(true).write(true).open(path)?.into()
+        std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(path)?
+            .into()
     };
     AsyncStream::new(fd)
 }
@@ -133,7 +150,10 @@ pub async fn serve(t: Arc<Tether>, path: PathBuf) {
         let pusher = tokio::spawn(async move {
             while ids.changed().await.is_ok() {
                 let payload = req::id_list_payload(&pusher_t.attachable_ids(true));
-                if let Err(e) = pusher_conn.global_request(req::GLOBAL_CONTAINER_IDS, &payload).await {
+                if let Err(e) = pusher_conn
+                    .global_request(req::GLOBAL_CONTAINER_IDS, &payload)
+                    .await
+                {
                     tracing::debug!(error = %e, "container-ids push");
                 }
             }
@@ -172,7 +192,9 @@ fn handlers(t: &Arc<Tether>) -> Handlers {
         .on_global_request(req::GLOBAL_CONTAINER_IDS, move |r: GlobalRequest| {
             r.succeed(req::id_list_payload(&t_ids.attachable_ids(false)));
         })
-        .on_global_request(req::GLOBAL_VERSION, |r: GlobalRequest| r.succeed(req::version_payload()))
+        .on_global_request(req::GLOBAL_VERSION, |r: GlobalRequest| {
+            r.succeed(req::version_payload())
+        })
         .on_unknown_global_request(|r: GlobalRequest| {
             let msg = format!("unknown global request type: {}", r.name());
             r.fail_with(msg.into_bytes());
@@ -190,7 +212,10 @@ impl Tether {
             return Err(format!("launch failed with: {}", sc.started));
         }
         if sc.detail.stop_time != 0 {
-            return Err(format!("process finished with exit code: {}", sc.exit_status));
+            return Err(format!(
+                "process finished with exit code: {}",
+                sc.exit_status
+            ));
         }
         if !st.sessions.contains_key(id) {
             return Err(format!("session {id} is invalid"));
@@ -205,7 +230,13 @@ async fn serve_attach(t: Arc<Tether>, id: String, ch: Channel) {
     let bound = {
         let st = t.lock();
         match (st.sessions.get(&id), st.session_cfg(&id)) {
-            (Some(rt), Some(sc)) => Some((rt.stdout.subscribe(), rt.stderr.subscribe(), rt.stdin.clone(), sc.tty, rt.done.subscribe())),
+            (Some(rt), Some(sc)) => Some((
+                rt.stdout.subscribe(),
+                rt.stderr.subscribe(),
+                rt.stdin.clone(),
+                sc.tty,
+                rt.done.subscribe(),
+            )),
             _ => None,
         }
     };
@@ -248,7 +279,11 @@ async fn serve_attach(t: Arc<Tether>, id: String, ch: Channel) {
             match reader.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if input_stdin.send(StdinMsg::Data(buf[..n].to_vec())).await.is_err() {
+                    if input_stdin
+                        .send(StdinMsg::Data(buf[..n].to_vec()))
+                        .await
+                        .is_err()
+                    {
                         // The process has no stdin: keep reading so the window stays open.
                         continue;
                     }
@@ -278,7 +313,11 @@ async fn serve_attach(t: Arc<Tether>, id: String, ch: Channel) {
     {
         let w = writer.lock().await;
         let _ = w.eof();
-        let status = t.lock().session_cfg(&id).map(|s| s.exit_status).unwrap_or(0);
+        let status = t
+            .lock()
+            .session_cfg(&id)
+            .map(|s| s.exit_status)
+            .unwrap_or(0);
         let _ = w.send_exit_status(u32::try_from(status).unwrap_or(255));
         w.close();
     }
@@ -288,7 +327,13 @@ async fn serve_attach(t: Arc<Tether>, id: String, ch: Channel) {
 }
 
 /// Answers one channel request. Returns `false` when the channel must be closed.
-async fn handle_request(t: &Arc<Tether>, id: &str, r: ChannelRequest, stdin: &tokio::sync::mpsc::Sender<StdinMsg>, tty: bool) -> bool {
+async fn handle_request(
+    t: &Arc<Tether>,
+    id: &str,
+    r: ChannelRequest,
+    stdin: &tokio::sync::mpsc::Sender<StdinMsg>,
+    tty: bool,
+) -> bool {
     match r.name() {
         req::REQ_PING => {
             let ok = r.data() == req::PING_PAYLOAD;
@@ -308,7 +353,13 @@ async fn handle_request(t: &Arc<Tether>, id: &str, r: ChannelRequest, stdin: &to
         req::REQ_WINDOW_CHANGE => {
             let ok = tty
                 && req::WindowSize::parse(r.data())
-                    .map(|ws| t.lock().sessions.get_mut(id).map(|s| s.resize(ws).is_ok()).unwrap_or(false))
+                    .map(|ws| {
+                        t.lock()
+                            .sessions
+                            .get_mut(id)
+                            .map(|s| s.resize(ws).is_ok())
+                            .unwrap_or(false)
+                    })
                     .unwrap_or(false);
             r.reply(ok);
         }

@@ -25,17 +25,27 @@ pub fn run() -> anyhow::Result<()> {
     if let Some(f) = platform.debug_channel() {
         log::set_destination(f);
     }
-    tracing::info!(modules, ?platform, version = env!("CARGO_PKG_VERSION"), "tether started");
+    tracing::info!(
+        modules,
+        ?platform,
+        version = env!("CARGO_PKG_VERSION"),
+        "tether started"
+    );
 
     let transport: Box<dyn Transport> = match &platform {
-        Platform::Vmware => Box::new(guestinfo::transport::backdoor::Backdoor::open().context("VMware backdoor")?),
+        Platform::Vmware => {
+            Box::new(guestinfo::transport::backdoor::Backdoor::open().context("VMware backdoor")?)
+        }
         Platform::Qemu { guestinfo } => Box::new(
             guestinfo::transport::qemu::QemuClient::open(guestinfo)
                 .with_context(|| format!("open guestinfo channel {}", guestinfo.display()))?,
         ),
     };
     let raw = transport.get_all().context("read config")?;
-    let cfg = match guestinfo::decode(&raw).map_err(|e| e.to_string()).and_then(|c| validate(&c).map(|()| c)) {
+    let cfg = match guestinfo::decode(&raw)
+        .map_err(|e| e.to_string())
+        .and_then(|c| validate(&c).map(|()| c))
+    {
         Ok(c) => c,
         Err(msg) => {
             let msg = format!("invalid container config: {msg}");
@@ -73,7 +83,10 @@ pub fn run() -> anyhow::Result<()> {
     set_rlimits();
     write_pid_file();
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start runtime")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start runtime")?;
     runtime.block_on(runtime::run(cfg, transport, platform))
 }
 
@@ -103,7 +116,10 @@ fn set_rlimits() {
 /// `/.tether/run/tether.pid`, as the original wrote it (tools in the VM look for it).
 fn write_pid_file() {
     let dir = Path::new("/.tether/run");
-    if std::fs::create_dir_all(dir).and_then(|()| std::fs::write(dir.join("tether.pid"), b"1")).is_err() {
+    if std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(dir.join("tether.pid"), b"1"))
+        .is_err()
+    {
         tracing::warn!("cannot write /.tether/run/tether.pid");
     }
 }
@@ -114,10 +130,16 @@ fn validate(cfg: &ContainerConfig) -> Result<(), String> {
         return Err("no container ID (guestinfo.vice./common/id)".into());
     }
     let Some(primary) = cfg.sessions.get(&cfg.common.id) else {
-        return Err(format!("no session for the container ID (guestinfo.vice./sessions|{})", cfg.common.id));
+        return Err(format!(
+            "no session for the container ID (guestinfo.vice./sessions|{})",
+            cfg.common.id
+        ));
     };
     if primary.cmd.path.is_empty() {
-        return Err(format!("no command (guestinfo.vice./sessions|{}/cmd/Path)", cfg.common.id));
+        return Err(format!(
+            "no command (guestinfo.vice./sessions|{}/cmd/Path)",
+            cfg.common.id
+        ));
     }
     Ok(())
 }
@@ -129,7 +151,12 @@ fn report_to_all_sessions(transport: &dyn Transport, raw: &guestinfo::Map, msg: 
     let ids = raw
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("guestinfo.vice./sessions"))
-        .map(|(_, v)| v.split('|').filter(|s| !s.is_empty()).map(str::to_owned).collect::<Vec<_>>())
+        .map(|(_, v)| {
+            v.split('|')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
     for id in ids {
         // A session ID that would corrupt the key is not written to.
@@ -142,12 +169,13 @@ fn report_to_all_sessions(transport: &dyn Transport, raw: &guestinfo::Map, msg: 
 }
 
 fn mount_root() -> anyhow::Result<()> {
-    let dev = early::wait_for(&format!("disk labelled {}", disk::CONTAINERFS_LABEL), DISK_WAIT, || {
-        disk::find_by_label(disk::CONTAINERFS_LABEL)
-    })?;
+    let dev = early::wait_for(
+        &format!("disk labelled {}", disk::CONTAINERFS_LABEL),
+        DISK_WAIT,
+        || disk::find_by_label(disk::CONTAINERFS_LABEL),
+    )?;
     disk::mount_ext4(&dev, Path::new(NEW_ROOT), MsFlags::MS_NOATIME)?;
     disk::switch_root(Path::new(NEW_ROOT))?;
     tracing::info!(device = %dev.display(), "container root mounted");
     Ok(())
 }
-

@@ -14,10 +14,18 @@ pub const CONTAINERFS_LABEL: &str = "containerfs";
 pub enum DiskError {
     /// mounting failed
     #[error("mount {source_dev} on {target}: {errno}")]
-    Mount { source_dev: String, target: String, errno: nix::Error },
+    Mount {
+        source_dev: String,
+        target: String,
+        errno: nix::Error,
+    },
     /// a filesystem operation failed while switching root
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: String, source: io::Error },
+    Io {
+        what: &'static str,
+        path: String,
+        source: io::Error,
+    },
     /// a switch-root system call failed
     #[error("{0}: {1}")]
     Sys(&'static str, nix::Error),
@@ -61,7 +69,9 @@ pub fn read_ext4_id(dev: &Path) -> io::Result<Option<Ext4Id>> {
 /// Block devices the kernel knows (whole disks and partitions), as `/dev` paths.
 pub fn block_devices() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir("/sys/class/block") else { return out };
+    let Ok(entries) = fs::read_dir("/sys/class/block") else {
+        return out;
+    };
     for e in entries.flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();
@@ -76,11 +86,17 @@ pub fn block_devices() -> Vec<PathBuf> {
 
 /// The block device holding an ext4 filesystem labelled `label`.
 pub fn find_by_label(label: &str) -> Option<PathBuf> {
-    block_devices().into_iter().find(|dev| matches!(read_ext4_id(dev), Ok(Some(id)) if id.label == label))
+    block_devices()
+        .into_iter()
+        .find(|dev| matches!(read_ext4_id(dev), Ok(Some(id)) if id.label == label))
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DiskError + 'a {
-    move |source| DiskError::Io { what, path: path.display().to_string(), source }
+    move |source| DiskError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Mounts an ext4 device.
@@ -105,12 +121,32 @@ pub fn switch_root(new_root: &Path) -> Result<(), DiskError> {
         fs::create_dir_all(&p).map_err(io_err("mkdir", &p))?;
     }
     let private = new_root.join(".tether");
-    mount(Some("tmpfs"), &private, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755,size=64m"))
-        .map_err(|errno| DiskError::Mount { source_dev: "tmpfs".into(), target: private.display().to_string(), errno })?;
+    mount(
+        Some("tmpfs"),
+        &private,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755,size=64m"),
+    )
+    .map_err(|errno| DiskError::Mount {
+        source_dev: "tmpfs".into(),
+        target: private.display().to_string(),
+        errno,
+    })?;
     for d in ["/dev", "/proc", "/sys"] {
         let target = new_root.join(d.trim_start_matches('/'));
-        mount(Some(d), &target, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-            .map_err(|errno| DiskError::Mount { source_dev: d.into(), target: target.display().to_string(), errno })?;
+        mount(
+            Some(d),
+            &target,
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(|errno| DiskError::Mount {
+            source_dev: d.into(),
+            target: target.display().to_string(),
+            errno,
+        })?;
     }
     // Only the files we put in the initramfs; never a recursive delete, which could reach
     // into the new root if anything above went wrong.
@@ -122,7 +158,8 @@ pub fn switch_root(new_root: &Path) -> Result<(), DiskError> {
     let _ = fs::remove_file("/init");
 
     nix::unistd::chdir(new_root).map_err(|e| DiskError::Sys("chdir new root", e))?;
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|e| DiskError::Sys("move new root over /", e))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(|e| DiskError::Sys("move new root over /", e))?;
     nix::unistd::chroot(".").map_err(|e| DiskError::Sys("chroot", e))?;
     nix::unistd::chdir("/").map_err(|e| DiskError::Sys("chdir /", e))?;
     Ok(())
@@ -130,7 +167,9 @@ pub fn switch_root(new_root: &Path) -> Result<(), DiskError> {
 
 /// Mount points currently in the mount table, deepest first (the order to unmount them).
 pub fn mounts_deepest_first() -> Vec<String> {
-    let Ok(table) = fs::read_to_string("/proc/self/mounts") else { return Vec::new() };
+    let Ok(table) = fs::read_to_string("/proc/self/mounts") else {
+        return Vec::new();
+    };
     let mut points: Vec<String> = table
         .lines()
         .filter_map(|l| l.split_whitespace().nth(1))
@@ -147,7 +186,10 @@ fn unescape_mount_path(s: &str) -> String {
     let mut i = 0;
     while let Some(&c) = b.get(i) {
         if c == b'\\' {
-            let code = b.get(i + 1..i + 4).and_then(|d| std::str::from_utf8(d).ok()).and_then(|d| u8::from_str_radix(d, 8).ok());
+            let code = b
+                .get(i + 1..i + 4)
+                .and_then(|d| std::str::from_utf8(d).ok())
+                .and_then(|d| u8::from_str_radix(d, 8).ok());
             if let Some(v) = code {
                 out.push(v);
                 i += 4;
@@ -166,7 +208,11 @@ fn unescape_mount_path(s: &str) -> String {
 pub fn unmount_all() {
     let keep = ["/", "/proc", "/sys", "/dev"];
     for point in mounts_deepest_first() {
-        if keep.contains(&point.as_str()) || point.starts_with("/dev/") || point.starts_with("/sys/") || point.starts_with("/proc/") {
+        if keep.contains(&point.as_str())
+            || point.starts_with("/dev/")
+            || point.starts_with("/sys/")
+            || point.starts_with("/proc/")
+        {
             continue;
         }
         if let Err(e) = umount2(point.as_str(), MntFlags::empty()) {
@@ -176,7 +222,13 @@ pub fn unmount_all() {
             let _ = umount2(point.as_str(), MntFlags::MNT_DETACH);
         }
     }
-    if let Err(e) = mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>) {
+    if let Err(e) = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    ) {
         tracing::warn!(error = %e, "remount of / read-only failed");
     }
 }
@@ -215,7 +267,10 @@ mod tests {
             .status
             .success();
         assert!(ok);
-        assert_eq!(read_ext4_id(&img).unwrap().unwrap().label, "vol-label-16chr");
+        assert_eq!(
+            read_ext4_id(&img).unwrap().unwrap().label,
+            "vol-label-16chr"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 

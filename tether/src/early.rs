@@ -15,7 +15,11 @@ use nix::sys::stat::Mode;
 pub enum EarlyError {
     /// mounting a kernel filesystem failed
     #[error("mount {fstype} on {target}: {source}")]
-    Mount { fstype: String, target: String, source: nix::Error },
+    Mount {
+        fstype: String,
+        target: String,
+        source: nix::Error,
+    },
     /// loading a kernel module failed
     #[error("load kernel module {module}: {source}")]
     Module { module: String, source: io::Error },
@@ -24,13 +28,22 @@ pub enum EarlyError {
     Timeout(String, Duration),
 }
 
-fn mount_fs(fstype: &str, target: &str, flags: MsFlags, data: Option<&str>) -> Result<(), EarlyError> {
+fn mount_fs(
+    fstype: &str,
+    target: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), EarlyError> {
     let _ = fs::create_dir_all(target);
     match mount(Some(fstype), target, Some(fstype), flags, data) {
         Ok(()) => Ok(()),
         // Already mounted (the kernel may mount devtmpfs itself with CONFIG_DEVTMPFS_MOUNT).
         Err(nix::Error::EBUSY) => Ok(()),
-        Err(source) => Err(EarlyError::Mount { fstype: fstype.into(), target: target.into(), source }),
+        Err(source) => Err(EarlyError::Mount {
+            fstype: fstype.into(),
+            target: target.into(),
+            source,
+        }),
     }
 }
 
@@ -42,17 +55,39 @@ pub fn mount_kernel_filesystems() -> Result<(), EarlyError> {
     mount_fs("devtmpfs", "/dev", MsFlags::MS_NOSUID, Some("mode=0755"))?;
     // gid 5 = tty in every distribution's /etc/group; ptmxmode so /dev/pts/ptmx is usable.
     let pts = "gid=5,mode=620,ptmxmode=666";
-    if mount_fs("devpts", "/dev/pts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some(pts)).is_err() {
-        mount_fs("devpts", "/dev/pts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("gid=5,mode=620"))?;
+    if mount_fs(
+        "devpts",
+        "/dev/pts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some(pts),
+    )
+    .is_err()
+    {
+        mount_fs(
+            "devpts",
+            "/dev/pts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("gid=5,mode=620"),
+        )?;
     }
-    mount_fs("tmpfs", "/dev/shm", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    mount_fs(
+        "tmpfs",
+        "/dev/shm",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
     // devtmpfs has /dev/ptmx as a device node; point it at the devpts instance so ptys
     // allocated by containers live in /dev/pts.
     if fs::symlink_metadata("/dev/ptmx").is_ok() {
         let _ = fs::remove_file("/dev/ptmx");
     }
     let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
-    for (link, target) in [("/dev/fd", "/proc/self/fd"), ("/dev/stdin", "/proc/self/fd/0"), ("/dev/stdout", "/proc/self/fd/1"), ("/dev/stderr", "/proc/self/fd/2")] {
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
         let _ = std::os::unix::fs::symlink(target, link);
     }
     Ok(())
@@ -70,7 +105,10 @@ pub fn load_modules(dir: &Path) -> Result<usize, EarlyError> {
     let mut n = 0;
     for name in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let path = dir.join(name);
-        let file = File::open(&path).map_err(|source| EarlyError::Module { module: name.into(), source })?;
+        let file = File::open(&path).map_err(|source| EarlyError::Module {
+            module: name.into(),
+            source,
+        })?;
         match nix::kmod::finit_module(&file, &params, nix::kmod::ModuleInitFlags::empty()) {
             Ok(()) => n += 1,
             // Built in after all, or loaded by an earlier dependency walk.
@@ -78,14 +116,23 @@ pub fn load_modules(dir: &Path) -> Result<usize, EarlyError> {
             // A driver with no device to bind (no VMware NIC under QEMU) still loads; a
             // module refusing to load for lack of hardware is not fatal to boot.
             Err(nix::Error::ENODEV) => tracing::debug!(module = name, "no device for module"),
-            Err(e) => return Err(EarlyError::Module { module: name.into(), source: e.into() }),
+            Err(e) => {
+                return Err(EarlyError::Module {
+                    module: name.into(),
+                    source: e.into(),
+                })
+            }
         }
     }
     Ok(n)
 }
 
 /// Polls `probe` every millisecond until it returns `Some` or `timeout` passes.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Result<T, EarlyError> {
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Result<T, EarlyError> {
     let start = Instant::now();
     loop {
         if let Some(v) = probe() {
@@ -103,7 +150,9 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Opt
 pub fn virtio_port(name: &str) -> Option<PathBuf> {
     let entries = fs::read_dir("/sys/class/virtio-ports").ok()?;
     for e in entries.flatten() {
-        let Ok(n) = fs::read_to_string(e.path().join("name")) else { continue };
+        let Ok(n) = fs::read_to_string(e.path().join("name")) else {
+            continue;
+        };
         if n.trim() == name {
             let dev = Path::new("/dev").join(e.file_name());
             if dev.exists() {
@@ -117,12 +166,28 @@ pub fn virtio_port(name: &str) -> Option<PathBuf> {
 /// Makes sure `/dev/null` and friends exist even on a kernel whose devtmpfs is missing them.
 pub fn ensure_dev_nodes() {
     use nix::sys::stat::{makedev, mknod, SFlag};
-    for (path, minor) in [("/dev/null", 3), ("/dev/zero", 5), ("/dev/full", 7), ("/dev/random", 8), ("/dev/urandom", 9)] {
+    for (path, minor) in [
+        ("/dev/null", 3),
+        ("/dev/zero", 5),
+        ("/dev/full", 7),
+        ("/dev/random", 8),
+        ("/dev/urandom", 9),
+    ] {
         if !Path::new(path).exists() {
-            let _ = mknod(path, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(1, minor));
+            let _ = mknod(
+                path,
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o666),
+                makedev(1, minor),
+            );
         }
     }
     if !Path::new("/dev/tty").exists() {
-        let _ = mknod("/dev/tty", SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(5, 0));
+        let _ = mknod(
+            "/dev/tty",
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(5, 0),
+        );
     }
 }

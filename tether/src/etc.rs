@@ -15,14 +15,26 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 pub enum EtcError {
     /// a file operation failed
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: String, source: io::Error },
+    Io {
+        what: &'static str,
+        path: String,
+        source: io::Error,
+    },
     /// a mount or system call failed
     #[error("{what} {path}: {errno}")]
-    Sys { what: &'static str, path: String, errno: nix::Error },
+    Sys {
+        what: &'static str,
+        path: String,
+        errno: nix::Error,
+    },
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> EtcError + 'a {
-    move |source| EtcError::Io { what, path: path.display().to_string(), source }
+    move |source| EtcError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// The hostname of a container: `hostname[.domainname]`, else the first 12 characters of its ID.
@@ -51,8 +63,12 @@ impl Hosts {
         for line in text.lines() {
             let line = line.split('#').next().unwrap_or("");
             let mut f = line.split_whitespace();
-            let (Some(ip), Some(_)) = (f.next(), line.split_whitespace().nth(1)) else { continue };
-            let Ok(ip) = ip.parse::<IpAddr>() else { continue };
+            let (Some(ip), Some(_)) = (f.next(), line.split_whitespace().nth(1)) else {
+                continue;
+            };
+            let Ok(ip) = ip.parse::<IpAddr>() else {
+                continue;
+            };
             for name in f {
                 h.add(ip, name);
             }
@@ -78,14 +94,30 @@ impl Hosts {
     /// The standard localhost set the original always added.
     pub fn add_localhost(&mut self) {
         let v4: IpAddr = [127, 0, 0, 1].into();
-        for n in ["localhost", "localhost4", "localhost.localdomain", "localhost4.localdomain4"] {
+        for n in [
+            "localhost",
+            "localhost4",
+            "localhost.localdomain",
+            "localhost4.localdomain4",
+        ] {
             self.add(v4, n);
         }
         let v6: IpAddr = std::net::Ipv6Addr::LOCALHOST.into();
-        for n in ["ip6-localhost", "localhost", "localhost.localdomain", "localhost6.localdomain6", "ip6-loopback"] {
+        for n in [
+            "ip6-localhost",
+            "localhost",
+            "localhost.localdomain",
+            "localhost6.localdomain6",
+            "ip6-loopback",
+        ] {
             self.add(v6, n);
         }
-        for (ip, n) in [("fe00::", "ip6-localnet"), ("ff00::", "ip6-mcastprefix"), ("ff02::1", "ip6-allnodes"), ("ff02::2", "ip6-allrouters")] {
+        for (ip, n) in [
+            ("fe00::", "ip6-localnet"),
+            ("ff00::", "ip6-mcastprefix"),
+            ("ff02::1", "ip6-allnodes"),
+            ("ff02::2", "ip6-allrouters"),
+        ] {
             if let Ok(ip) = ip.parse::<IpAddr>() {
                 self.add(ip, n);
             }
@@ -94,7 +126,10 @@ impl Hosts {
 
     /// File content: one line per address, single spaces.
     pub fn render(&self) -> String {
-        self.entries.iter().map(|(ip, names)| format!("{ip} {}\n", names.join(" "))).collect()
+        self.entries
+            .iter()
+            .map(|(ip, names)| format!("{ip} {}\n", names.join(" ")))
+            .collect()
     }
 }
 
@@ -115,7 +150,11 @@ pub fn bind_over(src: &Path, target: &Path) -> Result<(), EtcError> {
     }
     // A dangling symlink (Debian images link /etc/resolv.conf into /run) cannot be a mount
     // target; replace it with a file, which only affects this container's disk.
-    if fs::symlink_metadata(target).map(|m| m.file_type().is_symlink()).unwrap_or(false) && !target.exists() {
+    if fs::symlink_metadata(target)
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false)
+        && !target.exists()
+    {
         let _ = fs::remove_file(target);
     }
     if !target.exists() {
@@ -123,16 +162,29 @@ pub fn bind_over(src: &Path, target: &Path) -> Result<(), EtcError> {
     }
     // Replace an earlier bind so repeated updates do not stack mounts.
     let _ = umount2(target, MntFlags::MNT_DETACH);
-    mount(Some(src), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(|errno| EtcError::Sys { what: "bind mount onto", path: target.display().to_string(), errno })
+    mount(
+        Some(src),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|errno| EtcError::Sys {
+        what: "bind mount onto",
+        path: target.display().to_string(),
+        errno,
+    })
 }
 
 /// Sets the kernel hostname and publishes `/etc/hostname` and `/etc/hosts` in the container.
 /// `private` is the tether's directory (`/.tether/etc`).
 pub fn setup_names(private: &Path, hostname: &str, name: &str) -> Result<(), EtcError> {
     fs::create_dir_all(private).map_err(io_err("mkdir", private))?;
-    nix::unistd::sethostname(hostname)
-        .map_err(|errno| EtcError::Sys { what: "sethostname", path: hostname.into(), errno })?;
+    nix::unistd::sethostname(hostname).map_err(|errno| EtcError::Sys {
+        what: "sethostname",
+        path: hostname.into(),
+        errno,
+    })?;
 
     let hn = private.join("hostname");
     // No trailing newline, as the original wrote it.
@@ -141,7 +193,10 @@ pub fn setup_names(private: &Path, hostname: &str, name: &str) -> Result<(), Etc
 
     let mut hosts = Hosts::parse(&fs::read_to_string("/etc/hosts").unwrap_or_default());
     hosts.add_localhost();
-    for ip in [IpAddr::from([127, 0, 1, 1]), std::net::Ipv6Addr::LOCALHOST.into()] {
+    for ip in [
+        IpAddr::from([127, 0, 1, 1]),
+        std::net::Ipv6Addr::LOCALHOST.into(),
+    ] {
         hosts.add(ip, hostname);
         hosts.add(ip, name);
     }
@@ -158,12 +213,16 @@ mod tests {
     fn hostname_rules() {
         assert_eq!(hostname_for("0123456789abcdef", "", ""), "0123456789ab");
         assert_eq!(hostname_for("0123456789abcdef", "web", ""), "web");
-        assert_eq!(hostname_for("0123456789abcdef", "web", "example.com"), "web.example.com");
+        assert_eq!(
+            hostname_for("0123456789abcdef", "web", "example.com"),
+            "web.example.com"
+        );
     }
 
     #[test]
     fn hosts_keeps_image_entries_and_adds_ours() {
-        let mut h = Hosts::parse("# c\n10.1.1.1 foo bar\nbad\n999.1.1.1 x\n\n127.0.0.1 localhost\n");
+        let mut h =
+            Hosts::parse("# c\n10.1.1.1 foo bar\nbad\n999.1.1.1 x\n\n127.0.0.1 localhost\n");
         h.add_localhost();
         h.add([127, 0, 1, 1].into(), "myhost");
         h.add([127, 0, 1, 1].into(), "");

@@ -37,7 +37,11 @@ pub enum LaunchError {
     Credentials(String),
     /// exec failed after the file was found
     #[error("fork/exec {path}: {errno}")]
-    Exec { path: String, errno: String, code: i32 },
+    Exec {
+        path: String,
+        errno: String,
+        code: i32,
+    },
     /// creating the process failed
     #[error("fork: {0}")]
     Fork(nix::Error),
@@ -83,8 +87,15 @@ pub fn resolve_executable(file: &str, dir: &str, env: &[String]) -> Result<PathB
     }
     let path_var = env.iter().rev().find_map(|e| e.strip_prefix("PATH="));
     let mut saw_non_exec = None;
-    for elem in path_var.map(|p| p.split(':').collect::<Vec<_>>()).unwrap_or_default() {
-        let base = if elem.is_empty() { Path::new(dir) } else { Path::new(elem) };
+    for elem in path_var
+        .map(|p| p.split(':').collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
+        let base = if elem.is_empty() {
+            Path::new(dir)
+        } else {
+            Path::new(elem)
+        };
         let cand = base.join(file);
         match is_executable_file(&cand) {
             Some(true) => return Ok(cand),
@@ -137,16 +148,35 @@ const STAGE_TTY: u8 = 5;
 /// exited with 127 and the reaper will collect it.
 pub fn spawn(spec: Spec) -> Result<Pid, LaunchError> {
     let path = cstr(&spec.path.to_string_lossy(), "path")?;
-    let argv: Vec<CString> = spec.args.iter().map(|a| cstr(a, "argument")).collect::<Result<_, _>>()?;
-    let argv = if argv.is_empty() { vec![path.clone()] } else { argv };
-    let envp: Vec<CString> = spec.env.iter().map(|e| cstr(e, "environment")).collect::<Result<_, _>>()?;
-    let dir = cstr(if spec.dir.is_empty() { "/" } else { &spec.dir }, "directory")?;
+    let argv: Vec<CString> = spec
+        .args
+        .iter()
+        .map(|a| cstr(a, "argument"))
+        .collect::<Result<_, _>>()?;
+    let argv = if argv.is_empty() {
+        vec![path.clone()]
+    } else {
+        argv
+    };
+    let envp: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|e| cstr(e, "environment"))
+        .collect::<Result<_, _>>()?;
+    let dir = cstr(
+        if spec.dir.is_empty() { "/" } else { &spec.dir },
+        "directory",
+    )?;
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
     let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
     envp_ptrs.push(std::ptr::null());
     let groups: Vec<libc::gid_t> = spec.identity.groups.clone();
-    let null = std::fs::File::options().read(true).write(true).open("/dev/null").map_err(|e| LaunchError::Credentials(format!("open /dev/null: {e}")))?;
+    let null = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| LaunchError::Credentials(format!("open /dev/null: {e}")))?;
     let fd_of = |s: &Stdio| -> RawFd {
         match s {
             Stdio::Null => null.as_raw_fd(),
@@ -154,7 +184,8 @@ pub fn spawn(spec: Spec) -> Result<Pid, LaunchError> {
         }
     };
     let fds = [fd_of(&spec.stdin), fd_of(&spec.stdout), fd_of(&spec.stderr)];
-    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(LaunchError::Pipe)?;
+    let (err_r, err_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(LaunchError::Pipe)?;
     let err_w_raw = err_w.as_raw_fd();
     let (uid, gid) = (spec.identity.uid, spec.identity.gid);
     let ctty = spec.controlling_tty;
@@ -166,7 +197,11 @@ pub fn spawn(spec: Spec) -> Result<Pid, LaunchError> {
     match unsafe { nix::unistd::fork() }.map_err(LaunchError::Fork)? {
         nix::unistd::ForkResult::Child => {
             // SAFETY: see above; every call is async-signal-safe and every pointer is valid.
-            unsafe { child_after_fork(fds, ctty, &groups, gid, uid, &dir, &path, &argv_ptrs, &envp_ptrs, err_w_raw) }
+            unsafe {
+                child_after_fork(
+                    fds, ctty, &groups, gid, uid, &dir, &path, &argv_ptrs, &envp_ptrs, err_w_raw,
+                )
+            }
         }
         nix::unistd::ForkResult::Parent { child } => {
             drop(err_w);
@@ -181,9 +216,16 @@ pub fn spawn(spec: Spec) -> Result<Pid, LaunchError> {
             let errno = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
             let text = nix::Error::from_raw(errno).desc().to_lowercase();
             Err(match buf[0] {
-                STAGE_CHDIR => LaunchError::Chdir { dir: spec.dir.clone(), errno: text },
+                STAGE_CHDIR => LaunchError::Chdir {
+                    dir: spec.dir.clone(),
+                    errno: text,
+                },
                 STAGE_CRED => LaunchError::Credentials(text),
-                STAGE_EXEC => LaunchError::Exec { path: spec.path.display().to_string(), errno: text, code: errno },
+                STAGE_EXEC => LaunchError::Exec {
+                    path: spec.path.display().to_string(),
+                    errno: text,
+                    code: errno,
+                },
                 STAGE_TTY => LaunchError::Credentials(format!("controlling terminal: {text}")),
                 _ => LaunchError::Credentials(format!("set up standard streams: {text}")),
             })
@@ -287,22 +329,47 @@ mod tests {
 
     #[test]
     fn resolves_through_session_path() {
-        assert_eq!(resolve_executable("sh", "/", &env("/nonexistent:/bin")).unwrap(), PathBuf::from("/bin/sh"));
+        assert_eq!(
+            resolve_executable("sh", "/", &env("/nonexistent:/bin")).unwrap(),
+            PathBuf::from("/bin/sh")
+        );
     }
 
     #[test]
     fn error_texts_match_the_original() {
-        assert_eq!(resolve_executable("/not/there", "/", &[]).unwrap_err().to_string(), "stat /not/there: no such file or directory");
-        assert_eq!(resolve_executable("notthere", "/", &env("/bin")).unwrap_err().to_string(), "notthere: no such executable in PATH");
+        assert_eq!(
+            resolve_executable("/not/there", "/", &[])
+                .unwrap_err()
+                .to_string(),
+            "stat /not/there: no such file or directory"
+        );
+        assert_eq!(
+            resolve_executable("notthere", "/", &env("/bin"))
+                .unwrap_err()
+                .to_string(),
+            "notthere: no such executable in PATH"
+        );
         // No PATH in the session's env: nothing is searched (the tether's own PATH is not used).
-        assert!(matches!(resolve_executable("sh", "/", &[]), Err(LaunchError::NotInPath(_))));
-        assert!(matches!(resolve_executable("/etc/passwd", "/", &[]), Err(LaunchError::NotExecutable(_))));
-        assert!(matches!(resolve_executable("/", "/", &[]), Err(LaunchError::NotExecutable(_))));
+        assert!(matches!(
+            resolve_executable("sh", "/", &[]),
+            Err(LaunchError::NotInPath(_))
+        ));
+        assert!(matches!(
+            resolve_executable("/etc/passwd", "/", &[]),
+            Err(LaunchError::NotExecutable(_))
+        ));
+        assert!(matches!(
+            resolve_executable("/", "/", &[]),
+            Err(LaunchError::NotExecutable(_))
+        ));
     }
 
     #[test]
     fn relative_paths_use_the_session_dir() {
-        assert_eq!(resolve_executable("./sh", "/bin", &[]).unwrap(), PathBuf::from("/bin/./sh"));
+        assert_eq!(
+            resolve_executable("./sh", "/bin", &[]).unwrap(),
+            PathBuf::from("/bin/./sh")
+        );
     }
 
     #[test]
@@ -319,7 +386,12 @@ mod spawn_tests {
     use std::io::Read;
 
     fn me() -> Identity {
-        Identity { uid: nix::unistd::getuid().as_raw(), gid: nix::unistd::getgid().as_raw(), groups: vec![], home: "/".into() }
+        Identity {
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            groups: vec![],
+            home: "/".into(),
+        }
     }
 
     fn spec(path: &str, args: &[&str], dir: &str, stdout: Stdio) -> Spec {
@@ -351,17 +423,26 @@ mod spawn_tests {
         assert!(out.contains("/tmp\n"), "{out}");
         let ign = out.lines().find(|l| l.starts_with("SigIgn")).unwrap();
         let mask = u64::from_str_radix(ign.split_whitespace().nth(1).unwrap(), 16).unwrap();
-        assert_eq!(mask & (1 << (libc::SIGPIPE - 1)), 0, "SIGPIPE still ignored: {ign}");
+        assert_eq!(
+            mask & (1 << (libc::SIGPIPE - 1)),
+            0,
+            "SIGPIPE still ignored: {ign}"
+        );
     }
 
     #[test]
     fn child_errors_come_back_typed() {
         let e = spawn(spec("/bin/true", &[], "/no/such/dir", Stdio::Null)).unwrap_err();
         assert!(matches!(e, LaunchError::Chdir { .. }), "{e}");
-        assert_eq!(e.to_string(), "chdir /no/such/dir: no such file or directory");
+        assert_eq!(
+            e.to_string(),
+            "chdir /no/such/dir: no such file or directory"
+        );
         let e = spawn(spec("/no/such/binary", &[], "/", Stdio::Null)).unwrap_err();
         assert_eq!(e.exit_status(), 127, "{e}");
         // Reap the failed children so they do not linger in the test process.
-        while nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)).is_ok_and(|s| s != nix::sys::wait::WaitStatus::StillAlive) {}
+        while nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+            .is_ok_and(|s| s != nix::sys::wait::WaitStatus::StillAlive)
+        {}
     }
 }

@@ -90,7 +90,9 @@ pub fn init(level: tracing::Level) {
         set_destination(console);
     }
     set_level(level);
-    let filter = tracing_subscriber::filter::filter_fn(|meta| rank(meta.level()) <= LEVEL.load(Ordering::Relaxed));
+    let filter = tracing_subscriber::filter::filter_fn(|meta| {
+        rank(meta.level()) <= LEVEL.load(Ordering::Relaxed)
+    });
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(Sink)
         .with_ansi(false)

@@ -82,7 +82,11 @@ impl Encoder {
 /// channel: the VM still runs, but nobody can see its output).
 pub fn start(dest: Option<File>, format: Format) -> OutputSink {
     let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
-    let mut encoder = Encoder { format, last_ns: 0, vic_lines: Default::default() };
+    let mut encoder = Encoder {
+        format,
+        last_ns: 0,
+        vic_lines: Default::default(),
+    };
     let spawned = std::thread::Builder::new().name("output".into()).spawn(move || {
         let mut dest = dest;
         while let Some(msg) = rx.blocking_recv() {
@@ -129,18 +133,29 @@ impl OutputSink {
                 Err(_) => return false,
             }
         }
-        done_rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())).is_ok()
+        done_rx
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .is_ok()
     }
 }
 
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// Copies one stream of one session into records and to the attached clients until EOF,
 /// then sends the EOF record and ends the stream for the clients. Returns when the last
 /// holder of the stream's write end has closed it.
-pub async fn pump(sink: OutputSink, session: String, stream: Stream, src: AsyncStream, fanout: Arc<Fanout>) {
+pub async fn pump(
+    sink: OutputSink,
+    session: String,
+    stream: Stream,
+    src: AsyncStream,
+    fanout: Arc<Fanout>,
+) {
     let mut seq = 0u64;
     let mut buf = vec![0u8; iolog::MAX_PAYLOAD];
     loop {
@@ -154,14 +169,30 @@ pub async fn pump(sink: OutputSink, session: String, stream: Stream, src: AsyncS
         };
         let data = buf.get(..n).unwrap_or_default();
         fanout.publish(data).await;
-        let record = Record { session: session.clone(), stream, seq, time_ns: now_ns(), body: Body::Data(data.to_vec()) };
+        let record = Record {
+            session: session.clone(),
+            stream,
+            seq,
+            time_ns: now_ns(),
+            body: Body::Data(data.to_vec()),
+        };
         // A closed sink (shutdown) still lets us drain, so the process never blocks on us.
         if send(&sink, record).await {
             seq += 1;
         }
     }
     fanout.close();
-    send(&sink, Record { session, stream, seq, time_ns: now_ns(), body: Body::Eof }).await;
+    send(
+        &sink,
+        Record {
+            session,
+            stream,
+            seq,
+            time_ns: now_ns(),
+            body: Body::Eof,
+        },
+    )
+    .await;
 }
 
 async fn send(sink: &OutputSink, record: Record) -> bool {
@@ -175,7 +206,10 @@ mod tests {
 
     #[test]
     fn pump_sends_every_byte_then_eof() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let (port_r, port_w) = nix::unistd::pipe().unwrap();
         let sink = start(Some(File::from(port_w)), Format::Tether);
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
@@ -210,7 +244,10 @@ mod tests {
         let mut last = None;
         let mut expect_seq = 0;
         while let Some(iolog::Item::Record(rec)) = dec.next_item() {
-            assert_eq!((rec.session.as_str(), rec.stream, rec.seq), ("s1", Stream::Stderr, expect_seq));
+            assert_eq!(
+                (rec.session.as_str(), rec.stream, rec.seq),
+                ("s1", Stream::Stderr, expect_seq)
+            );
             expect_seq += 1;
             match rec.body {
                 Body::Data(d) => data.extend(d),
@@ -219,7 +256,11 @@ mod tests {
         }
         let expected: String = (0..2000).map(|i| format!("line {i}\n")).collect();
         assert_eq!(String::from_utf8(data).unwrap(), expected);
-        assert_eq!(String::from_utf8(seen).unwrap(), expected, "the attached client missed output");
+        assert_eq!(
+            String::from_utf8(seen).unwrap(),
+            expected,
+            "the attached client missed output"
+        );
         assert!(last.is_some(), "no EOF record");
     }
 }
@@ -229,12 +270,22 @@ mod encoder_tests {
     use super::*;
 
     fn rec(session: &str, stream: Stream, t: u64, body: Body) -> Record {
-        Record { session: session.into(), stream, seq: 0, time_ns: t, body }
+        Record {
+            session: session.into(),
+            stream,
+            seq: 0,
+            time_ns: t,
+            body,
+        }
     }
 
     #[test]
     fn timestamps_never_go_backwards() {
-        let mut e = Encoder { format: Format::Tether, last_ns: 0, vic_lines: Default::default() };
+        let mut e = Encoder {
+            format: Format::Tether,
+            last_ns: 0,
+            vic_lines: Default::default(),
+        };
         let mut dec = iolog::Decoder::new();
         dec.push(&e.encode(rec("a", Stream::Stdout, 200, Body::Data(b"x".to_vec()))));
         dec.push(&e.encode(rec("a", Stream::Stderr, 100, Body::Data(b"y".to_vec()))));
@@ -247,16 +298,36 @@ mod encoder_tests {
 
     #[test]
     fn vic_format_keeps_only_the_primary_and_splits_lines_per_stream() {
-        let mut e = Encoder { format: Format::Vic { primary: "p".into() }, last_ns: 0, vic_lines: Default::default() };
+        let mut e = Encoder {
+            format: Format::Vic {
+                primary: "p".into(),
+            },
+            last_ns: 0,
+            vic_lines: Default::default(),
+        };
         let mut out = Vec::new();
         out.extend(e.encode(rec("p", Stream::Stdout, 1, Body::Data(b"par".to_vec()))));
         out.extend(e.encode(rec("p", Stream::Stderr, 2, Body::Data(b"err\n".to_vec()))));
-        out.extend(e.encode(rec("exec", Stream::Stdout, 3, Body::Data(b"hidden\n".to_vec()))));
+        out.extend(e.encode(rec(
+            "exec",
+            Stream::Stdout,
+            3,
+            Body::Data(b"hidden\n".to_vec()),
+        )));
         out.extend(e.encode(rec("p", Stream::Stdout, 4, Body::Data(b"tial\n".to_vec()))));
         out.extend(e.encode(rec("p", Stream::Stdout, 5, Body::Eof)));
         let (entries, skipped) = iolog::vic::decode_all(&out);
         assert_eq!(skipped, 0);
-        let got: Vec<(Stream, &[u8])> = entries.iter().map(|x| (x.stream, x.payload.as_slice())).collect();
-        assert_eq!(got, vec![(Stream::Stderr, &b"err\n"[..]), (Stream::Stdout, &b"partial\n"[..])]);
+        let got: Vec<(Stream, &[u8])> = entries
+            .iter()
+            .map(|x| (x.stream, x.payload.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Stream::Stderr, &b"err\n"[..]),
+                (Stream::Stdout, &b"partial\n"[..])
+            ]
+        );
     }
 }

@@ -37,7 +37,11 @@ pub fn detect() -> Result<Platform, early::EarlyError> {
     if guestinfo::transport::backdoor::is_vmware() {
         return Ok(Platform::Vmware);
     }
-    let guestinfo = early::wait_for(&format!("virtio-serial port {}", port::GUESTINFO), PORT_WAIT, || early::virtio_port(port::GUESTINFO))?;
+    let guestinfo = early::wait_for(
+        &format!("virtio-serial port {}", port::GUESTINFO),
+        PORT_WAIT,
+        || early::virtio_port(port::GUESTINFO),
+    )?;
     Ok(Platform::Qemu { guestinfo })
 }
 
@@ -60,7 +64,9 @@ impl Platform {
     pub fn attach_channel(&self) -> PathBuf {
         match self {
             Platform::Vmware => PathBuf::from("/dev/ttyS0"),
-            Platform::Qemu { .. } => early::virtio_port(port::ATTACH).unwrap_or_else(|| PathBuf::from("/dev/ttyS0")),
+            Platform::Qemu { .. } => {
+                early::virtio_port(port::ATTACH).unwrap_or_else(|| PathBuf::from("/dev/ttyS0"))
+            }
         }
     }
 

@@ -139,8 +139,14 @@ mod tests {
     fn exit_codes_follow_the_shell_convention() {
         let p = Pid::from_raw(5);
         assert_eq!(exit_code(WaitStatus::Exited(p, 42)), Some((p, 42)));
-        assert_eq!(exit_code(WaitStatus::Signaled(p, Signal::SIGKILL, false)), Some((p, 137)));
-        assert_eq!(exit_code(WaitStatus::Signaled(p, Signal::SIGTERM, true)), Some((p, 143)));
+        assert_eq!(
+            exit_code(WaitStatus::Signaled(p, Signal::SIGKILL, false)),
+            Some((p, 137))
+        );
+        assert_eq!(
+            exit_code(WaitStatus::Signaled(p, Signal::SIGTERM, true)),
+            Some((p, 143))
+        );
         assert_eq!(exit_code(WaitStatus::Stopped(p, Signal::SIGSTOP)), None);
     }
 }

@@ -114,10 +114,20 @@ impl Tether {
         let live = |s: &SessionConfig| s.active && s.detail.stop_time == 0;
         let mut ids: Vec<String> = Vec::new();
         if !execs_only {
-            ids.extend(st.cfg.sessions.iter().filter(|(id, s)| live(s) && !st.cfg.execs.contains_key(*id)).map(|(id, _)| id.clone()));
+            ids.extend(
+                st.cfg
+                    .sessions
+                    .iter()
+                    .filter(|(id, s)| live(s) && !st.cfg.execs.contains_key(*id))
+                    .map(|(id, _)| id.clone()),
+            );
         }
         ids.extend(
-            st.cfg.execs.iter().filter(|(_, s)| live(s) && (s.started.is_empty() || s.started == "true")).map(|(id, _)| id.clone()),
+            st.cfg
+                .execs
+                .iter()
+                .filter(|(_, s)| live(s) && (s.started.is_empty() || s.started == "true"))
+                .map(|(id, _)| id.clone()),
         );
         ids
     }
@@ -145,10 +155,18 @@ impl Tether {
         let mut to_launch = Vec::new();
         {
             let mut st = self.lock();
-            let ids: Vec<String> = st.cfg.sessions.keys().chain(st.cfg.execs.keys()).cloned().collect();
+            let ids: Vec<String> = st
+                .cfg
+                .sessions
+                .keys()
+                .chain(st.cfg.execs.keys())
+                .cloned()
+                .collect();
             for id in ids {
-                let Some(sc) = st.session_cfg(&id).cloned() else { continue };
-                let rt = st.sessions.entry(id.clone()).or_insert_with(Session::new);
+                let Some(sc) = st.session_cfg(&id).cloned() else {
+                    continue;
+                };
+                let rt = st.sessions.entry(id.clone()).or_default();
                 if !rt.launched {
                     if !sc.active || self.shutting_down() {
                         continue;
@@ -186,7 +204,10 @@ impl Tether {
     /// session exists and did not fail to launch.
     pub fn unblock(&self, id: &str) -> bool {
         let mut st = self.lock();
-        let ok = st.session_cfg(id).map(|s| s.started.is_empty() || s.started == "true").unwrap_or(false);
+        let ok = st
+            .session_cfg(id)
+            .map(|s| s.started.is_empty() || s.started == "true")
+            .unwrap_or(false);
         if ok {
             if let Some(latch) = st.sessions.get_mut(id).and_then(|s| s.latch.take()) {
                 let _ = latch.send(());
@@ -212,7 +233,10 @@ impl Tether {
         let id = self.primary_id();
         let (sig, grace) = {
             let st = self.lock();
-            let sig = st.session_cfg(&id).map(|s| stop_signal(s).to_owned()).unwrap_or_else(|| "TERM".into());
+            let sig = st
+                .session_cfg(&id)
+                .map(|s| stop_signal(s).to_owned())
+                .unwrap_or_else(|| "TERM".into());
             let grace = match st.cfg.tether.stop_timeout {
                 t if t > 0 => Duration::from_secs(t as u64),
                 _ => DEFAULT_STOP_GRACE,
@@ -234,7 +258,10 @@ impl Tether {
                 Some(s) => s.done.subscribe(),
                 None => return,
             };
-            if tokio::time::timeout(grace, done.wait_for(|d| *d)).await.is_err() {
+            if tokio::time::timeout(grace, done.wait_for(|d| *d))
+                .await
+                .is_err()
+            {
                 tracing::info!(session = %id, "still running {grace:?} after its stop signal: SIGKILL");
                 let _ = me.signal(&id, "KILL", true);
                 let _ = me.signal(&id, "KILL", false);
@@ -269,7 +296,9 @@ async fn run_session(t: Arc<Tether>, id: String, latch: Option<oneshot::Receiver
         let again = {
             let st = t.lock();
             let sc = st.session_cfg(&id);
-            code.is_some() && sc.map(|s| s.restart && s.active).unwrap_or(false) && !t.shutting_down()
+            code.is_some()
+                && sc.map(|s| s.restart && s.active).unwrap_or(false)
+                && !t.shutting_down()
         };
         if !again {
             break;
@@ -300,9 +329,15 @@ async fn launch_and_wait(t: &Arc<Tether>, id: &str) -> Option<i64> {
         let mut st = t.lock();
         let sc = st.session_cfg(id).cloned();
         match (sc, st.sessions.get_mut(id)) {
-            (Some(sc), Some(rt)) => {
-                Some((sc, LaunchIo { stdout: rt.stdout.clone(), stderr: rt.stderr.clone(), winsize: rt.winsize, stdin: rt.stdin_rx.take() }))
-            }
+            (Some(sc), Some(rt)) => Some((
+                sc,
+                LaunchIo {
+                    stdout: rt.stdout.clone(),
+                    stderr: rt.stderr.clone(),
+                    winsize: rt.winsize,
+                    stdin: rt.stdin_rx.take(),
+                },
+            )),
             _ => None,
         }
     };
@@ -359,8 +394,16 @@ async fn launch_and_wait(t: &Arc<Tether>, id: &str) -> Option<i64> {
         if let Some(s) = st.session_cfg_mut(id) {
             s.exit_status = code;
             s.detail.stop_time = stop;
-            let message = if code > 128 { format!("killed by signal {}", code - 128) } else { String::new() };
-            s.diagnostics.exit_logs.push(ExitLog { time: guestinfo::value::GoTime::from_unix(stop, 0), exit_status: code, message });
+            let message = if code > 128 {
+                format!("killed by signal {}", code - 128)
+            } else {
+                String::new()
+            };
+            s.diagnostics.exit_logs.push(ExitLog {
+                time: guestinfo::value::GoTime::from_unix(stop, 0),
+                exit_status: code,
+                message,
+            });
             let excess = s.diagnostics.exit_logs.len().saturating_sub(EXIT_LOGS_KEPT);
             s.diagnostics.exit_logs.drain(..excess);
         }
@@ -382,13 +425,15 @@ async fn launch_and_wait(t: &Arc<Tether>, id: &str) -> Option<i64> {
 fn bridge_commands(transport: &dyn Transport) -> mpsc::Receiver<HostCommand> {
     let (tx, rx) = mpsc::channel(16);
     if let Some(commands) = transport.commands() {
-        let spawned = std::thread::Builder::new().name("host-commands".into()).spawn(move || {
-            while let Ok(c) = commands.recv() {
-                if tx.blocking_send(c).is_err() {
-                    break;
+        let spawned = std::thread::Builder::new()
+            .name("host-commands".into())
+            .spawn(move || {
+                while let Ok(c) = commands.recv() {
+                    if tx.blocking_send(c).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
+            });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the host command thread");
         }
@@ -398,15 +443,29 @@ fn bridge_commands(transport: &dyn Transport) -> mpsc::Receiver<HostCommand> {
 
 /// Runs the container until its primary session ends (or the host halts it), then stops
 /// every process and flushes the output channel.
-pub async fn run(cfg: ContainerConfig, transport: Box<dyn Transport>, platform: Platform) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: ContainerConfig,
+    transport: Box<dyn Transport>,
+    platform: Platform,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     let reaper = Reaper::start().context("start reaper")?;
-    let format = if cfg.tether.log_format == "vic" { output::Format::Vic { primary: cfg.common.id.clone() } } else { output::Format::Tether };
+    let format = if cfg.tether.log_format == "vic" {
+        output::Format::Vic {
+            primary: cfg.common.id.clone(),
+        }
+    } else {
+        output::Format::Tether
+    };
     let sink = output::start(platform.output_channel(), format);
     let mut commands = bridge_commands(&*transport);
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("SIGHUP handler")?;
     let t = Arc::new(Tether {
-        state: Mutex::new(State { cfg, sessions: HashMap::new() }),
+        state: Mutex::new(State {
+            cfg,
+            sessions: HashMap::new(),
+        }),
         transport,
         reaper: reaper.clone(),
         sink,
@@ -439,7 +498,13 @@ pub async fn run(cfg: ContainerConfig, transport: Box<dyn Transport>, platform: 
     shutdown::terminate_all(&reaper, shutdown::TERM_GRACE).await;
     // Every process is gone, so every pump reaches EOF: wait for the sessions to finish
     // writing their records (bounded: one that never launched never finishes).
-    let mut dones: Vec<watch::Receiver<bool>> = t.lock().sessions.values().filter(|s| s.launched).map(|s| s.done.subscribe()).collect();
+    let mut dones: Vec<watch::Receiver<bool>> = t
+        .lock()
+        .sessions
+        .values()
+        .filter(|s| s.launched)
+        .map(|s| s.done.subscribe())
+        .collect();
     let all_done = async {
         for d in dones.iter_mut() {
             let _ = d.wait_for(|v| *v).await;

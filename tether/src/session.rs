@@ -118,7 +118,12 @@ impl Session {
 
 fn to_winsize(ws: WindowSize) -> libc::winsize {
     let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
-    libc::winsize { ws_row: clamp(ws.rows), ws_col: clamp(ws.cols), ws_xpixel: clamp(ws.width_px), ws_ypixel: clamp(ws.height_px) }
+    libc::winsize {
+        ws_row: clamp(ws.rows),
+        ws_col: clamp(ws.cols),
+        ws_xpixel: clamp(ws.width_px),
+        ws_ypixel: clamp(ws.height_px),
+    }
 }
 
 fn set_winsize(master: &AsyncStream, ws: WindowSize) -> Result<(), nix::Error> {
@@ -144,7 +149,10 @@ pub struct Running {
 
 /// Seconds since the Unix epoch (UTC), the unit of `detail.*time`.
 pub fn now_secs() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// The session's environment: exactly its configured `Env`, plus `HOME` if it has none.
@@ -157,7 +165,8 @@ pub fn environment(cfg: &SessionConfig, home: &str) -> Vec<String> {
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), StartError> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| StartError::Launch(LaunchError::Pipe(e)))
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| StartError::Launch(LaunchError::Pipe(e)))
 }
 
 /// What the launcher needs from the session's run-time state.
@@ -171,11 +180,21 @@ pub struct LaunchIo {
 
 /// Starts a session's process with its output pumped to the log and its fan-outs.
 /// Must run on the runtime thread (the reaper registration relies on it).
-pub fn launch(id: &str, cfg: &SessionConfig, io: LaunchIo, reaper: &Reaper, sink: &OutputSink) -> Result<Running, StartError> {
+pub fn launch(
+    id: &str,
+    cfg: &SessionConfig,
+    io: LaunchIo,
+    reaper: &Reaper,
+    sink: &OutputSink,
+) -> Result<Running, StartError> {
     let identity = user::resolve(Path::new("/"), &cfg.user, &cfg.group)?;
     let env = environment(cfg, &identity.home);
     let path = launch::resolve_executable(&cfg.cmd.path, &cfg.cmd.dir, &env)?;
-    let args = if cfg.cmd.args.is_empty() { vec![cfg.cmd.path.clone()] } else { cfg.cmd.args.clone() };
+    let args = if cfg.cmd.args.is_empty() {
+        vec![cfg.cmd.path.clone()]
+    } else {
+        cfg.cmd.args.clone()
+    };
 
     let mut pumps: Vec<(Stream, AsyncStream, Arc<Fanout>)> = Vec::new();
     let mut stdin_dest = None;
@@ -184,7 +203,10 @@ pub fn launch(id: &str, cfg: &SessionConfig, io: LaunchIo, reaper: &Reaper, sink
         let ws = io.winsize.map(to_winsize);
         let pair = nix::pty::openpty(ws.as_ref(), None).map_err(StartError::Pty)?;
         for fd in [&pair.master, &pair.slave] {
-            let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+            let _ = nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
         }
         let master = AsyncStream::new(pair.master)?;
         let out = pair.slave.try_clone()?;
@@ -209,18 +231,41 @@ pub fn launch(id: &str, cfg: &SessionConfig, io: LaunchIo, reaper: &Reaper, sink
         };
         (stdin, Stdio::Fd(out_w), Stdio::Fd(err_w))
     };
-    let spec = launch::Spec { path, args, env, dir: cfg.cmd.dir.clone(), identity, stdin, stdout, stderr, controlling_tty: cfg.tty };
+    let spec = launch::Spec {
+        path,
+        args,
+        env,
+        dir: cfg.cmd.dir.clone(),
+        identity,
+        stdin,
+        stdout,
+        stderr,
+        controlling_tty: cfg.tty,
+    };
     let pid = launch::spawn(spec)?;
     // No await between fork and here: the reaper cannot have collected the child yet.
     let exit = reaper.watch(pid);
     let pumps = pumps
         .into_iter()
-        .map(|(stream, src, fanout)| tokio::spawn(output::pump(sink.clone(), id.to_owned(), stream, src, fanout)))
+        .map(|(stream, src, fanout)| {
+            tokio::spawn(output::pump(
+                sink.clone(),
+                id.to_owned(),
+                stream,
+                src,
+                fanout,
+            ))
+        })
         .collect();
     if let (Some((dest, end)), Some(rx)) = (stdin_dest, io.stdin) {
         tokio::spawn(stdio::stdin_writer(dest, end, rx));
     }
-    Ok(Running { pid, exit, pumps, pty })
+    Ok(Running {
+        pid,
+        exit,
+        pumps,
+        pty,
+    })
 }
 
 /// Waits for output pumps to reach EOF, at most `timeout` (descendants may hold the pipes).
@@ -246,14 +291,28 @@ mod tests {
     fn home_is_added_only_when_missing() {
         let mut cfg = SessionConfig::default();
         cfg.cmd.env = vec!["PATH=/bin".into()];
-        assert_eq!(environment(&cfg, "/root"), vec!["PATH=/bin".to_owned(), "HOME=/root".to_owned()]);
+        assert_eq!(
+            environment(&cfg, "/root"),
+            vec!["PATH=/bin".to_owned(), "HOME=/root".to_owned()]
+        );
         cfg.cmd.env.push("HOME=/x".into());
-        assert_eq!(environment(&cfg, "/root"), vec!["PATH=/bin".to_owned(), "HOME=/x".to_owned()]);
+        assert_eq!(
+            environment(&cfg, "/root"),
+            vec!["PATH=/bin".to_owned(), "HOME=/x".to_owned()]
+        );
     }
 
     #[test]
     fn winsize_conversion_clamps() {
-        let w = to_winsize(WindowSize { cols: 80, rows: 24, width_px: 70_000, height_px: 0 });
-        assert_eq!((w.ws_col, w.ws_row, w.ws_xpixel, w.ws_ypixel), (80, 24, u16::MAX, 0));
+        let w = to_winsize(WindowSize {
+            cols: 80,
+            rows: 24,
+            width_px: 70_000,
+            height_px: 0,
+        });
+        assert_eq!(
+            (w.ws_col, w.ws_row, w.ws_xpixel, w.ws_ypixel),
+            (80, 24, u16::MAX, 0)
+        );
     }
 }

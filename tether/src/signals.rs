@@ -16,12 +16,20 @@ pub enum SignalError {
 pub fn parse(s: &str) -> Result<i32, SignalError> {
     let t = s.trim();
     if let Ok(n) = t.parse::<i32>() {
-        return if (1..=libc::SIGRTMAX()).contains(&n) { Ok(n) } else { Err(SignalError::Unknown(s.into())) };
+        return if (1..=libc::SIGRTMAX()).contains(&n) {
+            Ok(n)
+        } else {
+            Err(SignalError::Unknown(s.into()))
+        };
     }
     let upper = t.to_ascii_uppercase();
     let name = upper.strip_prefix("SIG").unwrap_or(&upper);
     if let Some(rest) = name.strip_prefix("RTMIN") {
-        let off = if rest.is_empty() { Some(0) } else { rest.strip_prefix('+').and_then(|r| r.parse::<i32>().ok()) };
+        let off = if rest.is_empty() {
+            Some(0)
+        } else {
+            rest.strip_prefix('+').and_then(|r| r.parse::<i32>().ok())
+        };
         if let Some(off) = off.filter(|o| *o >= 0) {
             let n = libc::SIGRTMIN() + off;
             if n <= libc::SIGRTMAX() {
@@ -30,7 +38,10 @@ pub fn parse(s: &str) -> Result<i32, SignalError> {
         }
         return Err(SignalError::Unknown(s.into()));
     }
-    format!("SIG{name}").parse::<Signal>().map(|sig| sig as i32).map_err(|_| SignalError::Unknown(s.into()))
+    format!("SIG{name}")
+        .parse::<Signal>()
+        .map(|sig| sig as i32)
+        .map_err(|_| SignalError::Unknown(s.into()))
 }
 
 /// Sends a raw signal number to a process (`pid > 0`) or process group (`pid < 0`).
@@ -59,6 +70,9 @@ mod tests {
         assert!(parse("NOPE").is_err());
         assert!(parse("0").is_err());
         assert!(parse("99").is_err());
-        assert_eq!(parse("bogus").unwrap_err().to_string(), "unsupported signal name: \"bogus\"");
+        assert_eq!(
+            parse("bogus").unwrap_err().to_string(),
+            "unsupported signal name: \"bogus\""
+        );
     }
 }

@@ -25,7 +25,9 @@ impl AsyncStream {
         // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor is valid, stays open and
         // refers to the same file description until the AsyncFd is dropped.
         let registered = unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
-        Ok(AsyncStream { fd: Arc::new(registered) })
+        Ok(AsyncStream {
+            fd: Arc::new(registered),
+        })
     }
 
     /// The descriptor, for ioctls.
@@ -38,7 +40,9 @@ impl AsyncStream {
     pub async fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {
             let mut guard = self.fd.readable().await?;
-            match guard.try_io(|fd| nix::unistd::read(fd.get_ref(), buf).map_err(std::io::Error::from)) {
+            match guard
+                .try_io(|fd| nix::unistd::read(fd.get_ref(), buf).map_err(std::io::Error::from))
+            {
                 Ok(Ok(n)) => return Ok(n),
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
                 Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -52,7 +56,9 @@ impl AsyncStream {
     pub async fn write_all(&self, mut data: &[u8]) -> std::io::Result<()> {
         while !data.is_empty() {
             let mut guard = self.fd.writable().await?;
-            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from)) {
+            match guard
+                .try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from))
+            {
                 Ok(Ok(n)) => data = &data[n..],
                 Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Ok(Err(e)) => return Err(e),
@@ -77,7 +83,9 @@ impl tokio::io::AsyncRead for AsyncStream {
                 Poll::Pending => return Poll::Pending,
             };
             let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|fd| nix::unistd::read(fd.get_ref(), unfilled).map_err(std::io::Error::from)) {
+            match guard.try_io(|fd| {
+                nix::unistd::read(fd.get_ref(), unfilled).map_err(std::io::Error::from)
+            }) {
                 Ok(Ok(n)) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
@@ -104,7 +112,9 @@ impl tokio::io::AsyncWrite for AsyncStream {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             };
-            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from)) {
+            match guard
+                .try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from))
+            {
                 Ok(Ok(n)) => return Poll::Ready(Ok(n)),
                 Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Ok(Err(e)) => return Poll::Ready(Err(e)),
@@ -113,11 +123,17 @@ impl tokio::io::AsyncWrite for AsyncStream {
         }
     }
 
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 }
@@ -168,7 +184,9 @@ impl Fanout {
             }
         }
         if !dead.is_empty() {
-            self.lock().subscribers.retain(|s| !dead.iter().any(|d| d.same_channel(s)));
+            self.lock()
+                .subscribers
+                .retain(|s| !dead.iter().any(|d| d.same_channel(s)));
         }
     }
 
@@ -248,7 +266,11 @@ mod tests {
         assert_eq!(a.recv().await, Some(b"x".to_vec()));
         assert_eq!(a.recv().await, Some(b"y".to_vec()));
         assert_eq!(a.recv().await, None);
-        assert_eq!(f.subscribe().recv().await, None, "a late subscriber sees the end at once");
+        assert_eq!(
+            f.subscribe().recv().await,
+            None,
+            "a late subscriber sees the end at once"
+        );
     }
 
     #[tokio::test]

@@ -65,7 +65,15 @@ fn parse_group(text: &str) -> Vec<GroupEntry> {
             Some(GroupEntry {
                 name: f.first()?.to_string(),
                 gid: f.get(2)?.parse().ok()?,
-                members: f.get(3).map(|m| m.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default(),
+                members: f
+                    .get(3)
+                    .map(|m| {
+                        m.split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             })
         })
         .collect()
@@ -78,7 +86,12 @@ pub fn resolve(root: &Path, user: &str, group: &str) -> Result<Identity, UserErr
     resolve_with(&passwd, &groups, user, group)
 }
 
-fn resolve_with(passwd: &[PasswdEntry], groups: &[GroupEntry], user: &str, group: &str) -> Result<Identity, UserError> {
+fn resolve_with(
+    passwd: &[PasswdEntry],
+    groups: &[GroupEntry],
+    user: &str,
+    group: &str,
+) -> Result<Identity, UserError> {
     // The original appended the group field as `user:group`.
     let (user_part, group_part) = match user.split_once(':') {
         Some((u, g)) => (u, if group.is_empty() { g } else { group }),
@@ -88,7 +101,12 @@ fn resolve_with(passwd: &[PasswdEntry], groups: &[GroupEntry], user: &str, group
 
     let entry = match user_part.parse::<u32>() {
         Ok(uid) => passwd.iter().find(|p| p.uid == uid),
-        Err(_) => Some(passwd.iter().find(|p| p.name == user_part).ok_or_else(|| UserError::NoUser(user_part.into()))?),
+        Err(_) => Some(
+            passwd
+                .iter()
+                .find(|p| p.name == user_part)
+                .ok_or_else(|| UserError::NoUser(user_part.into()))?,
+        ),
     };
     let uid = match (entry, user_part.parse::<u32>()) {
         (_, Ok(uid)) => uid,
@@ -100,18 +118,35 @@ fn resolve_with(passwd: &[PasswdEntry], groups: &[GroupEntry], user: &str, group
     } else if let Ok(gid) = group_part.parse::<u32>() {
         gid
     } else {
-        groups.iter().find(|g| g.name == group_part).map(|g| g.gid).ok_or_else(|| UserError::NoGroup(group_part.into()))?
+        groups
+            .iter()
+            .find(|g| g.name == group_part)
+            .map(|g| g.gid)
+            .ok_or_else(|| UserError::NoGroup(group_part.into()))?
     };
     let supplementary = match entry {
         Some(e) => {
-            let mut v: Vec<u32> = groups.iter().filter(|g| g.members.iter().any(|m| *m == e.name)).map(|g| g.gid).filter(|g| *g != gid).collect();
+            let mut v: Vec<u32> = groups
+                .iter()
+                .filter(|g| g.members.contains(&e.name))
+                .map(|g| g.gid)
+                .filter(|g| *g != gid)
+                .collect();
             v.dedup();
             v
         }
         None => Vec::new(),
     };
-    let home = entry.map(|e| e.home.clone()).filter(|h| !h.is_empty()).unwrap_or_else(|| "/".into());
-    Ok(Identity { uid, gid, groups: supplementary, home })
+    let home = entry
+        .map(|e| e.home.clone())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "/".into());
+    Ok(Identity {
+        uid,
+        gid,
+        groups: supplementary,
+        home,
+    })
 }
 
 #[cfg(test)]
@@ -127,12 +162,28 @@ mod tests {
 
     #[test]
     fn empty_means_root() {
-        assert_eq!(r("", "").unwrap(), Identity { uid: 0, gid: 0, groups: vec![], home: "/root".into() });
+        assert_eq!(
+            r("", "").unwrap(),
+            Identity {
+                uid: 0,
+                gid: 0,
+                groups: vec![],
+                home: "/root".into()
+            }
+        );
     }
 
     #[test]
     fn name_gives_primary_and_supplementary_groups() {
-        assert_eq!(r("user", "").unwrap(), Identity { uid: 1000, gid: 1000, groups: vec![10, 29], home: "/home/user".into() });
+        assert_eq!(
+            r("user", "").unwrap(),
+            Identity {
+                uid: 1000,
+                gid: 1000,
+                groups: vec![10, 29],
+                home: "/home/user".into()
+            }
+        );
     }
 
     #[test]
@@ -149,7 +200,13 @@ mod tests {
     #[test]
     fn unknown_names_are_errors() {
         assert_eq!(r("nobody", ""), Err(UserError::NoUser("nobody".into())));
-        assert_eq!(r("user:nogroup", ""), Err(UserError::NoGroup("nogroup".into())));
-        assert_eq!(r("nobody", "").unwrap_err().to_string(), "unable to find user nobody: no matching entries in passwd file");
+        assert_eq!(
+            r("user:nogroup", ""),
+            Err(UserError::NoGroup("nogroup".into()))
+        );
+        assert_eq!(
+            r("nobody", "").unwrap_err().to_string(),
+            "unable to find user nobody: no matching entries in passwd file"
+        );
     }
 }

@@ -9,12 +9,15 @@ use std::io::Write;
 
 use iolog::Stream;
 use qemu_harness::config::ContainerSpec;
-use qemu_harness::{client, control, logs};
 use qemu_harness::state::{self, State};
 use qemu_harness::vm::{self, Passthrough, RunOptions};
+use qemu_harness::{client, control, logs};
 
 #[derive(Debug, Parser)]
-#[command(name = "vch", about = "Run containers as VMs under QEMU, the way a VIC VCH runs them on vSphere")]
+#[command(
+    name = "vch",
+    about = "Run containers as VMs under QEMU, the way a VIC VCH runs them on vSphere"
+)]
 struct Cli {
     /// State directory (default: $VCH_STATE or ~/.local/state/tether-vch)
     #[arg(long, global = true)]
@@ -118,14 +121,10 @@ enum Cmd {
     },
     /// Drops a running VM's back-channel connection, as a VCH restart would (it reconnects)
     #[command(hide = true, name = "debug-drop-backchannel")]
-    DropBackchannel {
-        name: String,
-    },
+    DropBackchannel { name: String },
     /// Keeps a VM running (started by `run -d` and `run -it`; not for direct use)
     #[command(hide = true)]
-    Keeper {
-        id: String,
-    },
+    Keeper { id: String },
     /// Fetch the logs of a container
     Logs {
         /// Follow log output until the container stops
@@ -187,7 +186,23 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli) -> Result<ExitCode> {
     let state = State::open(cli.state.clone().unwrap_or_else(State::default_dir))?;
     match cli.cmd {
-        Cmd::Run { name, detach, interactive, tty, env, workdir, user, hostname, restart, backchannel, vic_compat, timeout, memory, image, command } => {
+        Cmd::Run {
+            name,
+            detach,
+            interactive,
+            tty,
+            env,
+            workdir,
+            user,
+            hostname,
+            restart,
+            backchannel,
+            vic_compat,
+            timeout,
+            memory,
+            image,
+            command,
+        } => {
             let mut opts = RunOptions::new(&image, &[]);
             opts.spec = ContainerSpec {
                 name: name.unwrap_or_default(),
@@ -216,17 +231,43 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let outcome = vm::run(&state, opts, &mut Passthrough)?;
             finish_run(&outcome, timeout)
         }
-        Cmd::Exec { interactive, tty, env, user, workdir, name, command } => {
+        Cmd::Exec {
+            interactive,
+            tty,
+            env,
+            user,
+            workdir,
+            name,
+            command,
+        } => {
             let meta = running(&state, &name)?;
-            let spec = control::ExecSpec { command, env, user: user.unwrap_or_default(), workdir: workdir.unwrap_or_default(), tty, stdin: interactive };
+            let spec = control::ExecSpec {
+                command,
+                env,
+                user: user.unwrap_or_default(),
+                workdir: workdir.unwrap_or_default(),
+                tty,
+                stdin: interactive,
+            };
             let rt = runtime()?;
             rt.block_on(async {
-                let conn = control::connect(&state.vm_dir(&meta.id).join("ctl.sock")).await.context("connect to the container")?;
+                let conn = control::connect(&state.vm_dir(&meta.id).join("ctl.sock"))
+                    .await
+                    .context("connect to the container")?;
                 let payload = serde_json::to_vec(&spec)?;
-                let id = control::request(&conn, control::REQ_EXEC, &payload).await.map_err(anyhow::Error::msg)?;
+                let id = control::request(&conn, control::REQ_EXEC, &payload)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
                 let id = String::from_utf8_lossy(&id).into_owned();
-                let opts = client::AttachOptions { tty, stdin: interactive, unblock: true, detach_keys: tty };
-                let ended = client::attach(&conn, &id, opts).await.map_err(anyhow::Error::msg)?;
+                let opts = client::AttachOptions {
+                    tty,
+                    stdin: interactive,
+                    unblock: true,
+                    detach_keys: tty,
+                };
+                let ended = client::attach(&conn, &id, opts)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
                 if ended == client::Ended::Detached {
                     return Ok(ExitCode::SUCCESS);
                 }
@@ -249,9 +290,18 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let primary = cfg.sessions.get(&meta.id).cloned().unwrap_or_default();
             let rt = runtime()?;
             let ended = rt.block_on(async {
-                let conn = control::connect(&state.vm_dir(&meta.id).join("ctl.sock")).await.context("connect to the container")?;
-                let opts = client::AttachOptions { tty: primary.tty, stdin: primary.open_stdin, unblock: true, detach_keys: true };
-                client::attach(&conn, &meta.id, opts).await.map_err(anyhow::Error::msg)
+                let conn = control::connect(&state.vm_dir(&meta.id).join("ctl.sock"))
+                    .await
+                    .context("connect to the container")?;
+                let opts = client::AttachOptions {
+                    tty: primary.tty,
+                    stdin: primary.open_stdin,
+                    unblock: true,
+                    detach_keys: true,
+                };
+                client::attach(&conn, &meta.id, opts)
+                    .await
+                    .map_err(anyhow::Error::msg)
             })?;
             match ended {
                 client::Ended::Exited(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
@@ -262,7 +312,9 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             control_request(&state, meta, control::REQ_KILL, signal.as_bytes())
         }),
         Cmd::Stop { time, names } => for_each(&state, &names, |meta| {
-            if control_request(&state, meta, control::REQ_STOP, time.to_string().as_bytes()).is_err() {
+            if control_request(&state, meta, control::REQ_STOP, time.to_string().as_bytes())
+                .is_err()
+            {
                 // The keeper could not be reached: power the VM off hard.
                 kill_qemu(meta);
             }
@@ -274,18 +326,34 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(())
         }),
-        Cmd::DropBackchannel { name } => for_each(&state, &[name], |meta| control_request(&state, meta, control::REQ_DROP, &[])),
+        Cmd::DropBackchannel { name } => for_each(&state, &[name], |meta| {
+            control_request(&state, meta, control::REQ_DROP, &[])
+        }),
         Cmd::Keeper { id } => {
             let meta = state.meta(&id)?;
-            let created = vm::Created { dir: state.vm_dir(&meta.id), meta };
+            let created = vm::Created {
+                dir: state.vm_dir(&meta.id),
+                meta,
+            };
             let rt = runtime()?;
             rt.block_on(vm::keep(state.clone(), created, None, None))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Logs { follow, timestamps, since, tail, stdout, stderr, name } => {
+        Cmd::Logs {
+            follow,
+            timestamps,
+            since,
+            tail,
+            stdout,
+            stderr,
+            name,
+        } => {
             let meta = state.resolve(&name)?;
             let path = state.vm_dir(&meta.id).join("output.log");
-            let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+            let now_ns = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
             let since_ns = match since {
                 Some(s) => logs::parse_since(&s, now_ns).map_err(anyhow::Error::msg)?,
                 None => 0,
@@ -306,7 +374,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 let mut out = std::io::stdout().lock();
                 let mut err = std::io::stderr().lock();
                 for l in lines {
-                    let w: &mut dyn Write = if l.stream == Stream::Stderr { &mut err } else { &mut out };
+                    let w: &mut dyn Write = if l.stream == Stream::Stderr {
+                        &mut err
+                    } else {
+                        &mut out
+                    };
                     if timestamps {
                         write!(w, "{} ", logs::format_time(l.time_ns))?;
                     }
@@ -316,14 +388,15 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 Ok(())
             };
             let running = |id: &str| state.meta(id).map(|m| is_running(&m)).unwrap_or(false);
-            if !path.exists() && !(follow && running(&meta.id)) {
+            if !(path.exists() || follow && running(&meta.id)) {
                 return Ok(ExitCode::SUCCESS);
             }
             while !path.exists() {
                 std::thread::sleep(Duration::from_millis(100));
             }
             let mut reader = logs::LogReader::open(&path, &meta.id)?;
-            let mut lines: Vec<logs::LogLine> = reader.poll()?.into_iter().filter(|l| want(l)).collect();
+            let mut lines: Vec<logs::LogLine> =
+                reader.poll()?.into_iter().filter(|l| want(l)).collect();
             let live = follow && running(&meta.id);
             if !live {
                 lines.extend(reader.finish().into_iter().filter(|l| want(l)));
@@ -345,7 +418,10 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 }
             }
             if reader.damaged > 0 || reader.lost > 0 {
-                eprintln!("vch: the log had {} damaged stretches; {} records were lost to damage", reader.damaged, reader.lost);
+                eprintln!(
+                    "vch: the log had {} damaged stretches; {} records were lost to damage",
+                    reader.damaged, reader.lost
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -370,19 +446,32 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("{:<14}{:<16}{:<10}{:<30}{}", "CONTAINER ID", "NAME", "IMAGE", "COMMAND", "STATUS");
+            println!(
+                "{:<14}{:<16}{:<10}{:<30}STATUS",
+                "CONTAINER ID", "NAME", "IMAGE", "COMMAND"
+            );
             for meta in state.list() {
                 let cfg = vm::load_config(&state.vm_dir(&meta.id)).ok();
                 if !all && !is_running(&meta) {
                     continue;
                 }
-                let status = cfg.as_ref().map(|c| state_text(&meta, c)).unwrap_or_else(|| "unknown".into());
+                let status = cfg
+                    .as_ref()
+                    .map(|c| state_text(&meta, c))
+                    .unwrap_or_else(|| "unknown".into());
                 let mut cmd = meta.command.join(" ");
                 if cmd.len() > 28 {
                     cmd.truncate(25);
                     cmd.push_str("...");
                 }
-                println!("{:<14}{:<16}{:<10}{:<30}{}", &meta.id[..12.min(meta.id.len())], meta.name, meta.image, format!("\"{cmd}\""), status);
+                println!(
+                    "{:<14}{:<16}{:<10}{:<30}{}",
+                    &meta.id[..12.min(meta.id.len())],
+                    meta.name,
+                    meta.image,
+                    format!("\"{cmd}\""),
+                    status
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -407,7 +496,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     failed = true;
                 }
             }
-            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }
@@ -425,7 +518,10 @@ fn state_text(meta: &state::Meta, cfg: &guestinfo::ContainerConfig) -> String {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
 }
 
 fn is_running(meta: &state::Meta) -> bool {
@@ -438,12 +534,19 @@ fn running(state: &State, name: &str) -> Result<state::Meta> {
         bail!("container {name} is not running");
     }
     if meta.backchannel.starts_with("tcp://") {
-        bail!("container {name}'s back-channel goes to an external port layer ({})", meta.backchannel);
+        bail!(
+            "container {name}'s back-channel goes to an external port layer ({})",
+            meta.backchannel
+        );
     }
     Ok(meta)
 }
 
-fn for_each(state: &State, names: &[String], mut f: impl FnMut(&state::Meta) -> Result<()>) -> Result<ExitCode> {
+fn for_each(
+    state: &State,
+    names: &[String],
+    mut f: impl FnMut(&state::Meta) -> Result<()>,
+) -> Result<ExitCode> {
     let mut failed = false;
     for n in names {
         match running(state, n).and_then(|m| f(&m)) {
@@ -454,21 +557,32 @@ fn for_each(state: &State, names: &[String], mut f: impl FnMut(&state::Meta) -> 
             }
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn control_request(state: &State, meta: &state::Meta, name: &str, data: &[u8]) -> Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
-        let conn = control::connect(&state.vm_dir(&meta.id).join("ctl.sock")).await.context("connect to the container")?;
-        control::request(&conn, name, data).await.map_err(anyhow::Error::msg)?;
+        let conn = control::connect(&state.vm_dir(&meta.id).join("ctl.sock"))
+            .await
+            .context("connect to the container")?;
+        control::request(&conn, name, data)
+            .await
+            .map_err(anyhow::Error::msg)?;
         Ok(())
     })
 }
 
 fn kill_qemu(meta: &state::Meta) {
     if let Some(pid) = meta.qemu_pid {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
@@ -487,20 +601,37 @@ fn wait_stopped(state: &State, id: &str, limit: Duration) -> bool {
 
 fn finish_run(outcome: &vm::RunOutcome, timeout: u64) -> Result<ExitCode> {
     if outcome.timed_out {
-        bail!("container {} did not finish within {timeout} s; the VM was killed (debug log: {})", outcome.id, outcome.dir.join("tether.debug").display());
+        bail!(
+            "container {} did not finish within {timeout} s; the VM was killed (debug log: {})",
+            outcome.id,
+            outcome.dir.join("tether.debug").display()
+        );
     }
     if outcome.started != "true" {
         let why = if outcome.started.is_empty() {
-            format!("the VM powered off before the container started (debug log: {})", outcome.dir.join("tether.debug").display())
+            format!(
+                "the VM powered off before the container started (debug log: {})",
+                outcome.dir.join("tether.debug").display()
+            )
         } else {
             outcome.started.clone()
         };
-        eprintln!("vch: container {} failed to start: {why}", &outcome.id[..12.min(outcome.id.len())]);
-        let code = if outcome.exit_code > 0 { outcome.exit_code } else { 125 };
+        eprintln!(
+            "vch: container {} failed to start: {why}",
+            &outcome.id[..12.min(outcome.id.len())]
+        );
+        let code = if outcome.exit_code > 0 {
+            outcome.exit_code
+        } else {
+            125
+        };
         return Ok(ExitCode::from(code.clamp(0, 255) as u8));
     }
     if outcome.damaged_records > 0 {
-        eprintln!("vch: warning: {} stretches of output were damaged in transit", outcome.damaged_records);
+        eprintln!(
+            "vch: warning: {} stretches of output were damaged in transit",
+            outcome.damaged_records
+        );
     }
     Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
 }
@@ -547,8 +678,16 @@ fn run_background(state: &State, mut opts: RunOptions, detach: bool) -> Result<E
                 return Ok(ExitCode::from(code.clamp(1, 255) as u8));
             }
             let meta = state.meta(&id)?;
-            if std::time::Instant::now() > deadline || (meta.keeper_pid.is_some() && !is_running(&meta) && !meta.keeper_pid.map(state::pid_alive).unwrap_or(false)) {
-                bail!("container {} did not start (debug log: {})", &id[..12], created.dir.join("tether.debug").display());
+            if std::time::Instant::now() > deadline
+                || (meta.keeper_pid.is_some()
+                    && !is_running(&meta)
+                    && !meta.keeper_pid.map(state::pid_alive).unwrap_or(false))
+            {
+                bail!(
+                    "container {} did not start (debug log: {})",
+                    &id[..12],
+                    created.dir.join("tether.debug").display()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -560,12 +699,21 @@ fn run_background(state: &State, mut opts: RunOptions, detach: bool) -> Result<E
         let conn = loop {
             match control::connect(&ctl).await {
                 Ok(c) => break c,
-                Err(e) if tokio::time::Instant::now() > deadline => return Err(anyhow::anyhow!("the VM keeper did not come up: {e}")),
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    return Err(anyhow::anyhow!("the VM keeper did not come up: {e}"))
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         };
-        let opts = client::AttachOptions { tty: opts.spec.tty, stdin: interactive && opts.spec.open_stdin, unblock: true, detach_keys: true };
-        client::attach(&conn, &id, opts).await.map_err(anyhow::Error::msg)
+        let opts = client::AttachOptions {
+            tty: opts.spec.tty,
+            stdin: interactive && opts.spec.open_stdin,
+            unblock: true,
+            detach_keys: true,
+        };
+        client::attach(&conn, &id, opts)
+            .await
+            .map_err(anyhow::Error::msg)
     })?;
     if ended == client::Ended::Detached {
         return Ok(ExitCode::SUCCESS);
