@@ -40,14 +40,21 @@ fn token() -> u8 {
     // The token only needs to differ between attempts; a failed RNG read falls back to the
     // clock, which is good enough for that.
     if getrandom::fill(&mut b).is_err() {
-        b[0] = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as u8).unwrap_or(0);
+        b[0] = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u8)
+            .unwrap_or(0);
     }
     // The original drew from [0, 254].
     b[0] % 255
 }
 
 /// Reads until at least `n` bytes arrived and returns the last `n`.
-async fn read_last<R: AsyncRead + Unpin>(r: &mut R, n: usize, timeout: Duration) -> Result<Vec<u8>, HandshakeError> {
+async fn read_last<R: AsyncRead + Unpin>(
+    r: &mut R,
+    n: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, HandshakeError> {
     let mut got: Vec<u8> = Vec::new();
     let mut buf = [0u8; 32 * 1024];
     while got.len() < n {
@@ -67,7 +74,10 @@ async fn read_last<R: AsyncRead + Unpin>(r: &mut R, n: usize, timeout: Duration)
 }
 
 /// Server side (the tether): one attempt. On success SSH starts on the next byte.
-pub async fn server<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, timeout: Duration) -> Result<(), HandshakeError> {
+pub async fn server<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    timeout: Duration,
+) -> Result<(), HandshakeError> {
     let syn = read_last(s, 2, timeout).await?;
     if syn[0] != SYN {
         s.write_all(&[NAK]).await?;
@@ -88,7 +98,10 @@ pub async fn server<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, timeout: Durat
 }
 
 /// Client side (the port layer): one attempt. On success SSH starts on the next byte.
-pub async fn client<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, timeout: Duration) -> Result<(), HandshakeError> {
+pub async fn client<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    timeout: Duration,
+) -> Result<(), HandshakeError> {
     let x = token();
     s.write_all(&[SYN, x]).await?;
     s.flush().await?;
@@ -139,7 +152,9 @@ mod tests {
     async fn garbage_before_syn_is_dropped_by_a_retry() {
         let (mut a, mut b) = duplex(64 * 1024);
         // Line garbage from an earlier connection, then a client's attempts.
-        a.write_all(&[0xde, 0xad, 0xbe, 0xef, 0x00, 0x16]).await.unwrap();
+        a.write_all(&[0xde, 0xad, 0xbe, 0xef, 0x00, 0x16])
+            .await
+            .unwrap();
         let srv = tokio::spawn(async move {
             let mut attempts = 0;
             loop {
@@ -188,7 +203,10 @@ mod tests {
         let mut nak = [0u8; 1];
         a.read_exact(&mut nak).await.unwrap();
         assert_eq!(nak, [NAK]);
-        assert!(matches!(srv.await.unwrap(), Err(HandshakeError::Unexpected(_))));
+        assert!(matches!(
+            srv.await.unwrap(),
+            Err(HandshakeError::Unexpected(_))
+        ));
     }
 
     #[tokio::test]

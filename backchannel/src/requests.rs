@@ -40,7 +40,12 @@ pub fn parse_version(p: &[u8]) -> Option<u32> {
 /// A list of IDs as a `name-list`. IDs containing `,` cannot be carried and are left out
 /// (the original corrupted the list instead).
 pub fn id_list_payload<S: AsRef<str>>(ids: &[S]) -> Vec<u8> {
-    let joined = ids.iter().map(AsRef::as_ref).filter(|id| !id.contains(',')).collect::<Vec<_>>().join(",");
+    let joined = ids
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|id| !id.contains(','))
+        .collect::<Vec<_>>()
+        .join(",");
     let mut out = (joined.len() as u32).to_be_bytes().to_vec();
     out.extend_from_slice(joined.as_bytes());
     out
@@ -50,7 +55,12 @@ pub fn id_list_payload<S: AsRef<str>>(ids: &[S]) -> Vec<u8> {
 pub fn parse_id_list(p: &[u8]) -> Option<Vec<String>> {
     let len = u32::from_be_bytes(p.get(..4)?.try_into().ok()?) as usize;
     let s = std::str::from_utf8(p.get(4..4 + len)?).ok()?;
-    Some(s.split(',').filter(|x| !x.is_empty()).map(str::to_owned).collect())
+    Some(
+        s.split(',')
+            .filter(|x| !x.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    )
 }
 
 /// A terminal size (RFC 4254 `window-change` order: columns, rows, width px, height px).
@@ -65,13 +75,25 @@ pub struct WindowSize {
 impl WindowSize {
     /// The request payload.
     pub fn payload(&self) -> Vec<u8> {
-        [self.cols, self.rows, self.width_px, self.height_px].iter().flat_map(|v| v.to_be_bytes()).collect()
+        [self.cols, self.rows, self.width_px, self.height_px]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect()
     }
 
     /// Parses a request payload.
     pub fn parse(p: &[u8]) -> Option<WindowSize> {
-        let w = |i: usize| -> Option<u32> { Some(u32::from_be_bytes(p.get(i * 4..i * 4 + 4)?.try_into().ok()?)) };
-        Some(WindowSize { cols: w(0)?, rows: w(1)?, width_px: w(2)?, height_px: w(3)? })
+        let w = |i: usize| -> Option<u32> {
+            Some(u32::from_be_bytes(
+                p.get(i * 4..i * 4 + 4)?.try_into().ok()?,
+            ))
+        };
+        Some(WindowSize {
+            cols: w(0)?,
+            rows: w(1)?,
+            width_px: w(2)?,
+            height_px: w(3)?,
+        })
     }
 }
 
@@ -96,19 +118,38 @@ mod tests {
     #[test]
     fn wire_snapshots() {
         assert_eq!(version_payload(), [0, 0, 0, 0x0a]);
-        assert_eq!(id_list_payload(&["abc", "def"]), [0, 0, 0, 7, b'a', b'b', b'c', b',', b'd', b'e', b'f']);
+        assert_eq!(
+            id_list_payload(&["abc", "def"]),
+            [0, 0, 0, 7, b'a', b'b', b'c', b',', b'd', b'e', b'f']
+        );
         assert_eq!(id_list_payload::<&str>(&[]), [0, 0, 0, 0]);
-        let ws = WindowSize { cols: 80, rows: 24, width_px: 640, height_px: 480 };
-        assert_eq!(ws.payload(), [0, 0, 0, 0x50, 0, 0, 0, 0x18, 0, 0, 2, 0x80, 0, 0, 1, 0xe0]);
+        let ws = WindowSize {
+            cols: 80,
+            rows: 24,
+            width_px: 640,
+            height_px: 480,
+        };
+        assert_eq!(
+            ws.payload(),
+            [0, 0, 0, 0x50, 0, 0, 0, 0x18, 0, 0, 2, 0x80, 0, 0, 1, 0xe0]
+        );
         assert_eq!(signal_payload("TERM"), [0, 0, 0, 4, b'T', b'E', b'R', b'M']);
     }
 
     #[test]
     fn parse_round_trips_and_rejects_short_input() {
         assert_eq!(parse_version(&version_payload()), Some(10));
-        assert_eq!(parse_id_list(&id_list_payload(&["a", "b,c", "d"])), Some(vec!["a".into(), "d".into()]));
+        assert_eq!(
+            parse_id_list(&id_list_payload(&["a", "b,c", "d"])),
+            Some(vec!["a".into(), "d".into()])
+        );
         assert_eq!(parse_id_list(&[0, 0, 0, 9, b'x']), None);
-        let ws = WindowSize { cols: 1, rows: 2, width_px: 3, height_px: 4 };
+        let ws = WindowSize {
+            cols: 1,
+            rows: 2,
+            width_px: 3,
+            height_px: 4,
+        };
         assert_eq!(WindowSize::parse(&ws.payload()), Some(ws));
         assert_eq!(WindowSize::parse(&[0; 15]), None);
         assert_eq!(parse_signal(&signal_payload("USR1")), Some("USR1".into()));

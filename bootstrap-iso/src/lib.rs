@@ -41,7 +41,11 @@ pub const DEFAULT_MODULES: &[&str] = &[
 pub enum Error {
     /// an I/O operation on a build input or output failed
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     /// a requested kernel module is not in modules.dep
     #[error("kernel module {0} is not in modules.dep of {1}")]
     UnknownModule(String, PathBuf),
@@ -51,7 +55,11 @@ pub enum Error {
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io { what, path: path.to_owned(), source }
+    move |source| Error::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// A kernel to boot: the image and, for a modular kernel, its module tree.
@@ -73,7 +81,13 @@ impl Kernel {
         let modules = match fs::read_to_string(&abi_file) {
             Ok(abi) => Some(dir.join("lib/modules").join(abi.trim())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Error::Io { what: "read", path: abi_file, source: e }),
+            Err(e) => {
+                return Err(Error::Io {
+                    what: "read",
+                    path: abi_file,
+                    source: e,
+                })
+            }
         };
         Ok(Self { image, modules })
     }
@@ -84,9 +98,17 @@ impl Kernel {
 pub fn module_load_order(modules_dep: &str, wanted: &[&str]) -> Result<Vec<String>, String> {
     let mut deps: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
     for line in modules_dep.lines() {
-        let Some((path, rest)) = line.split_once(':') else { continue };
+        let Some((path, rest)) = line.split_once(':') else {
+            continue;
+        };
         let name = module_name(path);
-        deps.insert(name, (path.to_owned(), rest.split_whitespace().map(module_name).collect()));
+        deps.insert(
+            name,
+            (
+                path.to_owned(),
+                rest.split_whitespace().map(module_name).collect(),
+            ),
+        );
     }
     let mut order = Vec::new();
     let mut seen = HashSet::new();
@@ -135,13 +157,30 @@ pub struct InitramfsSpec<'a> {
 /// Builds the gzip-compressed newc initramfs.
 pub fn build_initramfs(spec: &InitramfsSpec<'_>) -> Result<Vec<u8>, Error> {
     let mut entries: Vec<(cpio::NewcBuilder, Vec<u8>)> = Vec::new();
-    let dir = |name: &str| (cpio::NewcBuilder::new(name).mode(0o040755).nlink(2), Vec::new());
-    for d in ["dev", "proc", "sys", "mnt", "root", "tmp", "lib", "lib/modules"] {
+    let dir = |name: &str| {
+        (
+            cpio::NewcBuilder::new(name).mode(0o040755).nlink(2),
+            Vec::new(),
+        )
+    };
+    for d in [
+        "dev",
+        "proc",
+        "sys",
+        "mnt",
+        "root",
+        "tmp",
+        "lib",
+        "lib/modules",
+    ] {
         entries.push(dir(d));
     }
     // The kernel opens /dev/console for PID 1 before devtmpfs is mounted.
     entries.push((
-        cpio::NewcBuilder::new("dev/console").mode(0o020600).rdev_major(5).rdev_minor(1),
+        cpio::NewcBuilder::new("dev/console")
+            .mode(0o020600)
+            .rdev_major(5)
+            .rdev_minor(1),
         Vec::new(),
     ));
     let tether = fs::read(spec.tether).map_err(io_err("read tether", spec.tether))?;
@@ -159,22 +198,32 @@ pub fn build_initramfs(spec: &InitramfsSpec<'_>) -> Result<Vec<u8>, Error> {
             let file = rel.rsplit('/').next().unwrap_or(rel);
             list.push_str(file);
             list.push('\n');
-            entries.push((cpio::NewcBuilder::new(&format!("lib/modules/{file}")).mode(0o100644), bytes));
+            entries.push((
+                cpio::NewcBuilder::new(&format!("lib/modules/{file}")).mode(0o100644),
+                bytes,
+            ));
         }
-        entries.push((cpio::NewcBuilder::new("lib/modules/load-order").mode(0o100644), list.into_bytes()));
+        entries.push((
+            cpio::NewcBuilder::new("lib/modules/load-order").mode(0o100644),
+            list.into_bytes(),
+        ));
     }
 
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut out = gz;
     for (ino, (builder, data)) in entries.into_iter().enumerate() {
-        let size = u32::try_from(data.len()).map_err(|_| Error::Tool("cpio", "file over 4 GiB".into()))?;
+        let size =
+            u32::try_from(data.len()).map_err(|_| Error::Tool("cpio", "file over 4 GiB".into()))?;
         // Directories and nodes get distinct inode numbers so the kernel does not hard-link them.
         let mut w = builder.ino(ino as u32 + 1).write(&mut out, size);
-        w.write_all(&data).map_err(io_err("write", Path::new("initramfs")))?;
-        w.finish().map_err(io_err("write", Path::new("initramfs")))?;
+        w.write_all(&data)
+            .map_err(io_err("write", Path::new("initramfs")))?;
+        w.finish()
+            .map_err(io_err("write", Path::new("initramfs")))?;
     }
     let out = cpio::newc::trailer(out).map_err(io_err("write", Path::new("initramfs")))?;
-    out.finish().map_err(io_err("compress", Path::new("initramfs")))
+    out.finish()
+        .map_err(io_err("compress", Path::new("initramfs")))
 }
 
 /// Where Debian's isolinux and syslinux packages put the files an isolinux ISO needs.
@@ -186,7 +235,12 @@ const LDLINUX_C32: &str = "/usr/lib/syslinux/modules/bios/ldlinux.c32";
 pub const VOLUME_ID: &str = "TETHER_BOOT";
 
 /// Builds a bootable ISO at `out` from a kernel image, an initramfs and a command line.
-pub fn build_iso(kernel_image: &Path, initramfs: &[u8], cmdline: &str, out: &Path) -> Result<(), Error> {
+pub fn build_iso(
+    kernel_image: &Path,
+    initramfs: &[u8],
+    cmdline: &str,
+    out: &Path,
+) -> Result<(), Error> {
     let parent = out.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(io_err("create", parent))?;
     let tree = parent.join(format!(".iso-tree-{}", std::process::id()));
@@ -197,7 +251,10 @@ pub fn build_iso(kernel_image: &Path, initramfs: &[u8], cmdline: &str, out: &Pat
         fs::create_dir_all(&iso).map_err(io_err("create", &iso))?;
         fs::create_dir_all(&boot).map_err(io_err("create", &boot))?;
         for (src, name) in [(ISOLINUX_BIN, "isolinux.bin"), (LDLINUX_C32, "ldlinux.c32")] {
-            fs::copy(src, iso.join(name)).map_err(io_err("copy (apt-get install isolinux syslinux-common)", Path::new(src)))?;
+            fs::copy(src, iso.join(name)).map_err(io_err(
+                "copy (apt-get install isolinux syslinux-common)",
+                Path::new(src),
+            ))?;
         }
         fs::copy(kernel_image, boot.join("vmlinuz")).map_err(io_err("copy", kernel_image))?;
         fs::write(boot.join("initrd.gz"), initramfs).map_err(io_err("write", &boot))?;
@@ -210,13 +267,22 @@ pub fn build_iso(kernel_image: &Path, initramfs: &[u8], cmdline: &str, out: &Pat
             .args(["-as", "mkisofs", "-quiet", "-o"])
             .arg(&tmp_out)
             .args(["-V", VOLUME_ID, "-J", "-R", "-isohybrid-mbr", ISOHDPFX_BIN])
-            .args(["-c", "isolinux/boot.cat", "-b", "isolinux/isolinux.bin", "-no-emul-boot"])
+            .args([
+                "-c",
+                "isolinux/boot.cat",
+                "-b",
+                "isolinux/isolinux.bin",
+                "-no-emul-boot",
+            ])
             .args(["-boot-load-size", "4", "-boot-info-table"])
             .arg(&tree)
             .output()
             .map_err(|e| Error::Tool("xorriso (apt-get install xorriso)", e.to_string()))?;
         if !status.status.success() {
-            return Err(Error::Tool("xorriso", String::from_utf8_lossy(&status.stderr).into_owned()));
+            return Err(Error::Tool(
+                "xorriso",
+                String::from_utf8_lossy(&status.stderr).into_owned(),
+            ));
         }
         fs::rename(&tmp_out, out).map_err(io_err("rename", out))
     })();
@@ -239,7 +305,8 @@ kernel/drivers/char/virtio_console.ko: kernel/drivers/virtio/virtio.ko kernel/dr
 
     #[test]
     fn load_order_puts_dependencies_first_once() {
-        let order = module_load_order(DEP, &["virtio_pci", "virtio_console", "virtio-rng"]).unwrap();
+        let order =
+            module_load_order(DEP, &["virtio_pci", "virtio_console", "virtio-rng"]).unwrap();
         let names: Vec<String> = order.iter().map(|p| module_name(p)).collect();
         assert_eq!(
             names,
@@ -277,7 +344,12 @@ kernel/drivers/char/virtio_console.ko: kernel/drivers/virtio/virtio.ko kernel/dr
         let tether = dir.join("tether");
         fs::write(&tether, b"binary").unwrap();
         let kernel = Kernel::from_dir(&dir).unwrap();
-        let gz = build_initramfs(&InitramfsSpec { tether: &tether, kernel: &kernel, modules: &["virtio_console"] }).unwrap();
+        let gz = build_initramfs(&InitramfsSpec {
+            tether: &tether,
+            kernel: &kernel,
+            modules: &["virtio_console"],
+        })
+        .unwrap();
         let mut raw = Vec::new();
         io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw).unwrap();
         let mut names = Vec::new();

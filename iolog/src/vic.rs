@@ -25,7 +25,9 @@ pub const HEADER_LEN: usize = 16;
 /// Encodes one entry. `payload` must be at most [`MAX_ENTRY`] bytes (longer input is cut by
 /// [`LineSplitter`]); anything longer is truncated to that size.
 pub fn entry(time_ns: u64, stream: Stream, payload: &[u8]) -> Vec<u8> {
-    let payload = payload.get(..MAX_ENTRY.min(payload.len())).unwrap_or(payload);
+    let payload = payload
+        .get(..MAX_ENTRY.min(payload.len()))
+        .unwrap_or(payload);
     let stream_bit: u16 = match stream {
         Stream::Stdout => 0,
         Stream::Stderr => 1,
@@ -35,7 +37,9 @@ pub fn entry(time_ns: u64, stream: Stream, payload: &[u8]) -> Vec<u8> {
     let mut raw = [0u8; 10];
     raw[..8].copy_from_slice(&time_ns.to_le_bytes());
     raw[8..].copy_from_slice(&word.to_le_bytes());
-    let mut out = base64::engine::general_purpose::STANDARD.encode(raw).into_bytes();
+    let mut out = base64::engine::general_purpose::STANDARD
+        .encode(raw)
+        .into_bytes();
     out.extend_from_slice(payload);
     out
 }
@@ -97,23 +101,38 @@ pub fn decode_all(mut data: &[u8]) -> (Vec<Entry>, usize) {
     let mut skipped = 0;
     while data.len() >= HEADER_LEN {
         let header = &data[..HEADER_LEN];
-        let decoded = base64::engine::general_purpose::STANDARD.decode(header).ok().filter(|d| d.len() == 10);
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(header)
+            .ok()
+            .filter(|d| d.len() == 10);
         let Some(raw) = decoded else {
-            let bad = header.iter().position(|b| !(b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/' || *b == b'='));
+            let bad = header.iter().position(|b| {
+                !(b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/' || *b == b'=')
+            });
             let skip = bad.map(|p| p + 1).unwrap_or(1);
             skipped += skip;
             data = &data[skip..];
             continue;
         };
-        let time_ns = u64::from_le_bytes([raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7]]);
+        let time_ns = u64::from_le_bytes([
+            raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7],
+        ]);
         let word = u16::from_le_bytes([raw[8], raw[9]]);
         let len = usize::from(word >> 4);
-        let stream = if word & 0b1000 != 0 { Stream::Stderr } else { Stream::Stdout };
+        let stream = if word & 0b1000 != 0 {
+            Stream::Stderr
+        } else {
+            Stream::Stdout
+        };
         let Some(payload) = data.get(HEADER_LEN..HEADER_LEN + len) else {
             skipped += data.len();
             break;
         };
-        entries.push(Entry { time_ns, stream, payload: payload.to_vec() });
+        entries.push(Entry {
+            time_ns,
+            stream,
+            payload: payload.to_vec(),
+        });
         data = &data[HEADER_LEN + len..];
     }
     (entries, skipped + data.len())
@@ -131,7 +150,10 @@ mod tests {
         let mut s = LineSplitter::default();
         let mut out = s.push(TS, Stream::Stdout, b"hello\npartial");
         out.extend(s.finish(Stream::Stdout));
-        assert_eq!(out, b"Fc1xgg0S0RRgAA==hello\nFc1xgg0S0RRwAA==partial".to_vec());
+        assert_eq!(
+            out,
+            b"Fc1xgg0S0RRgAA==hello\nFc1xgg0S0RRwAA==partial".to_vec()
+        );
     }
 
     #[test]
@@ -139,7 +161,14 @@ mod tests {
         let e = entry(TS, Stream::Stderr, b"oops\n");
         let (entries, skipped) = decode_all(&e);
         assert_eq!(skipped, 0);
-        assert_eq!(entries, vec![Entry { time_ns: TS, stream: Stream::Stderr, payload: b"oops\n".to_vec() }]);
+        assert_eq!(
+            entries,
+            vec![Entry {
+                time_ns: TS,
+                stream: Stream::Stderr,
+                payload: b"oops\n".to_vec()
+            }]
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod attach_to_running;
 mod backchannel_robustness;
 mod bad_config;
+mod container_logs;
 mod exec_in_running;
 mod exec_with_tty;
 mod exit_codes;

@@ -4,7 +4,9 @@
 //! static tether binary.
 
 use anyhow::{bail, Context, Result};
-use bootstrap_iso::{build_initramfs, build_iso, InitramfsSpec, Kernel, DEFAULT_CMDLINE, DEFAULT_MODULES};
+use bootstrap_iso::{
+    build_initramfs, build_iso, InitramfsSpec, Kernel, DEFAULT_CMDLINE, DEFAULT_MODULES,
+};
 use std::path::PathBuf;
 
 fn main() -> Result<()> {
@@ -33,7 +35,11 @@ fn main() -> Result<()> {
         bail!("--kernel, --tether and --out are required (see --help)");
     };
     let kernel = Kernel::from_dir(&kernel)?;
-    let initramfs = build_initramfs(&InitramfsSpec { tether: &tether, kernel: &kernel, modules: DEFAULT_MODULES })?;
+    let initramfs = build_initramfs(&InitramfsSpec {
+        tether: &tether,
+        kernel: &kernel,
+        modules: DEFAULT_MODULES,
+    })?;
     if let Some(p) = initramfs_out {
         std::fs::write(&p, &initramfs).with_context(|| format!("write {}", p.display()))?;
     }
