@@ -96,7 +96,33 @@ pub struct Entry {
 
 /// Decodes a whole VIC log, skipping damaged headers the way the original reader did (to
 /// the byte after the first non-base64 byte). Returns the entries and the bytes skipped.
-pub fn decode_all(mut data: &[u8]) -> (Vec<Entry>, usize) {
+pub fn decode_all(data: &[u8]) -> (Vec<Entry>, usize) {
+    let (entries, used, skipped) = decode_prefix(data);
+    (entries, skipped + data.len() - used)
+}
+
+/// Incremental decoder for a live VIC log stream.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+    /// Bytes skipped as damage so far.
+    pub skipped: usize,
+}
+
+impl Decoder {
+    /// Adds input; returns the entries it completes.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<Entry> {
+        self.buf.extend_from_slice(bytes);
+        let (entries, used, skipped) = decode_prefix(&self.buf);
+        self.skipped += skipped;
+        self.buf.drain(..used);
+        entries
+    }
+}
+
+/// Decodes complete entries from the front of `data`: (entries, bytes used, of which skipped).
+fn decode_prefix(mut data: &[u8]) -> (Vec<Entry>, usize, usize) {
+    let total = data.len();
     let mut entries = Vec::new();
     let mut skipped = 0;
     while data.len() >= HEADER_LEN {
@@ -125,7 +151,7 @@ pub fn decode_all(mut data: &[u8]) -> (Vec<Entry>, usize) {
             Stream::Stdout
         };
         let Some(payload) = data.get(HEADER_LEN..HEADER_LEN + len) else {
-            skipped += data.len();
+            // Incomplete: wait for more.
             break;
         };
         entries.push(Entry {
@@ -135,7 +161,7 @@ pub fn decode_all(mut data: &[u8]) -> (Vec<Entry>, usize) {
         });
         data = &data[HEADER_LEN + len..];
     }
-    (entries, skipped + data.len())
+    (entries, total - data.len(), skipped)
 }
 
 #[cfg(test)]
@@ -180,6 +206,30 @@ mod tests {
         let (entries, _) = decode_all(&out);
         let sizes: Vec<usize> = entries.iter().map(|e| e.payload.len()).collect();
         assert_eq!(sizes, vec![4095, 4095, 1811]);
+    }
+
+    #[test]
+    fn incremental_decoding_matches_whole() {
+        let mut all = Vec::new();
+        for i in 0..20 {
+            all.extend(entry(
+                TS + i,
+                if i % 2 == 0 {
+                    Stream::Stdout
+                } else {
+                    Stream::Stderr
+                },
+                format!("line {i}\n").as_bytes(),
+            ));
+        }
+        let (whole, _) = decode_all(&all);
+        let mut d = Decoder::default();
+        let mut got = Vec::new();
+        for chunk in all.chunks(7) {
+            got.extend(d.push(chunk));
+        }
+        assert_eq!(got, whole);
+        assert_eq!(d.skipped, 0);
     }
 
     #[test]

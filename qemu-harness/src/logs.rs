@@ -22,6 +22,9 @@ pub struct LogLine {
 pub struct LogReader {
     file: File,
     decoder: iolog::Decoder,
+    /// Set for a VM writing the original VIC format (`--log-format vic`).
+    vic: Option<iolog::vic::Decoder>,
+    vic_seq: HashMap<Stream, u64>,
     session: String,
     partial: HashMap<Stream, (u64, Vec<u8>)>,
     next_seq: HashMap<(String, Stream), u64>,
@@ -40,6 +43,8 @@ impl LogReader {
         Ok(LogReader {
             file: File::open(path)?,
             decoder: iolog::Decoder::new(),
+            vic: None,
+            vic_seq: HashMap::new(),
             session: session.to_owned(),
             partial: HashMap::new(),
             next_seq: HashMap::new(),
@@ -47,6 +52,12 @@ impl LogReader {
             lost: 0,
             ended: Vec::new(),
         })
+    }
+
+    /// Reads the original VIC format instead (it carries only the primary's output).
+    pub fn vic(mut self) -> LogReader {
+        self.vic = Some(iolog::vic::Decoder::default());
+        self
     }
 
     /// Reads what was appended since the last call; returns the lines it completes.
@@ -57,6 +68,26 @@ impl LogReader {
             let n = self.file.read(&mut buf)?;
             if n == 0 {
                 break;
+            }
+            if let Some(vic) = self.vic.as_mut() {
+                let skipped_before = vic.skipped;
+                let entries = vic.push(&buf[..n]);
+                if vic.skipped > skipped_before {
+                    self.damaged += 1;
+                }
+                for e in entries {
+                    let seq = self.vic_seq.entry(e.stream).or_insert(0);
+                    let record = iolog::Record {
+                        session: self.session.clone(),
+                        stream: e.stream,
+                        seq: *seq,
+                        time_ns: e.time_ns,
+                        body: Body::Data(e.payload),
+                    };
+                    *seq += 1;
+                    self.take(Item::Record(record), &mut lines);
+                }
+                continue;
             }
             self.decoder.push(&buf[..n]);
             while let Some(item) = self.decoder.next_item() {

@@ -42,6 +42,9 @@ pub struct Meta {
     /// `virtio`, `uart` or `tcp://HOST:PORT`.
     #[serde(default)]
     pub backchannel: String,
+    /// Output channel format (`""` ours, `vic` the original's).
+    #[serde(default)]
+    pub log_format: String,
 }
 
 /// State directory errors.

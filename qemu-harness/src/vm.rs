@@ -128,6 +128,8 @@ pub struct RunOptions {
     pub line_noise: bool,
     /// Be the original port layer: a 512-bit RSA host key and `none` authentication.
     pub vic_compat: bool,
+    /// Output channel format: `""` (ours) or `vic` (the original's, for a VIC VCH).
+    pub log_format: String,
     /// Raw extraConfig entries set after the composed config (tests use it to inject
     /// malformed keys).
     pub extra_config: Vec<(String, String)>,
@@ -148,6 +150,7 @@ impl RunOptions {
             backchannel: Backchannel::Virtio,
             line_noise: false,
             vic_compat: false,
+            log_format: String::new(),
             extra_config: Vec::new(),
         }
     }
@@ -252,6 +255,7 @@ fn prepare(state: &State, opts: &RunOptions, dir: &Path) -> Result<Meta, VmError
     let disk = image::container_disk(&opts.image, &artifacts::cache_dir(), dir, opts.disk_mb)?;
     let mut cfg = config::compose(&opts.spec);
     cfg.key = crate::keys::host_key(opts.vic_compat).map_err(|e| VmError::Config(e.to_string()))?;
+    cfg.tether.log_format = opts.log_format.clone();
     if !opts.vic_compat {
         cfg.tether.vch_client_key = crate::keys::client_key(state.root())
             .map_err(|e| VmError::Config(e.to_string()))?
@@ -282,6 +286,7 @@ fn prepare(state: &State, opts: &RunOptions, dir: &Path) -> Result<Meta, VmError
             opts.backchannel.describe(),
             if opts.line_noise { "+noise" } else { "" }
         ),
+        log_format: opts.log_format.clone(),
     };
     state.save(&meta)?;
     Ok(meta)
@@ -395,10 +400,12 @@ pub async fn keep(
 
     let log_path = dir.join("output.log");
     let primary = meta.id.clone();
+    let vic_format = meta.log_format == "vic";
     let output_task = tokio::spawn(async move {
         let Ok((mut stream, _)) = out_listener.accept().await else {
             return 0u64;
         };
+        let mut vic = iolog::vic::Decoder::default();
         let mut log = File::options()
             .create(true)
             .append(true)
@@ -415,6 +422,21 @@ pub async fn keep(
             let chunk = &buf[..n];
             if let Some(l) = log.as_mut() {
                 let _ = l.write_all(chunk);
+            }
+            if vic_format {
+                for e in vic.push(chunk) {
+                    let record = iolog::Record {
+                        session: primary.clone(),
+                        stream: e.stream,
+                        seq: 0,
+                        time_ns: e.time_ns,
+                        body: Body::Data(e.payload),
+                    };
+                    if let Some(tx) = &items {
+                        let _ = tx.send(Item::Record(record));
+                    }
+                }
+                continue;
             }
             dec.push(chunk);
             while let Some(item) = dec.next_item() {

@@ -33,9 +33,21 @@ fn fifty_megabytes_of_mixed_output_arrive_complete_in_order_and_tagged() {
     let check = |text: &str, parity: u64, tag: &str| {
         let mut n = 0u64;
         for line in text.lines() {
-            let num: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
-            assert_eq!(num, 2 * n + parity, "{tag} line {n} out of order or missing: {:.40}", line);
-            assert!(line.starts_with(tag) && line.len() == tag.len() + 1 + num.to_string().len() + 1000, "{tag} line {n} damaged");
+            let num: u64 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(u64::MAX);
+            assert_eq!(
+                num,
+                2 * n + parity,
+                "{tag} line {n} out of order or missing: {:.40}",
+                line
+            );
+            assert!(
+                line.starts_with(tag) && line.len() == tag.len() + 1 + num.to_string().len() + 1000,
+                "{tag} line {n} damaged"
+            );
             n += 1;
         }
         n
@@ -50,7 +62,9 @@ fn fifty_megabytes_of_mixed_output_arrive_complete_in_order_and_tagged() {
     for rec in &recs {
         assert!(rec.time_ns >= last_time, "timestamp went backwards");
         last_time = rec.time_ns;
-        let seq = next_seq.entry((rec.session.clone(), rec.stream)).or_insert(0u64);
+        let seq = next_seq
+            .entry((rec.session.clone(), rec.stream))
+            .or_insert(0u64);
         assert_eq!(rec.seq, *seq, "sequence gap");
         *seq += 1;
     }
@@ -62,14 +76,20 @@ fn one_line_and_exit_is_never_lost() {
     let id = vch.run_detached(&["--name", "quick", "busybox", "sleep", "600"]);
     for i in 0..100 {
         let (code, out, err) = vch.cmd(&["exec", "quick", "echo", &format!("quick line {i}")]);
-        assert_eq!((code, out.as_str()), (0, format!("quick line {i}\n").as_str()), "exec {i}: {err}");
+        assert_eq!(
+            (code, out.as_str()),
+            (0, format!("quick line {i}\n").as_str()),
+            "exec {i}: {err}"
+        );
     }
     // Each exec's line is also in the stored log, under the exec's own session.
     let dir = vch.dir.path().join("vms").join(&id[..12]);
     let recs = records(&dir);
     for i in 0..100 {
         let line = format!("quick line {i}\n");
-        let found = recs.iter().any(|r| r.session != id && matches!(&r.body, iolog::Body::Data(d) if d == line.as_bytes()));
+        let found = recs.iter().any(|r| {
+            r.session != id && matches!(&r.body, iolog::Body::Data(d) if d == line.as_bytes())
+        });
         assert!(found, "{line:?} missing from output.log");
     }
     // And a foreground run that prints and exits at once.
@@ -82,24 +102,52 @@ fn one_line_and_exit_is_never_lost() {
 #[test]
 fn damaged_log_records_are_counted_and_skipped() {
     let vch = e2e::Vch::new();
-    let (code, _, err) = vch.cmd(&["run", "--name", "dmg", "--timeout", "90", "busybox", "sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do echo line $i; sleep 0.1; done"]);
+    let (code, _, err) = vch.cmd(&[
+        "run",
+        "--name",
+        "dmg",
+        "--timeout",
+        "90",
+        "busybox",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6 7 8 9 10; do echo line $i; sleep 0.1; done",
+    ]);
     assert_eq!(code, 0, "{err}");
     let id = vch.inspect("dmg")["Id"].as_str().unwrap().to_owned();
-    let path = vch.dir.path().join("vms").join(&id[..12]).join("output.log");
+    let path = vch
+        .dir
+        .path()
+        .join("vms")
+        .join(&id[..12])
+        .join("output.log");
     let (_, clean, _) = vch.cmd(&["logs", "dmg"]);
     assert_eq!(clean.lines().count(), 10, "{clean}");
     // Flip a byte inside the 3rd and the 7th line's records.
     let mut bytes = std::fs::read(&path).unwrap();
     for needle in [&b"line 3\n"[..], b"line 7\n"] {
-        let at = bytes.windows(needle.len()).position(|w| w == needle).expect("record in log");
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("record in log");
         bytes[at + 2] ^= 0x20;
     }
     std::fs::write(&path, &bytes).unwrap();
     let (code, out, err) = vch.cmd(&["logs", "dmg"]);
     assert_eq!(code, 0);
-    assert_eq!(out.lines().count(), 8, "damaged lines must be skipped, the rest kept:\n{out}");
-    assert!(!out.contains("line 3") && !out.contains("line 7") && out.contains("line 8"), "{out}");
-    assert!(err.contains("2 damaged stretches") && err.contains("2 records were lost"), "stderr: {err}");
+    assert_eq!(
+        out.lines().count(),
+        8,
+        "damaged lines must be skipped, the rest kept:\n{out}"
+    );
+    assert!(
+        !out.contains("line 3") && !out.contains("line 7") && out.contains("line 8"),
+        "{out}"
+    );
+    assert!(
+        err.contains("2 damaged stretches") && err.contains("2 records were lost"),
+        "stderr: {err}"
+    );
     // The library reader agrees and never panics on it.
     let mut r = LogReader::open(&path, &id).unwrap();
     let n = r.poll().unwrap().len() + r.finish().len();
@@ -109,16 +157,42 @@ fn damaged_log_records_are_counted_and_skipped() {
 #[test]
 fn logs_follow_filters_and_timestamps() {
     let vch = e2e::Vch::new();
-    vch.run_detached(&["--name", "lf", "busybox", "sh", "-c", "for i in 1 2 3 4 5 6; do echo out$i; echo err$i >&2; sleep 1; done"]);
+    vch.run_detached(&[
+        "--name",
+        "lf",
+        "busybox",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6; do echo out$i; echo err$i >&2; sleep 1; done",
+    ]);
     let mut follow = vch.spawn(&["logs", "-f", "--stdout", "lf"]);
-    assert!(follow.expect_line("out1", Duration::from_secs(60)).is_some());
-    assert!(follow.expect_line("out6", Duration::from_secs(60)).is_some(), "seen: {:?}", follow.seen);
-    assert_eq!(follow.wait(Duration::from_secs(60)), Some(0), "logs -f must end when the container stops");
-    assert!(follow.seen.iter().all(|l| l.starts_with("out")), "--stdout leaked stderr: {:?}", follow.seen);
+    assert!(follow
+        .expect_line("out1", Duration::from_secs(60))
+        .is_some());
+    assert!(
+        follow
+            .expect_line("out6", Duration::from_secs(60))
+            .is_some(),
+        "seen: {:?}",
+        follow.seen
+    );
+    assert_eq!(
+        follow.wait(Duration::from_secs(60)),
+        Some(0),
+        "logs -f must end when the container stops"
+    );
+    assert!(
+        follow.seen.iter().all(|l| l.starts_with("out")),
+        "--stdout leaked stderr: {:?}",
+        follow.seen
+    );
 
     let (_, err_only, stderr) = vch.cmd(&["logs", "--stderr", "lf"]);
     assert_eq!(err_only, "", "--stderr output goes to stderr");
-    assert_eq!(stderr.lines().collect::<Vec<_>>(), ["err1", "err2", "err3", "err4", "err5", "err6"]);
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        ["err1", "err2", "err3", "err4", "err5", "err6"]
+    );
     let (_, tail, _) = vch.cmd(&["logs", "--stdout", "--tail", "2", "lf"]);
     assert_eq!(tail, "out5\nout6\n");
     let (_, future, _) = vch.cmd(&["logs", "--since", "2999-01-01T00:00:00Z", "lf"]);
@@ -128,8 +202,62 @@ fn logs_follow_filters_and_timestamps() {
     for line in stamped.lines() {
         let (ts, text) = line.split_once(' ').expect("timestamp prefix");
         assert!(ts.ends_with('Z') && ts.len() == 30, "timestamp {ts:?}");
-        assert!(ts >= last.as_str(), "timestamps went backwards: {last} then {ts}");
+        assert!(
+            ts >= last.as_str(),
+            "timestamps went backwards: {last} then {ts}"
+        );
         assert!(text.starts_with("out"));
         last = ts.to_owned();
     }
+}
+
+#[test]
+fn original_vic_log_format_on_request() {
+    let vch = e2e::Vch::new();
+    let (code, out, err) = vch.cmd(&[
+        "run",
+        "--name",
+        "vic",
+        "--log-format",
+        "vic",
+        "--timeout",
+        "90",
+        "busybox",
+        "sh",
+        "-c",
+        "echo to-out; echo to-err >&2; printf partial",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "to-out\npartial");
+    assert_eq!(err, "to-err\n");
+    let id = vch.inspect("vic")["Id"].as_str().unwrap().to_owned();
+    let bytes = std::fs::read(
+        vch.dir
+            .path()
+            .join("vms")
+            .join(&id[..12])
+            .join("output.log"),
+    )
+    .unwrap();
+    // What a VIC port layer's reader sees: 16-byte base64 headers, lines, stderr tagged.
+    let (entries, skipped) = iolog::vic::decode_all(&bytes);
+    assert_eq!(skipped, 0);
+    let got: Vec<(iolog::Stream, &[u8])> = entries
+        .iter()
+        .map(|e| (e.stream, e.payload.as_slice()))
+        .collect();
+    assert!(
+        got.contains(&(iolog::Stream::Stdout, &b"to-out\n"[..])),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&(iolog::Stream::Stderr, &b"to-err\n"[..])),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&(iolog::Stream::Stdout, &b"partial"[..])),
+        "{got:?}"
+    );
+    let (_, logs, _) = vch.cmd(&["logs", "--stdout", "vic"]);
+    assert_eq!(logs, "to-out\npartial");
 }

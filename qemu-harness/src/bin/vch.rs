@@ -65,6 +65,10 @@ enum Cmd {
         /// (ssh-rsa/SHA-1) and `none` authentication
         #[arg(long)]
         vic_compat: bool,
+        /// Output log format: "tether" (stream-tagged, checked records) or "vic" (the
+        /// original's, for a VIC VCH that reads output.log itself)
+        #[arg(long, default_value = "tether")]
+        log_format: String,
         /// Kill the VM if it runs longer than this many seconds
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
@@ -198,6 +202,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             restart,
             backchannel,
             vic_compat,
+            log_format,
             timeout,
             memory,
             image,
@@ -225,6 +230,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             opts.backchannel = vm::Backchannel::parse(&backchannel)?;
             opts.line_noise = backchannel.ends_with("+noise");
             opts.vic_compat = vic_compat;
+            opts.log_format = match log_format.as_str() {
+                "tether" => String::new(),
+                "vic" => "vic".into(),
+                other => bail!("unknown log format {other:?} (tether, vic)"),
+            };
             if detach || interactive || tty {
                 return run_background(&state, opts, detach);
             }
@@ -395,6 +405,9 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 std::thread::sleep(Duration::from_millis(100));
             }
             let mut reader = logs::LogReader::open(&path, &meta.id)?;
+            if meta.log_format == "vic" {
+                reader = reader.vic();
+            }
             let mut lines: Vec<logs::LogLine> =
                 reader.poll()?.into_iter().filter(|l| want(l)).collect();
             let live = follow && running(&meta.id);
