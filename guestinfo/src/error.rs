@@ -1,0 +1,110 @@
+//! Codec errors. Every error that concerns a value names the extraConfig key it belongs to.
+
+use std::fmt::Display;
+
+/// Why a config could not be encoded into the flat map.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// `{key}`: list element {index} contains '|', which the original splits on (vmware/vic#3510)
+    #[error("`{key}`: list element {index} contains '|', which the original splits on (vmware/vic#3510)")]
+    SeparatorInElement { key: String, index: usize },
+
+    /// `{key}`: map key `{map_key}` cannot be carried: {reason}
+    #[error("`{key}`: map key `{map_key}` cannot be carried: {reason}")]
+    BadMapKey {
+        key: String,
+        map_key: String,
+        reason: &'static str,
+    },
+
+    /// `{key}`: the literal value `<nil>` cannot be carried (it reads back as the empty string)
+    #[error(
+        "`{key}`: the literal value `<nil>` cannot be carried (it reads back as the empty string)"
+    )]
+    NilLiteral { key: String },
+
+    /// `{key}`: {what} cannot be encoded
+    #[error("`{key}`: {what} cannot be encoded")]
+    Unsupported { key: String, what: &'static str },
+
+    /// `{key}`: secret fields need the original's NaCl encryption, which this crate does not implement
+    #[error("`{key}`: secret fields need the original's NaCl encryption, which this crate does not implement")]
+    Secret { key: String },
+
+    /// `{key}` and `{other}` are the same VMX key (VMX keys are case-insensitive)
+    #[error("`{key}` and `{other}` are the same VMX key (VMX keys are case-insensitive)")]
+    Collision { key: String, other: String },
+
+    /// no session or exec with id `{id}`
+    #[error("no session or exec with id `{id}`")]
+    UnknownSession { id: String },
+
+    /// schema error: {what}
+    #[error("schema error: {what}")]
+    Schema { what: String },
+}
+
+impl serde::ser::Error for EncodeError {
+    fn custom<T: Display>(msg: T) -> EncodeError {
+        EncodeError::Schema {
+            what: msg.to_string(),
+        }
+    }
+}
+
+/// Why a flat map could not be decoded into a config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// `{key}`: invalid {expected} value {value:?}
+    #[error("`{key}`: invalid {expected} value {value:?}")]
+    InvalidValue {
+        key: String,
+        value: String,
+        expected: &'static str,
+    },
+
+    /// `{key}`: list length {length} does not match the data present
+    #[error("`{key}`: list length {length} does not match the data present")]
+    BadLength { key: String, length: String },
+
+    /// `{key}`: {message}
+    #[error("`{key}`: {message}")]
+    Value { key: String, message: String },
+
+    /// `{key}`: secret values are encrypted with the original's NaCl scheme, which this crate does not implement
+    #[error("`{key}`: secret values are encrypted with the original's NaCl scheme, which this crate does not implement")]
+    Secret { key: String },
+
+    /// the in-memory config cannot be merged with the new map: {0}
+    #[error("the in-memory config cannot be merged with the new map: {0}")]
+    Merge(EncodeError),
+
+    /// schema error: {what}
+    #[error("schema error: {what}")]
+    Schema { what: String },
+
+    /// {message}
+    #[error("{message}")]
+    Custom { message: String },
+}
+
+impl serde::de::Error for DecodeError {
+    fn custom<T: Display>(msg: T) -> DecodeError {
+        DecodeError::Custom {
+            message: msg.to_string(),
+        }
+    }
+}
+
+impl DecodeError {
+    /// Attaches `key` to an error raised by serde or a value adapter without one.
+    pub(crate) fn at(self, key: &str) -> DecodeError {
+        match self {
+            DecodeError::Custom { message } => DecodeError::Value {
+                key: key.to_owned(),
+                message,
+            },
+            other => other,
+        }
+    }
+}

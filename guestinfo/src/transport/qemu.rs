@@ -1,0 +1,542 @@
+//! The QEMU stand-in: guestinfo over a virtio-serial port, in [`frame`](super::frame)s.
+//!
+//! Requests are the RPCI strings (`info-get KEY`, `info-set KEY VALUE`) plus `info-get-all`;
+//! replies are `1 …` / `0 …`; the host pushes `reload`, `kill SIG`, `group-kill SIG`, `halt`.
+//! [`QemuClient`] is the guest end, [`HostServer`] the host end (it plays the VMX).
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::frame::{encode_frame, FrameEvent, FrameReader, Message};
+use super::{
+    check_key, check_set_reply, check_writable, from_wire, parse_get_reply, qualify, HostCommand,
+    Transport, TransportError,
+};
+use crate::store::Store;
+use crate::Map;
+
+/// Default per-request timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a request is re-sent after its frame was reported damaged.
+const MAX_ATTEMPTS: u32 = 3;
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A poisoned lock only means another thread panicked while holding it; the data (a writer,
+/// a table of waiters) is still usable, and PID 1 must keep going.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write_message(w: &mut dyn Write, msg: &Message) -> io::Result<()> {
+    let frame = encode_frame(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    w.write_all(&frame)?;
+    w.flush()
+}
+
+enum Outcome {
+    Reply(String, Vec<(String, String)>),
+    Error(String),
+    /// The reply (or request) may have been lost to a damaged frame: try again.
+    Retry,
+    Closed,
+}
+
+type Writer = Arc<Mutex<Box<dyn Write + Send>>>;
+
+#[derive(Default)]
+struct Waiters {
+    pending: HashMap<u64, SyncSender<Outcome>>,
+    closed: bool,
+}
+
+struct ClientShared {
+    writer: Writer,
+    waiters: Mutex<Waiters>,
+    next_id: AtomicU64,
+}
+
+impl ClientShared {
+    fn notify_all(&self, outcome: impl Fn() -> Outcome, close: bool) {
+        let mut w = lock(&self.waiters);
+        if close {
+            w.closed = true;
+        }
+        for (_, tx) in w.pending.drain() {
+            let _ = tx.try_send(outcome());
+        }
+    }
+}
+
+/// Guest end of the QEMU stand-in.
+pub struct QemuClient {
+    shared: Arc<ClientShared>,
+    timeout: Duration,
+    commands: Mutex<Option<Receiver<HostCommand>>>,
+}
+
+impl std::fmt::Debug for QemuClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QemuClient")
+            .field("timeout", &self.timeout)
+            .field("closed", &lock(&self.shared.waiters).closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QemuClient {
+    /// Opens the virtio-serial character device (e.g. `/dev/virtio-ports/org.tether.guestinfo`)
+    /// read+write and starts the reader thread.
+    ///
+    /// A virtio-serial port reads as end-of-file while nothing is connected on the host side
+    /// (harness not up yet, or restarting), so here end-of-file is not final: pending requests
+    /// fail with [`TransportError::Closed`] and the reader keeps polling until the host is
+    /// back.
+    pub fn open(dev_path: &Path) -> io::Result<QemuClient> {
+        let file = OpenOptions::new().read(true).write(true).open(dev_path)?;
+        let reader = file.try_clone()?;
+        Ok(QemuClient::spawn(reader, file, true))
+    }
+
+    /// A client over any byte stream pair (tests, sockets). Spawns the reader thread, which
+    /// ends when `reader` reaches end of stream or fails. Dropping the client does not close
+    /// the stream (the reader thread owns its half); shut a socket down to end it.
+    pub fn from_io<R, W>(reader: R, writer: W) -> QemuClient
+    where
+        R: Read + Send + 'static,
+        W: Write + Send + 'static,
+    {
+        QemuClient::spawn(reader, writer, false)
+    }
+
+    fn spawn<R, W>(reader: R, writer: W, survive_eof: bool) -> QemuClient
+    where
+        R: Read + Send + 'static,
+        W: Write + Send + 'static,
+    {
+        let shared = Arc::new(ClientShared {
+            writer: Arc::new(Mutex::new(Box::new(writer))),
+            waiters: Mutex::new(Waiters::default()),
+            next_id: AtomicU64::new(1),
+        });
+        let (tx, rx) = mpsc::channel();
+        let thread_shared = Arc::clone(&shared);
+        let spawned = thread::Builder::new()
+            .name("guestinfo-qemu-rx".to_owned())
+            .spawn(move || client_reader(reader, &thread_shared, &tx, survive_eof));
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the guestinfo reader thread: {e}");
+            lock(&shared.waiters).closed = true;
+        }
+        QemuClient {
+            shared,
+            timeout: DEFAULT_TIMEOUT,
+            commands: Mutex::new(Some(rx)),
+        }
+    }
+
+    /// Sets the per-request timeout (default [`DEFAULT_TIMEOUT`]).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> QemuClient {
+        self.timeout = timeout;
+        self
+    }
+
+    fn request(&self, command: &str) -> Result<(String, Vec<(String, String)>), TransportError> {
+        let deadline = Instant::now() + self.timeout;
+        for _ in 0..MAX_ATTEMPTS {
+            // A fresh id per attempt: a late reply to an earlier attempt is discarded.
+            let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = mpsc::sync_channel(1);
+            {
+                let mut w = lock(&self.shared.waiters);
+                if w.closed {
+                    return Err(TransportError::Closed);
+                }
+                w.pending.insert(id, tx);
+            }
+            let msg = Message::Request {
+                id,
+                command: command.to_owned(),
+            };
+            if let Err(e) = write_message(&mut **lock(&self.shared.writer), &msg) {
+                lock(&self.shared.waiters).pending.remove(&id);
+                return Err(match e.kind() {
+                    io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::NotConnected => TransportError::Closed,
+                    _ => TransportError::Io(e),
+                });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Outcome::Reply(reply, entries)) => return Ok((reply, entries)),
+                Ok(Outcome::Error(message)) => return Err(TransportError::Protocol(message)),
+                Ok(Outcome::Retry) => continue,
+                Ok(Outcome::Closed) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(TransportError::Closed)
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    lock(&self.shared.waiters).pending.remove(&id);
+                    return Err(TransportError::Timeout(self.timeout));
+                }
+            }
+        }
+        Err(TransportError::Corrupt)
+    }
+}
+
+/// How long the device reader waits before polling a disconnected host again.
+const RECONNECT_POLL: Duration = Duration::from_millis(100);
+
+fn client_reader<R: Read>(
+    mut reader: R,
+    shared: &ClientShared,
+    commands: &Sender<HostCommand>,
+    survive_eof: bool,
+) {
+    let mut frames = FrameReader::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) if survive_eof => {
+                // Host side not connected: nothing in flight can be answered any more, and a
+                // half-received frame will never complete.
+                let _ = frames.finish();
+                shared.notify_all(|| Outcome::Closed, false);
+                thread::sleep(RECONNECT_POLL);
+                continue;
+            }
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!("guestinfo channel read failed: {e}");
+                break;
+            }
+        };
+        frames.push(buf.get(..n).unwrap_or_default());
+        while let Some(event) = frames.next_event() {
+            client_event(event, shared, commands);
+        }
+    }
+    if let Some(FrameEvent::Corrupt(why)) = frames.finish() {
+        tracing::warn!("guestinfo channel: {why}");
+    }
+    shared.notify_all(|| Outcome::Closed, true);
+}
+
+fn client_event(event: FrameEvent, shared: &ClientShared, commands: &Sender<HostCommand>) {
+    match event {
+        FrameEvent::Message(Message::Reply { id, reply, entries }) => {
+            match lock(&shared.waiters).pending.remove(&id) {
+                Some(tx) => {
+                    let _ = tx.try_send(Outcome::Reply(reply, entries));
+                }
+                None => tracing::debug!("discarding late reply to request {id}"),
+            }
+        }
+        FrameEvent::Message(Message::Error {
+            id: Some(id),
+            message,
+        }) => {
+            if let Some(tx) = lock(&shared.waiters).pending.remove(&id) {
+                let _ = tx.try_send(Outcome::Error(message));
+            }
+        }
+        FrameEvent::Message(Message::Error { id: None, message }) => {
+            // The host got a damaged frame: one of our requests may be lost.
+            tracing::warn!("host reported a damaged frame: {message}");
+            shared.notify_all(|| Outcome::Retry, false);
+        }
+        FrameEvent::Message(Message::Push { command }) => match HostCommand::parse(&command) {
+            Some(cmd) => {
+                let _ = commands.send(cmd);
+            }
+            None => tracing::warn!("ignoring unknown host command {command:?}"),
+        },
+        FrameEvent::Message(Message::Request { id, .. }) => {
+            let msg = Message::Error {
+                id: Some(id),
+                message: "the guest serves no requests".to_owned(),
+            };
+            let _ = write_message(&mut **lock(&shared.writer), &msg);
+        }
+        FrameEvent::Corrupt(why) => {
+            tracing::warn!("damaged frame from host: {why}");
+            let msg = Message::Error {
+                id: None,
+                message: why,
+            };
+            let _ = write_message(&mut **lock(&shared.writer), &msg);
+            shared.notify_all(|| Outcome::Retry, false);
+        }
+    }
+}
+
+impl Transport for QemuClient {
+    fn get(&self, key: &str) -> Result<Option<String>, TransportError> {
+        check_key(key)?;
+        let key = qualify(key);
+        let (reply, _) = self.request(&format!("info-get {key}"))?;
+        parse_get_reply(&reply)
+    }
+
+    fn set(&self, key: &str, value: &str) -> Result<(), TransportError> {
+        check_writable(key)?;
+        let key = qualify(key);
+        let (reply, _) = self.request(&format!("info-set {key} {}", super::to_wire(value)))?;
+        check_set_reply(&key, &reply)
+    }
+
+    fn get_all(&self) -> Result<Map, TransportError> {
+        let (reply, entries) = self.request("info-get-all")?;
+        if !reply.starts_with('1') {
+            return Err(TransportError::Protocol(format!(
+                "info-get-all refused: {reply}"
+            )));
+        }
+        Ok(entries
+            .into_iter()
+            .filter_map(|(k, v)| from_wire(&v).map(|v| (k, v)))
+            .collect())
+    }
+
+    fn commands(&self) -> Option<Receiver<HostCommand>> {
+        lock(&self.commands).take()
+    }
+}
+
+struct ServerShared {
+    store: Arc<dyn Store>,
+    /// The connected guest's writer, tagged with its connection number.
+    conn: Mutex<Option<(u64, Writer)>>,
+    queued: Mutex<Vec<HostCommand>>,
+    listeners: Mutex<Vec<Sender<(String, String)>>>,
+    generation: AtomicU64,
+    damaged: AtomicU64,
+}
+
+/// Host end of the QEMU stand-in: serves a guest's requests against a [`Store`] like the VMX
+/// would. Cheap to clone; clones share the store, listeners and connection.
+#[derive(Clone)]
+pub struct HostServer {
+    shared: Arc<ServerShared>,
+}
+
+impl std::fmt::Debug for HostServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostServer")
+            .field("store", &self.shared.store)
+            .field("connected", &self.is_connected())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostServer {
+    /// A server over `store` (typically a [`crate::store::FileStore`], the VM's `.vmx`).
+    pub fn new(store: Arc<dyn Store>) -> HostServer {
+        HostServer {
+            shared: Arc::new(ServerShared {
+                store,
+                conn: Mutex::new(None),
+                queued: Mutex::new(Vec::new()),
+                listeners: Mutex::new(Vec::new()),
+                generation: AtomicU64::new(0),
+                damaged: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The store the guest reads and writes.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+
+    /// Every successful guest `info-set` is sent here as `(key, plain value)` (`<nil>` ⇒
+    /// `""`), in the order the guest wrote them. Dropped receivers are forgotten.
+    pub fn subscribe(&self) -> Receiver<(String, String)> {
+        let (tx, rx) = mpsc::channel();
+        lock(&self.shared.listeners).push(tx);
+        rx
+    }
+
+    /// Pushes a command to the connected guest, or queues it until a guest connects.
+    pub fn push(&self, cmd: HostCommand) -> io::Result<()> {
+        let conn = lock(&self.shared.conn).clone();
+        match conn {
+            Some((_, writer)) => write_message(
+                &mut **lock(&writer),
+                &Message::Push {
+                    command: cmd.to_string(),
+                },
+            ),
+            None => {
+                lock(&self.shared.queued).push(cmd);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether a guest stream is being served.
+    pub fn is_connected(&self) -> bool {
+        lock(&self.shared.conn).is_some()
+    }
+
+    /// Number of damaged frames received from guests so far.
+    pub fn damaged_frames(&self) -> u64 {
+        self.shared.damaged.load(Ordering::Relaxed)
+    }
+
+    /// Serves a connected socket (e.g. accepted from QEMU's chardev socket) until the guest
+    /// side closes it.
+    pub fn serve_stream(&self, stream: UnixStream) -> io::Result<()> {
+        let reader = stream.try_clone()?;
+        self.serve(reader, stream)
+    }
+
+    /// Serves one guest connection until end of stream. Call again with a new stream when
+    /// the guest reconnects; the store, listeners and queued commands carry over.
+    pub fn serve<R, W>(&self, mut reader: R, writer: W) -> io::Result<()>
+    where
+        R: Read,
+        W: Write + Send + 'static,
+    {
+        let generation = self.shared.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let writer: Writer = Arc::new(Mutex::new(Box::new(writer)));
+        *lock(&self.shared.conn) = Some((generation, Arc::clone(&writer)));
+        let queued: Vec<HostCommand> = lock(&self.shared.queued).drain(..).collect();
+        for cmd in queued {
+            write_message(
+                &mut **lock(&writer),
+                &Message::Push {
+                    command: cmd.to_string(),
+                },
+            )?;
+        }
+        let result = self.serve_loop(&mut reader, &writer);
+        let mut conn = lock(&self.shared.conn);
+        if conn.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *conn = None;
+        }
+        result
+    }
+
+    fn serve_loop(&self, reader: &mut dyn Read, writer: &Writer) -> io::Result<()> {
+        let mut frames = FrameReader::new();
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+                Err(e) => return Err(e),
+            };
+            frames.push(buf.get(..n).unwrap_or_default());
+            while let Some(event) = frames.next_event() {
+                if let Some(reply) = self.handle_event(event) {
+                    write_message(&mut **lock(writer), &reply)?;
+                }
+            }
+        }
+        if let Some(FrameEvent::Corrupt(why)) = frames.finish() {
+            self.shared.damaged.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("guest stream: {why}");
+        }
+        Ok(())
+    }
+
+    fn handle_event(&self, event: FrameEvent) -> Option<Message> {
+        match event {
+            FrameEvent::Message(Message::Request { id, command }) => {
+                Some(self.handle(id, &command))
+            }
+            FrameEvent::Message(Message::Error { message, .. }) => {
+                tracing::warn!("guest reported a damaged frame: {message}");
+                None
+            }
+            FrameEvent::Message(other) => Some(Message::Error {
+                id: None,
+                message: format!("unexpected message from guest: {other:?}"),
+            }),
+            FrameEvent::Corrupt(why) => {
+                self.shared.damaged.fetch_add(1, Ordering::Relaxed);
+                Some(Message::Error {
+                    id: None,
+                    message: why,
+                })
+            }
+        }
+    }
+
+    fn reply(id: u64, reply: impl Into<String>) -> Message {
+        Message::Reply {
+            id,
+            reply: reply.into(),
+            entries: Vec::new(),
+        }
+    }
+
+    /// Plays the VMX for one request.
+    fn handle(&self, id: u64, command: &str) -> Message {
+        let store = &self.shared.store;
+        if command == "info-get-all" {
+            return match store.all() {
+                Ok(all) => Message::Reply {
+                    id,
+                    reply: "1 ".to_owned(),
+                    entries: all.into_iter().filter(|(k, _)| is_guestinfo(k)).collect(),
+                },
+                Err(e) => Self::reply(id, format!("0 {e}")),
+            };
+        }
+        if let Some(key) = command.strip_prefix("info-get ") {
+            let key = qualify(key);
+            return match store.get(&key) {
+                Ok(Some(v)) => Self::reply(id, format!("1 {v}")),
+                Ok(None) => Self::reply(id, "0 No value found"),
+                Err(e) => Self::reply(id, format!("0 {e}")),
+            };
+        }
+        if let Some(rest) = command.strip_prefix("info-set ") {
+            let Some((key, value)) = rest.split_once(' ') else {
+                return Self::reply(id, "0 Two and exactly two arguments expected");
+            };
+            if !is_guestinfo(key) {
+                return Self::reply(id, "0 Only guestinfo keys can be set");
+            }
+            if key.contains('/') {
+                return Self::reply(id, "0 Read-only key");
+            }
+            return match store.set(key, value) {
+                Ok(()) => {
+                    self.notify(key, value);
+                    Self::reply(id, "1 ")
+                }
+                Err(e) => Self::reply(id, format!("0 {e}")),
+            };
+        }
+        Self::reply(id, "0 Unknown command")
+    }
+
+    fn notify(&self, key: &str, wire_value: &str) {
+        let plain = from_wire(wire_value).unwrap_or_default();
+        lock(&self.shared.listeners).retain(|tx| tx.send((key.to_owned(), plain.clone())).is_ok());
+    }
+}
+
+fn is_guestinfo(key: &str) -> bool {
+    key.get(..10)
+        .is_some_and(|p| p.eq_ignore_ascii_case("guestinfo."))
+}
+
+#[cfg(test)]
+mod tests;
