@@ -221,3 +221,37 @@ pub async fn attach(conn: &Connection, id: &str, opts: AttachOptions) -> Result<
         None => Ended::Closed,
     })
 }
+
+/// Runs an exec through a keeper's control connection and collects its output (no
+/// terminal involved): (exit status, stdout bytes, time from the first to the last byte).
+pub async fn exec_collect(
+    conn: &Connection,
+    spec: &crate::control::ExecSpec,
+) -> Result<(i64, Vec<u8>, std::time::Duration), String> {
+    let payload = serde_json::to_vec(spec).map_err(|e| e.to_string())?;
+    let id = crate::control::request(conn, crate::control::REQ_EXEC, &payload).await?;
+    let ch = conn
+        .open_channel(req::CHANNEL_ATTACH, &id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut reader, writer) = ch.split();
+    let _ = writer.request(req::REQ_UNBLOCK, req::UNBLOCK_PAYLOAD).await;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut first = None;
+    loop {
+        let n = reader.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        first.get_or_insert_with(std::time::Instant::now);
+        out.extend_from_slice(&buf[..n]);
+    }
+    let span = first.map(|f| f.elapsed()).unwrap_or_default();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer.wait_closed()).await;
+    let code = writer
+        .exit_status()
+        .map(i64::from)
+        .ok_or("no exit status")?;
+    Ok((code, out, span))
+}

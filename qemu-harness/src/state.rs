@@ -45,6 +45,12 @@ pub struct Meta {
     /// Output channel format (`""` ours, `vic` the original's).
     #[serde(default)]
     pub log_format: String,
+    /// ISO booted instead of the default one (benchmarks).
+    #[serde(default)]
+    pub iso: String,
+    /// A raw `org.tether.bench` virtio port on `bench.sock` (benchmarks).
+    #[serde(default)]
+    pub bench_port: bool,
 }
 
 /// State directory errors.

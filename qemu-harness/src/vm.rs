@@ -130,6 +130,11 @@ pub struct RunOptions {
     pub vic_compat: bool,
     /// Output channel format: `""` (ours) or `vic` (the original's, for a VIC VCH).
     pub log_format: String,
+    /// Boot this ISO instead of the default (the boot benchmark's bare init).
+    pub iso: Option<PathBuf>,
+    /// Give the VM a raw virtio-serial port `org.tether.bench` on `<vm dir>/bench.sock`
+    /// (QEMU dials it): the benchmarks' baseline channel.
+    pub bench_port: bool,
     /// Raw extraConfig entries set after the composed config (tests use it to inject
     /// malformed keys).
     pub extra_config: Vec<(String, String)>,
@@ -151,6 +156,8 @@ impl RunOptions {
             line_noise: false,
             vic_compat: false,
             log_format: String::new(),
+            iso: None,
+            bench_port: false,
             extra_config: Vec::new(),
         }
     }
@@ -170,6 +177,10 @@ pub struct RunOutcome {
     pub damaged_records: u64,
     /// The VM's folder.
     pub dir: PathBuf,
+    /// From QEMU's start to the first byte on the output channel (the entrypoint's first
+    /// output), and to QEMU's exit.
+    pub first_output: Option<Duration>,
+    pub vm_lifetime: Duration,
 }
 
 /// Where the container's output goes as it arrives.
@@ -228,7 +239,7 @@ pub fn create(state: &State, mut opts: RunOptions) -> Result<Created, VmError> {
     if opts.spec.command.is_empty() {
         return Err(VmError::NoCommand);
     }
-    let iso = artifacts::iso();
+    let iso = opts.iso.clone().unwrap_or_else(artifacts::iso);
     if !iso.is_file() {
         return Err(VmError::NoIso(iso));
     }
@@ -287,6 +298,12 @@ fn prepare(state: &State, opts: &RunOptions, dir: &Path) -> Result<Meta, VmError
             if opts.line_noise { "+noise" } else { "" }
         ),
         log_format: opts.log_format.clone(),
+        iso: opts
+            .iso
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        bench_port: opts.bench_port,
     };
     state.save(&meta)?;
     Ok(meta)
@@ -338,7 +355,11 @@ pub async fn keep(
     live: Option<tokio::sync::oneshot::Sender<Live>>,
 ) -> Result<RunOutcome, VmError> {
     let Created { mut meta, dir } = created;
-    let iso = artifacts::iso();
+    let iso = if meta.iso.is_empty() {
+        artifacts::iso()
+    } else {
+        PathBuf::from(&meta.iso)
+    };
     let store = Arc::new(
         FileStore::open(dir.join("config.vmx")).map_err(|e| VmError::Config(e.to_string()))?,
     );
@@ -371,6 +392,7 @@ pub async fn keep(
     };
 
     let mut cmd = qemu_command(&dir, &iso, &meta, &backchannel, attach_port);
+    let started_at = tokio::time::Instant::now();
     let mut child = cmd.spawn().map_err(|e| VmError::Qemu(qemu_binary(), e))?;
     meta.qemu_pid = child.id();
     meta.keeper_pid = Some(std::process::id());
@@ -403,8 +425,9 @@ pub async fn keep(
     let vic_format = meta.log_format == "vic";
     let output_task = tokio::spawn(async move {
         let Ok((mut stream, _)) = out_listener.accept().await else {
-            return 0u64;
+            return (0u64, None);
         };
+        let mut first = None;
         let mut vic = iolog::vic::Decoder::default();
         let mut log = File::options()
             .create(true)
@@ -420,6 +443,7 @@ pub async fn keep(
                 Ok(n) => n,
             };
             let chunk = &buf[..n];
+            first.get_or_insert_with(|| started_at.elapsed());
             if let Some(l) = log.as_mut() {
                 let _ = l.write_all(chunk);
             }
@@ -453,7 +477,7 @@ pub async fn keep(
         if dec.finish().is_some() {
             damaged += 1;
         }
-        damaged
+        (damaged, first)
     });
 
     let timeout = Duration::from_secs(meta.timeout_secs.max(1));
@@ -464,14 +488,15 @@ pub async fn keep(
             true
         }
     };
+    let vm_lifetime = started_at.elapsed();
     // QEMU is gone, so its sockets are closed: the reader ends at EOF promptly.
-    let damaged = tokio::time::timeout(Duration::from_secs(5), output_task)
+    let (damaged, first_output) = tokio::time::timeout(Duration::from_secs(5), output_task)
         .await
         .ok()
         .and_then(|r| r.ok())
-        .unwrap_or(0);
+        .unwrap_or((0, None));
     ctl_task.abort();
-    for n in ["gi.sock", "out.sock", "ctl.sock"] {
+    for n in ["gi.sock", "out.sock", "ctl.sock", "bench.sock"] {
         let _ = fs::remove_file(sock(n));
     }
     meta.qemu_pid = None;
@@ -491,6 +516,8 @@ pub async fn keep(
         timed_out,
         damaged_records: damaged,
         dir,
+        first_output,
+        vm_lifetime,
     })
 }
 
@@ -614,6 +641,16 @@ fn qemu_command(
             "-device",
             &format!("virtserialport,chardev=out,name={}", port::OUTPUT),
         ]);
+    if meta.bench_port {
+        cmd.args([
+            "-chardev",
+            &format!("socket,id=bench,path={},server=off", d("bench.sock")),
+        ])
+        .args([
+            "-device",
+            "virtserialport,chardev=bench,name=org.tether.bench",
+        ]);
+    }
     if let (Backchannel::Virtio | Backchannel::External(_), Some(c)) =
         (backchannel, &attach_chardev)
     {

@@ -2,6 +2,7 @@
 //! container's primary session until it ends, then the way out.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,8 +17,18 @@ const NEW_ROOT: &str = "/root";
 /// How long to wait for the container disk to show up.
 const DISK_WAIT: Duration = Duration::from_secs(10);
 
+/// `CLOCK_BOOTTIME` in microseconds: time since the kernel started, so the first stamp is
+/// the kernel's own time to PID 1.
+pub fn boottime_us() -> i64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() * 1_000_000 + t.tv_nsec() / 1_000)
+        .unwrap_or(0)
+}
+
 /// Boots and runs the container. Returns when the VM should power off.
 pub fn run() -> anyhow::Result<()> {
+    let mut stamps = std::collections::BTreeMap::new();
+    stamps.insert("pid1".to_owned(), boottime_us());
     early::mount_kernel_filesystems()?;
     early::ensure_dev_nodes();
     let modules = early::load_modules(Path::new("/lib/modules"))?;
@@ -32,9 +43,14 @@ pub fn run() -> anyhow::Result<()> {
         "tether started"
     );
 
+    let mut backdoor = None;
     let transport: Box<dyn Transport> = match &platform {
         Platform::Vmware => {
-            Box::new(guestinfo::transport::backdoor::Backdoor::open().context("VMware backdoor")?)
+            let b = Arc::new(
+                guestinfo::transport::backdoor::Backdoor::open().context("VMware backdoor")?,
+            );
+            backdoor = Some(b.clone());
+            Box::new(SharedBackdoor(b))
         }
         Platform::Qemu { guestinfo } => Box::new(
             guestinfo::transport::qemu::QemuClient::open(guestinfo)
@@ -42,7 +58,7 @@ pub fn run() -> anyhow::Result<()> {
         ),
     };
     let raw = transport.get_all().context("read config")?;
-    let cfg = match guestinfo::decode(&raw)
+    let mut cfg = match guestinfo::decode(&raw)
         .map_err(|e| e.to_string())
         .and_then(|c| validate(&c).map(|()| c))
     {
@@ -56,6 +72,17 @@ pub fn run() -> anyhow::Result<()> {
     if cfg.diagnostics.debug_level > 0 {
         log::set_level(tracing::Level::DEBUG);
     }
+    stamps.insert("config".to_owned(), boottime_us());
+    if let Some(b) = &backdoor {
+        // The toolbox authenticates the VCH's guest operations by user name: the container
+        // ID, or the label of one of its volumes.
+        let labels = cfg
+            .mounts
+            .values()
+            .filter(|m| m.source.scheme == "label")
+            .map(|m| m.source.path.clone());
+        b.authorize_users(std::iter::once(cfg.common.id.clone()).chain(labels));
+    }
     tracing::info!(id = %cfg.common.id, "config loaded");
 
     if let Err(e) = mount_root() {
@@ -63,12 +90,16 @@ pub fn run() -> anyhow::Result<()> {
         report_to_all_sessions(&*transport, &raw, &msg);
         return Err(e);
     }
+    stamps.insert("disks".to_owned(), boottime_us());
     let hostname = etc::hostname_for(&cfg.common.id, &cfg.hostname, &cfg.domainname);
-    if let Err(e) = etc::setup_names(Path::new("/.tether/etc"), &hostname, &cfg.common.name) {
+    if let Err(e) = etc::setup_names(Path::new("/.tether/etc"), &hostname, cfg.name()) {
         let msg = format!("hostname: {e}");
         report_to_all_sessions(&*transport, &raw, &msg);
         return Err(e.into());
     }
+    // Networking comes with the network issue; the stage is stamped where it will happen.
+    stamps.insert("network".to_owned(), boottime_us());
+    cfg.tether.boot_stamps = stamps;
     match guestinfo::guest_writeback(&cfg) {
         Ok(kvs) => {
             for (k, v) in kvs {
@@ -121,6 +152,25 @@ fn write_pid_file() {
         .is_err()
     {
         tracing::warn!("cannot write /.tether/run/tether.pid");
+    }
+}
+
+/// The backdoor transport, shared so boot can still reach its toolbox settings.
+#[derive(Debug)]
+struct SharedBackdoor(Arc<guestinfo::transport::backdoor::Backdoor>);
+
+impl Transport for SharedBackdoor {
+    fn get(&self, key: &str) -> Result<Option<String>, guestinfo::transport::TransportError> {
+        self.0.get(key)
+    }
+    fn set(&self, key: &str, value: &str) -> Result<(), guestinfo::transport::TransportError> {
+        self.0.set(key, value)
+    }
+    fn get_all(&self) -> Result<guestinfo::Map, guestinfo::transport::TransportError> {
+        self.0.get_all()
+    }
+    fn commands(&self) -> Option<std::sync::mpsc::Receiver<guestinfo::HostCommand>> {
+        self.0.commands()
     }
 }
 

@@ -6,22 +6,7 @@
 //!
 //! PID 1 must never exit (the kernel panics) nor panic: every path ends in a clean power-off.
 
-mod attach;
-mod boot;
-mod disk;
-mod early;
-mod etc;
-mod launch;
-mod log;
-mod output;
-mod platform;
-mod reaper;
-mod runtime;
-mod session;
-mod shutdown;
-mod signals;
-mod stdio;
-mod user;
+use tether::{boot, log, shutdown};
 
 fn main() {
     if std::process::id() != 1 {

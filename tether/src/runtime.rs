@@ -107,6 +107,43 @@ impl Tether {
         }
     }
 
+    /// Records the primary's first exec in the boot stamps and writes them back.
+    fn stamp_exec(&self) {
+        let map = {
+            let mut st = self.lock();
+            if st.cfg.tether.boot_stamps.contains_key("exec") {
+                return;
+            }
+            st.cfg
+                .tether
+                .boot_stamps
+                .insert("exec".into(), crate::boot::boottime_us());
+            let stamps = &st.cfg.tether.boot_stamps;
+            let us = |k: &str| stamps.get(k).copied().unwrap_or(0);
+            tracing::info!(
+                kernel_to_pid1_us = us("pid1"),
+                config_us = us("config") - us("pid1"),
+                disks_us = us("disks") - us("pid1"),
+                pid1_to_exec_us = us("exec") - us("pid1"),
+                "boot stamps"
+            );
+            guestinfo::encode(&st.cfg)
+        };
+        match map {
+            Ok(map) => {
+                for (k, v) in map
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("guestinfo.vice..tether.bootstamps"))
+                {
+                    if let Err(e) = self.transport.set(k, v) {
+                        tracing::warn!(key = %k, error = %e, "boot stamp write-back failed");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot encode boot stamps"),
+        }
+    }
+
     /// IDs a client may attach to: active sessions that have not stopped and active execs
     /// that have not stopped or failed (the original's `container-ids` rule).
     pub fn attachable_ids(&self, execs_only: bool) -> Vec<String> {
@@ -367,6 +404,9 @@ async fn launch_and_wait(t: &Arc<Tether>, id: &str) -> Option<i64> {
         }
     };
     tracing::info!(session = %id, pid = running.pid.as_raw(), "session started");
+    if id == t.primary_id() {
+        t.stamp_exec();
+    }
     {
         let mut st = t.lock();
         if let Some(s) = st.session_cfg_mut(id) {

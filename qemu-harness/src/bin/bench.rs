@@ -1,0 +1,303 @@
+//! Benchmarks that boot real VMs and print figures (not timed tests).
+//!
+//! `bench boot [--runs N]`: N VMs with the tether and N with a bare init (same kernel, ISO
+//! layout and QEMU settings), alternating; medians of QEMU start → the entrypoint's first
+//! output byte, their ratio, the tether's own PID 1 → exec time, its binary size and its
+//! resident memory while idle with one running session.
+//!
+//! `bench backchannel [--execs N] [--mib M]`: exec round-trip latency of `true` and attach
+//! throughput of `head -c M MiB /dev/zero`, beside a raw virtio-serial baseline measured in
+//! the same VM and run (round trip of one byte, bulk transfer).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use qemu_harness::control::{self, ExecSpec};
+use qemu_harness::state::State;
+use qemu_harness::vm::{self, Captured, RunOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+fn arg(args: &[String], name: &str, default: u64) -> Result<u64> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .context("missing value")?
+            .parse()
+            .context(name.to_owned()),
+        None => Ok(default),
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let tmp = std::env::temp_dir().join(format!("tether-bench-{}", std::process::id()));
+    let state = State::open(&tmp)?;
+    let r = match args.first().map(String::as_str) {
+        Some("boot") => boot(&state, arg(&args, "--runs", 10)? as usize),
+        Some("backchannel") => backchannel(
+            &state,
+            arg(&args, "--execs", 50)? as usize,
+            arg(&args, "--mib", 64)?,
+        ),
+        _ => bail!("usage: bench boot [--runs N] | bench backchannel [--execs N] [--mib M]"),
+    };
+    if r.is_ok() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    } else {
+        eprintln!("bench: VM folders kept in {}", tmp.display());
+    }
+    r
+}
+
+fn boot(state: &State, runs: usize) -> Result<()> {
+    let bare = qemu_harness::artifacts::workspace_root().join("target/bootstrap/bare.iso");
+    if !bare.is_file() {
+        bail!("{} missing: run scripts/build-iso", bare.display());
+    }
+    let (mut tether, mut baseline, mut internal, mut kernel) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut tether_off, mut bare_off) = (Vec::new(), Vec::new());
+    for i in 0..2 * runs {
+        let with_tether = i % 2 == 0;
+        let mut opts = RunOptions::new("busybox", &["echo", "hello"]);
+        opts.timeout = Duration::from_secs(60);
+        if !with_tether {
+            opts.iso = Some(bare.clone());
+        }
+        let outcome = vm::run(state, opts, &mut Captured::default())?;
+        let first = outcome
+            .first_output
+            .context("no output from the VM")?
+            .as_secs_f64()
+            * 1000.0;
+        let life = outcome.vm_lifetime.as_secs_f64() * 1000.0;
+        if with_tether {
+            tether.push(first);
+            tether_off.push(life);
+            let cfg = vm::load_config(&outcome.dir)?;
+            let s = &cfg.tether.boot_stamps;
+            if let (Some(p), Some(e)) = (s.get("pid1"), s.get("exec")) {
+                internal.push((e - p) as f64 / 1000.0);
+                kernel.push(*p as f64 / 1000.0);
+            }
+        } else {
+            baseline.push(first);
+            bare_off.push(life);
+        }
+        let _ = std::fs::remove_dir_all(&outcome.dir);
+    }
+    let (t, b) = (median(&mut tether), median(&mut baseline));
+    println!("boot benchmark: {runs} VMs each, alternating, QEMU TCG q35");
+    println!("  QEMU start -> entrypoint's first output byte (median): tether {t:.0} ms, bare init {b:.0} ms, ratio {:.3}", t / b);
+    println!(
+        "  QEMU start -> power-off (median): tether {:.0} ms, bare init {:.0} ms",
+        median(&mut tether_off),
+        median(&mut bare_off)
+    );
+    println!(
+        "  kernel start -> PID 1 (CLOCK_BOOTTIME, median): {:.1} ms",
+        median(&mut kernel)
+    );
+    println!(
+        "  tether internal PID 1 -> entrypoint exec (median): {:.1} ms",
+        median(&mut internal)
+    );
+    let bin = qemu_harness::artifacts::workspace_root()
+        .join("target/x86_64-unknown-linux-musl/release/tether");
+    let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "  tether binary: {size} bytes ({:.2} MB)",
+        size as f64 / 1e6
+    );
+    println!(
+        "  tether RSS idle with one running session: {}",
+        idle_rss(state)?
+    );
+    Ok(())
+}
+
+/// A VM with one sleeping session, kept by an in-process keeper.
+struct Running {
+    rt: tokio::runtime::Runtime,
+    /// The raw bench port's listener (bound before QEMU starts: QEMU dials it once).
+    bench: Option<std::os::unix::net::UnixListener>,
+    ctl: PathBuf,
+    keeper: tokio::task::JoinHandle<Result<vm::RunOutcome, vm::VmError>>,
+}
+
+fn start(state: &State, bench_port: bool) -> Result<Running> {
+    let mut opts = RunOptions::new("busybox", &["sleep", "600"]);
+    opts.timeout = Duration::from_secs(900);
+    opts.bench_port = bench_port;
+    let created = vm::create(state, opts)?;
+    let dir = created.dir.clone();
+    let bench = if bench_port {
+        Some(std::os::unix::net::UnixListener::bind(
+            dir.join("bench.sock"),
+        )?)
+    } else {
+        None
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let keeper = rt.spawn(vm::keep(state.clone(), created, None, None));
+    Ok(Running {
+        rt,
+        bench,
+        ctl: dir.join("ctl.sock"),
+        keeper,
+    })
+}
+
+impl Running {
+    fn stop(self) {
+        let _ = self.rt.block_on(async {
+            if let Ok(conn) = control::connect(&self.ctl).await {
+                let _ = control::request(&conn, control::REQ_KILL, b"KILL").await;
+            }
+            tokio::time::timeout(Duration::from_secs(60), self.keeper).await
+        });
+    }
+}
+
+async fn connect(ctl: &std::path::Path) -> Result<sshproto::Connection> {
+    for _ in 0..600 {
+        if let Ok(c) = control::connect(ctl).await {
+            return Ok(c);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("keeper did not come up")
+}
+
+fn sh(script: &str) -> ExecSpec {
+    ExecSpec {
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        ..Default::default()
+    }
+}
+
+fn idle_rss(state: &State) -> Result<String> {
+    let vm = start(state, false)?;
+    let out = vm.rt.block_on(async {
+        let conn = connect(&vm.ctl).await?;
+        let (_, out, _) =
+            qemu_harness::client::exec_collect(&conn, &sh("grep -E 'VmRSS' /proc/1/status"))
+                .await
+                .map_err(anyhow::Error::msg)?;
+        anyhow::Ok(String::from_utf8_lossy(&out).trim().to_owned())
+    });
+    vm.stop();
+    out
+}
+
+/// The guest's end of the raw bench port, found by name as the tether finds its own.
+const FIND_PORT: &str = "for p in /sys/class/virtio-ports/*; do if [ \"$(cat $p/name)\" = org.tether.bench ]; then d=/dev/${p##*/}; fi; done; exec 3<>$d; ";
+
+fn backchannel(state: &State, execs: usize, mib: u64) -> Result<()> {
+    let mut vm = start(state, true)?;
+    let listener = vm.bench.take().context("bench port")?;
+    listener.set_nonblocking(true)?;
+    let result = vm.rt.block_on(async {
+        let listener = tokio::net::UnixListener::from_std(listener)?;
+        let conn = connect(&vm.ctl).await?;
+        let (mut raw, _) = tokio::time::timeout(Duration::from_secs(120), listener.accept())
+            .await
+            .context("bench port")??;
+        // Warm-up exec: the first one also waits for the back-channel to connect.
+        qemu_harness::client::exec_collect(&conn, &sh("true"))
+            .await
+            .map_err(anyhow::Error::msg)?;
+
+        // Exec round trip of `true`.
+        let mut exec_ms = Vec::new();
+        for _ in 0..execs {
+            let t = Instant::now();
+            let (code, _, _) = qemu_harness::client::exec_collect(
+                &conn,
+                &ExecSpec {
+                    command: vec!["true".into()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
+            anyhow::ensure!(code == 0, "true exited {code}");
+            exec_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        // Raw port round trip: an echo loop in the guest, one byte at a time.
+        let conn2 = conn.clone();
+        let echo = tokio::spawn(async move {
+            qemu_harness::client::exec_collect(&conn2, &sh(&format!("{FIND_PORT} cat <&3 >&3")))
+                .await
+        });
+        let mut rtt_ms = Vec::new();
+        let mut b = [0u8; 1];
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for i in 0..execs {
+            let t = Instant::now();
+            raw.write_all(&[i as u8]).await?;
+            raw.read_exact(&mut b).await?;
+            rtt_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        echo.abort();
+        let _ = qemu_harness::client::exec_collect(&conn, &sh("killall cat")).await;
+        // Raw bulk: the guest writes M MiB to the port.
+        let bytes = mib * 1024 * 1024;
+        let conn3 = conn.clone();
+        let writer = tokio::spawn(async move {
+            qemu_harness::client::exec_collect(
+                &conn3,
+                &sh(&format!("{FIND_PORT} head -c {bytes} /dev/zero >&3")),
+            )
+            .await
+        });
+        let mut got = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut first = None;
+        while got < bytes {
+            let n = raw.read(&mut buf).await?;
+            anyhow::ensure!(n > 0, "bench port closed");
+            first.get_or_insert_with(Instant::now);
+            got += n as u64;
+        }
+        let raw_secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
+        let _ = writer.await;
+        // Attach: the same bytes as an exec's stdout through SSH on the back-channel.
+        let (code, out, span) =
+            qemu_harness::client::exec_collect(&conn, &sh(&format!("head -c {bytes} /dev/zero")))
+                .await
+                .map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            code == 0 && out.len() as u64 == bytes,
+            "attach transfer: code {code}, {} bytes",
+            out.len()
+        );
+        anyhow::Ok((exec_ms, rtt_ms, raw_secs, span.as_secs_f64()))
+    });
+    vm.stop();
+    let (mut exec_ms, mut rtt_ms, raw_secs, attach_secs) = result?;
+    let (e, r) = (median(&mut exec_ms), median(&mut rtt_ms));
+    let mb = (mib * 1024 * 1024) as f64 / 1e6;
+    let (raw_mbs, att_mbs) = (mb / raw_secs, mb / attach_secs);
+    println!("back-channel benchmark (one VM, QEMU TCG q35)");
+    println!("  exec round trip of `true` (median of {execs}): {e:.1} ms; raw virtio-serial byte round trip (median of {execs}): {r:.2} ms; ratio {:.0}", e / r);
+    println!("  {mib} MiB of /dev/zero: attach (exec stdout over SSH) {att_mbs:.2} MB/s; raw virtio-serial {raw_mbs:.2} MB/s; ratio {:.2}", att_mbs / raw_mbs);
+    Ok(())
+}

@@ -1,0 +1,19 @@
+//! The tether: PID 1 of a container VM (see `main.rs`). A library so the bench's bare init
+//! can share the early-boot pieces (kernel filesystems, modules, finding disks).
+
+pub mod attach;
+pub mod boot;
+pub mod disk;
+pub mod early;
+pub mod etc;
+pub mod launch;
+pub mod log;
+pub mod output;
+pub mod platform;
+pub mod reaper;
+pub mod runtime;
+pub mod session;
+pub mod shutdown;
+pub mod signals;
+pub mod stdio;
+pub mod user;
