@@ -38,4 +38,19 @@ fn writeback_is_visible_with_vch_inspect() {
     assert!(start > 1_700_000_000, "start time {start}");
     assert!(stop > start, "stop {stop} start {start}");
     assert_eq!(session["run_block"], false);
+    // Boot timing stamps (CLOCK_BOOTTIME, microseconds), present and in boot order.
+    let stamps = &doc["Config"]["tether"]["boot_stamps"];
+    let us = |k: &str| {
+        stamps[k]
+            .as_i64()
+            .unwrap_or_else(|| panic!("stamp {k} missing: {stamps}"))
+    };
+    assert!(us("pid1") > 0);
+    assert!(
+        us("pid1") <= us("config")
+            && us("config") <= us("disks")
+            && us("disks") <= us("network")
+            && us("network") <= us("exec"),
+        "{stamps}"
+    );
 }
