@@ -8,6 +8,7 @@ mod container_logs;
 mod exec_in_running;
 mod exec_with_tty;
 mod exit_codes;
+mod external_port_layer;
 mod footprint;
 mod inspect_writeback;
 mod kill_pid1;
