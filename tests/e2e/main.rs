@@ -11,6 +11,7 @@ mod exit_codes;
 mod external_port_layer;
 mod footprint;
 mod inspect_writeback;
+mod kernel_config;
 mod kill_pid1;
 mod missing_binary;
 mod orphan_reaping;
