@@ -102,7 +102,9 @@ pub fn run() -> anyhow::Result<()> {
     cfg.tether.boot_stamps = stamps;
     match guestinfo::guest_writeback(&cfg) {
         Ok(kvs) => {
-            for (k, v) in kvs {
+            // The original rewrote every key here; a value the host already holds changes
+            // nothing it can observe, and each write is a round trip on the boot path.
+            for (k, v) in kvs.into_iter().filter(|(k, v)| raw.get(k) != Some(v)) {
                 if let Err(e) = transport.set(&k, &v) {
                     tracing::warn!(key = %k, error = %e, "initial write-back failed");
                 }
