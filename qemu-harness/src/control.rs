@@ -206,7 +206,8 @@ async fn splice(down: Channel, up: Channel) {
     let (_, _) = tokio::join!(copy(&mut up_r, &down_w), copy(&mut up_stderr, &down_err));
     {
         let up = up_w.lock().await;
-        up.wait_closed_or_status().await;
+        // The exit status follows the data's end closely, just before the close.
+        let _ = tokio::time::timeout(Duration::from_secs(2), up.wait_closed()).await;
         let down = down_w.lock().await;
         let _ = down.eof();
         if let Some(status) = up.exit_status() {
@@ -217,17 +218,6 @@ async fn splice(down: Channel, up: Channel) {
     }
     input.abort();
     requests.abort();
-}
-
-/// Small extension: after the data ends, the exit status follows shortly (or the close).
-trait WaitStatus {
-    async fn wait_closed_or_status(&self);
-}
-
-impl WaitStatus for sshproto::ChannelWriter {
-    async fn wait_closed_or_status(&self) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.wait_closed()).await;
-    }
 }
 
 async fn create_exec(k: &Keeper, payload: &[u8]) -> Result<String, String> {
