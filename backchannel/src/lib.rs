@@ -7,4 +7,5 @@
 //! a wire change a VIC port layer would notice.
 
 pub mod handshake;
+pub mod ports;
 pub mod requests;

@@ -25,13 +25,8 @@ use crate::image::{self, ImageError};
 use crate::portlayer::PortLayer;
 use crate::state::{self, Meta, State, StateError};
 
-/// Port names: must match the tether's `platform::port`.
-pub mod port {
-    pub const GUESTINFO: &str = "org.tether.guestinfo";
-    pub const DEBUG: &str = "org.tether.debug";
-    pub const OUTPUT: &str = "org.tether.output";
-    pub const ATTACH: &str = "org.tether.attach";
-}
+/// Port names, shared with the tether.
+pub use backchannel::ports as port;
 
 /// Harness errors (the user's `vch` command failed before or around the VM).
 #[derive(Debug, thiserror::Error)]

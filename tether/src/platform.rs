@@ -12,12 +12,7 @@ use std::time::Duration;
 use crate::early;
 
 /// Port names the QEMU harness uses (`-device virtserialport,name=...`).
-pub mod port {
-    pub const GUESTINFO: &str = "org.tether.guestinfo";
-    pub const DEBUG: &str = "org.tether.debug";
-    pub const OUTPUT: &str = "org.tether.output";
-    pub const ATTACH: &str = "org.tether.attach";
-}
+pub use backchannel::ports as port;
 
 /// The hypervisor flavour.
 #[derive(Debug, Clone, PartialEq, Eq)]
