@@ -291,3 +291,108 @@ impl Drop for Attached {
         self.kill();
     }
 }
+
+/// A real NFS server on this machine (nfs-ganesha with its VFS backend, NFSv3 and v4 over
+/// TCP), exporting a fresh directory, for volume scenarios. Guests reach it through QEMU
+/// user networking's host address. Stopped on drop.
+#[derive(Debug)]
+pub struct NfsServer {
+    pub export: PathBuf,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+/// Ports the test server listens on (fixed: NFSv3 clients learn them from rpcbind, and only
+/// one scenario runs a server at a time).
+pub const NFS_PORT: u16 = 20490;
+
+impl NfsServer {
+    /// Starts rpcbind if it is not running (ganesha registers its v3 services there), then
+    /// ganesha in the foreground, and waits until it accepts connections.
+    pub fn start() -> NfsServer {
+        let rpcbind_up = std::process::Command::new("rpcinfo")
+            .arg("-p")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !rpcbind_up {
+            let ok = std::process::Command::new("rpcbind")
+                .arg("-w")
+                .status()
+                .expect("rpcbind (apt package rpcbind) must be installed")
+                .success();
+            assert!(ok, "rpcbind failed to start");
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let export = dir.path().join("export");
+        std::fs::create_dir_all(&export).expect("export dir");
+        let conf = dir.path().join("ganesha.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"NFS_CORE_PARAM {{
+    Protocols = 3, 4;
+    NFS_Port = {NFS_PORT};
+    MNT_Port = {mnt};
+    NLM_Port = {nlm};
+    Enable_RQUOTA = false;
+    Bind_addr = 127.0.0.1;
+}}
+NFSV4 {{ Graceless = true; }}
+EXPORT {{
+    Export_Id = 1;
+    Path = {e};
+    Pseudo = {e};
+    Access_Type = RW;
+    Squash = No_Root_Squash;
+    SecType = sys;
+    Protocols = 3, 4;
+    Transports = TCP;
+    FSAL {{ Name = VFS; }}
+}}
+LOG {{ Default_Log_Level = WARN; }}
+"#,
+                mnt = NFS_PORT + 1,
+                nlm = NFS_PORT + 2,
+                e = export.display()
+            ),
+        )
+        .expect("write ganesha.conf");
+        let child = std::process::Command::new("ganesha.nfsd")
+            .arg("-F")
+            .arg("-L")
+            .arg(dir.path().join("ganesha.log"))
+            .arg("-f")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir.path().join("ganesha.pid"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("ganesha.nfsd (apt packages nfs-ganesha nfs-ganesha-vfs) must be installed");
+        let server = NfsServer { export, dir, child };
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", NFS_PORT)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "NFS server did not start; log:\n{}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    /// The server's log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("ganesha.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for NfsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -10,7 +10,7 @@ use guestinfo::{ContainerConfig, Transport};
 use nix::mount::MsFlags;
 
 use crate::platform::Platform;
-use crate::{disk, early, etc, log, platform, runtime};
+use crate::{disk, early, etc, log, platform, runtime, volumes};
 
 /// Where the container disk is mounted before it becomes `/`.
 const NEW_ROOT: &str = "/root";
@@ -111,6 +111,14 @@ pub fn run() -> anyhow::Result<()> {
             }
         }
         Err(e) => tracing::error!(error = %e, "cannot encode the config write-back"),
+    }
+
+    // After the network: NFS volumes need it. Before the first launch: the entrypoint
+    // expects its volumes.
+    if let Err(e) = volumes::mount_all(&cfg.mounts) {
+        let msg = e.to_string();
+        report_to_all_sessions(&*transport, &raw, &msg);
+        return Err(e.into());
     }
 
     set_rlimits();

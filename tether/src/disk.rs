@@ -165,18 +165,40 @@ pub fn switch_root(new_root: &Path) -> Result<(), DiskError> {
     Ok(())
 }
 
-/// Mount points currently in the mount table, deepest first (the order to unmount them).
-pub fn mounts_deepest_first() -> Vec<String> {
+/// A line of the mount table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// Where it is mounted.
+    pub point: String,
+    /// Filesystem type (`ext4`, `nfs`, `nfs4`, `tmpfs`, ...).
+    pub fstype: String,
+}
+
+impl MountEntry {
+    /// A network filesystem: flushing or unmounting it can wait on a server.
+    pub fn is_network(&self) -> bool {
+        self.fstype.starts_with("nfs")
+    }
+}
+
+/// Mounts currently in the mount table, deepest first (the order to unmount them).
+pub fn mounts_deepest_first() -> Vec<MountEntry> {
     let Ok(table) = fs::read_to_string("/proc/self/mounts") else {
         return Vec::new();
     };
-    let mut points: Vec<String> = table
+    let mut entries: Vec<MountEntry> = table
         .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .map(unescape_mount_path)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, point, fstype) = (f.next()?, f.next()?, f.next()?);
+            Some(MountEntry {
+                point: unescape_mount_path(point),
+                fstype: fstype.to_owned(),
+            })
+        })
         .collect();
-    points.reverse();
-    points
+    entries.reverse();
+    entries
 }
 
 /// `/proc/mounts` escapes space, tab, newline and backslash as octal.
@@ -202,24 +224,40 @@ fn unescape_mount_path(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The mounts the power-off path unmounts: everything but the root and the kernel's own.
+fn is_kept(point: &str) -> bool {
+    ["/", "/proc", "/sys", "/dev"].contains(&point)
+        || point.starts_with("/dev/")
+        || point.starts_with("/sys/")
+        || point.starts_with("/proc/")
+}
+
+/// Flushes every local filesystem, one by one, without touching network ones: a plain
+/// `sync()` would wait on an NFS server that may be gone.
+pub fn sync_local() {
+    for m in mounts_deepest_first() {
+        if m.is_network() {
+            continue;
+        }
+        if let Ok(f) = File::open(&m.point) {
+            let _ = nix::unistd::syncfs(&f);
+        }
+    }
+}
+
 /// Unmounts everything but the kernel filesystems and the root, then remounts the root
 /// read-only so the disk is clean at power-off. Errors are logged: at this point there is
 /// nothing better to do than to try the rest.
 pub fn unmount_all() {
-    let keep = ["/", "/proc", "/sys", "/dev"];
-    for point in mounts_deepest_first() {
-        if keep.contains(&point.as_str())
-            || point.starts_with("/dev/")
-            || point.starts_with("/sys/")
-            || point.starts_with("/proc/")
-        {
+    for m in mounts_deepest_first() {
+        if is_kept(&m.point) {
             continue;
         }
-        if let Err(e) = umount2(point.as_str(), MntFlags::empty()) {
+        if let Err(e) = umount2(m.point.as_str(), MntFlags::empty()) {
             // Busy: a process we could not kill still holds it. Detach so the remount below
             // can at least flush the root.
-            tracing::warn!(mount = %point, error = %e, "unmount failed, detaching");
-            let _ = umount2(point.as_str(), MntFlags::MNT_DETACH);
+            tracing::warn!(mount = %m.point, error = %e, "unmount failed, detaching");
+            let _ = umount2(m.point.as_str(), MntFlags::MNT_DETACH);
         }
     }
     if let Err(e) = mount(

@@ -17,3 +17,4 @@ pub mod shutdown;
 pub mod signals;
 pub mod stdio;
 pub mod user;
+pub mod volumes;

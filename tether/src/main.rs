@@ -15,7 +15,7 @@ fn main() {
     }
     std::panic::set_hook(Box::new(|info| {
         log::write_raw(format!("tether: PANIC: {info}\n").as_bytes());
-        shutdown::halt_now();
+        shutdown::panic_power_off();
     }));
     log::init(tracing::Level::INFO);
     if let Err(e) = boot::run() {

@@ -13,6 +13,7 @@ fn main() {
     if let Err(e) = run() {
         eprintln!("bare-init: {e}");
     }
+    nix::unistd::sync();
     shutdown::halt_now();
 }
 
