@@ -518,6 +518,7 @@ pub(crate) const BUILD_TAGS: &[FieldTag] = &[
 /// | `log_format` | `guestinfo.vice./tether/logformat` |
 /// | `boot_stamps` | `guestinfo.vice..tether.bootstamps` (names), `guestinfo.vice..tether.bootstamps|<name>` |
 /// | `stop_timeout` | `guestinfo.vice./tether/stoptimeout` |
+/// | `panic_after_ms` | `guestinfo.vice./tether/panicafter` |
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TetherExtensions {
@@ -534,6 +535,11 @@ pub struct TetherExtensions {
     /// tether's default of 10 s, the original's fixed wait).
     #[serde(skip_serializing_if = "is_zero")]
     pub stop_timeout: i64,
+    /// Test hook: the tether panics this many milliseconds after the first launch, so the
+    /// end-to-end suite can prove the panic path flushes and unmounts volumes. `0` = never;
+    /// a real port layer never sets it.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub panic_after_ms: i64,
 }
 
 fn is_zero(v: &i64) -> bool {
@@ -545,6 +551,7 @@ pub(crate) const TETHER_TAGS: &[FieldTag] = &[
     ro("log_format", "logformat"),
     rw("boot_stamps", "bootstamps"),
     ro("stop_timeout", "stoptimeout"),
+    ro("panic_after_ms", "panicafter"),
 ];
 
 /// Tag tables of the container schema, by serde struct name.

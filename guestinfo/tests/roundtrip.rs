@@ -271,6 +271,7 @@ fn config() -> impl Strategy<Value = ContainerConfig> {
                     log_format,
                     boot_stamps,
                     stop_timeout: 0,
+                    panic_after_ms: 0,
                 },
             },
         )

@@ -514,6 +514,14 @@ pub async fn run(
     });
     t.reconcile();
     tokio::spawn(crate::attach::serve(t.clone(), platform.attach_channel()));
+    let panic_after = t.lock().cfg.tether.panic_after_ms;
+    if panic_after > 0 {
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(panic_after.unsigned_abs())).await;
+            // The panic hook, not this task, decides what happens next: that is under test.
+            panic!("test hook tether/panicafter fired after {panic_after} ms");
+        });
+    }
 
     let mut stop = t.shutdown_signal();
     loop {
