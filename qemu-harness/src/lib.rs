@@ -10,6 +10,9 @@
 //!   collects the output log, always under a hard timeout.
 //! - [`state`] keeps VMs in a state directory so `vch inspect` and `vch ps` work across
 //!   invocations.
+//! - [`volume`] keeps named volumes (ext4 images, NFS exports) as the port layer's volume
+//!   stores do; [`network`] defines networks (QEMU user networking) and places NICs at the
+//!   PCI slots the tether expects.
 
 pub mod artifacts;
 pub mod client;
@@ -18,8 +21,10 @@ pub mod control;
 pub mod image;
 pub mod keys;
 pub mod logs;
+pub mod network;
 pub mod portlayer;
 pub mod state;
 pub mod vm;
+pub mod volume;
 
 pub use vm::{RunOptions, RunOutcome};

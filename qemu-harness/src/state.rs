@@ -7,6 +7,8 @@
 //!                  output.log    the output channel, as received (iolog frames)
 //!                  tether.debug  the tether's debug log
 //!                  console.log   the kernel console (ttyS1)
+//! <state>/volumes/<name>/           named and anonymous volumes (see [`crate::volume`])
+//! <state>/networks/<name>.json      user-defined networks (see [`crate::network`])
 //! ```
 
 use std::fs;
@@ -51,6 +53,13 @@ pub struct Meta {
     /// A raw `org.tether.bench` virtio port on `bench.sock` (benchmarks).
     #[serde(default)]
     pub bench_port: bool,
+    /// Volumes attached as extra disks (or NFS mounts), as at creation: the VM is rebuilt
+    /// from them, and `rm` removes the anonymous ones.
+    #[serde(default)]
+    pub volumes: Vec<crate::volume::AttachedVolume>,
+    /// NICs, in slot order (the first is the default network).
+    #[serde(default)]
+    pub nics: Vec<crate::network::AttachedNic>,
 }
 
 /// State directory errors.

@@ -19,11 +19,13 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::artifacts;
-use crate::config::{self, ContainerSpec};
+use crate::config::{self, ComposeError, ContainerSpec};
 use crate::control;
 use crate::image::{self, ImageError};
+use crate::network::{self, AttachedNic, NetworkError, NetworkRequest, NetworkStore};
 use crate::portlayer::PortLayer;
 use crate::state::{self, Meta, State, StateError};
+use crate::volume::{self, AttachedVolume, VolumeError, VolumeSpec, VolumeStore};
 
 /// Port names, shared with the tether.
 pub use backchannel::ports as port;
@@ -59,6 +61,15 @@ pub enum VmError {
     /// a bad option value
     #[error("{0}")]
     Usage(String),
+    /// volume problem
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    /// network problem
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    /// mounts and networks that do not fit together
+    #[error(transparent)]
+    Compose(#[from] ComposeError),
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> VmError + 'a {
@@ -133,6 +144,12 @@ pub struct RunOptions {
     /// Raw extraConfig entries set after the composed config (tests use it to inject
     /// malformed keys).
     pub extra_config: Vec<(String, String)>,
+    /// `-v` volumes. Volumes the image declares are added to these.
+    pub volumes: Vec<VolumeSpec>,
+    /// Networks, static address, published ports, NIC model. The default here is no NIC
+    /// (what the tests and benchmarks have always booted); `vch run` asks for `bridge`
+    /// unless told `--network none`.
+    pub network: NetworkRequest,
 }
 
 impl RunOptions {
@@ -154,6 +171,8 @@ impl RunOptions {
             iso: None,
             bench_port: false,
             extra_config: Vec::new(),
+            volumes: Vec::new(),
+            network: NetworkRequest::default(),
         }
     }
 }
@@ -245,21 +264,69 @@ pub fn create(state: &State, mut opts: RunOptions) -> Result<Created, VmError> {
         opts.spec.name = opts.spec.id.chars().take(12).collect();
     }
     state.check_name(&opts.spec.name)?;
+
+    // Everything the user asked for is checked before anything is made.
+    let cache = artifacts::cache_dir();
+    image::rootfs(&opts.image, &cache)?;
+    let volumes = VolumeStore::new(state.root());
+    let in_use = |name: &str| volume_user(state, name);
+    let plan = volume::plan(
+        &volumes,
+        &opts.volumes,
+        &volume::image_volumes(&opts.image)?,
+        &in_use,
+    )?;
+    let nics = network::attach(
+        &NetworkStore::new(state.root()),
+        &opts.network,
+        &opts.spec.id,
+    )?;
+    if let (Some(name), true) = (plan.local_nfs(), nics.is_empty()) {
+        return Err(ComposeError::NfsNeedsNetwork(name.to_owned()).into());
+    }
+
     let dir = state.vm_dir(&opts.spec.id);
     fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-    match prepare(state, &opts, &dir) {
+    let attached = match volume::realize(&volumes, &plan) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e.into());
+        }
+    };
+    match prepare(state, &opts, &dir, attached.clone(), nics) {
         Ok(meta) => Ok(Created { meta, dir }),
         Err(e) => {
             // Nothing was started: leave no half-made container behind.
             let _ = fs::remove_dir_all(&dir);
+            volume::release(&volumes, &attached);
             Err(e)
         }
     }
 }
 
-fn prepare(state: &State, opts: &RunOptions, dir: &Path) -> Result<Meta, VmError> {
+/// The running container that has the disk volume `name` attached, if any.
+pub fn volume_user(state: &State, name: &str) -> Option<String> {
+    state
+        .list()
+        .into_iter()
+        .find(|m| {
+            m.qemu_pid.map(state::pid_alive).unwrap_or(false)
+                && m.volumes.iter().any(|v| v.volume.name == name)
+        })
+        .map(|m| m.name)
+}
+
+fn prepare(
+    state: &State,
+    opts: &RunOptions,
+    dir: &Path,
+    volumes: Vec<AttachedVolume>,
+    nics: Vec<AttachedNic>,
+) -> Result<Meta, VmError> {
     let disk = image::container_disk(&opts.image, &artifacts::cache_dir(), dir, opts.disk_mb)?;
     let mut cfg = config::compose(&opts.spec);
+    config::add_attachments(&mut cfg, &volumes, &nics)?;
     cfg.key = crate::keys::host_key(opts.vic_compat).map_err(|e| VmError::Config(e.to_string()))?;
     cfg.tether.log_format = opts.log_format.clone();
     if !opts.vic_compat {
@@ -299,6 +366,8 @@ fn prepare(state: &State, opts: &RunOptions, dir: &Path) -> Result<Meta, VmError
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         bench_port: opts.bench_port,
+        volumes,
+        nics,
     };
     state.save(&meta)?;
     Ok(meta)
@@ -386,7 +455,8 @@ pub async fn keep(
         }
     };
 
-    let mut cmd = qemu_command(&dir, &iso, &meta, &backchannel, attach_port);
+    let nic_args = nic_args(&meta)?;
+    let mut cmd = qemu_command(&dir, &iso, &meta, &backchannel, attach_port, &nic_args);
     let started_at = tokio::time::Instant::now();
     let mut child = cmd.spawn().map_err(|e| VmError::Qemu(qemu_binary(), e))?;
     meta.qemu_pid = child.id();
@@ -549,12 +619,24 @@ pub fn qemu_binary() -> String {
     std::env::var("QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into())
 }
 
+/// QEMU arguments for a VM's NICs (see [`network`] for the layout).
+pub fn nic_args(meta: &Meta) -> Result<Vec<String>, NetworkError> {
+    let devices = meta
+        .nics
+        .iter()
+        .enumerate()
+        .map(|(i, n)| n.device(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(network::qemu_nic_args(&devices))
+}
+
 fn qemu_command(
     dir: &Path,
     iso: &Path,
     meta: &Meta,
     backchannel: &Backchannel,
     attach_port: Option<u16>,
+    nic_args: &[String],
 ) -> tokio::process::Command {
     let d = |name: &str| dir.join(name).display().to_string();
     let mut cmd = tokio::process::Command::new(qemu_binary());
@@ -569,6 +651,8 @@ fn qemu_command(
         "-no-reboot",
     ])
     .args(["-m", &meta.memory_mb.to_string(), "-smp", "1"])
+    // The NICs' root ports take fixed root-bus slots: before any device QEMU places itself.
+    .args(nic_args)
     .args(["-device", "virtio-rng-pci"])
     .args([
         "-drive",
@@ -587,6 +671,21 @@ fn qemu_command(
         ),
     ])
     .args(["-device", "virtio-blk-pci,drive=root"]);
+    // Volumes: one virtio disk each, like the port layer's independent-persistent disks. The
+    // guest finds them by label; writeback caching is safe because the guest flushes
+    // (ext4 journal commits, unmount at shutdown) and QEMU writes its cache out at exit.
+    for (i, v) in meta.volumes.iter().enumerate() {
+        if let Some(disk) = &v.disk {
+            cmd.args([
+                "-drive",
+                &format!(
+                    "file={},format=raw,if=none,id=vol{i},cache=writeback",
+                    disk.display()
+                ),
+            ])
+            .args(["-device", &format!("virtio-blk-pci,drive=vol{i}")]);
+        }
+    }
     // The back-channel's chardev: QEMU dials the port layer and redials after a drop, as
     // a vSphere network serial port does.
     let attach_chardev = match (backchannel, attach_port) {

@@ -9,8 +9,10 @@ use std::io::Write;
 
 use iolog::Stream;
 use qemu_harness::config::ContainerSpec;
+use qemu_harness::network::{self, NetworkRequest, NetworkStore};
 use qemu_harness::state::{self, State};
 use qemu_harness::vm::{self, Passthrough, RunOptions};
+use qemu_harness::volume::{self, VolumeStore};
 use qemu_harness::{client, control, logs};
 
 #[derive(Debug, Parser)]
@@ -75,6 +77,25 @@ enum Cmd {
         /// VM memory in MiB
         #[arg(long, default_value_t = 256)]
         memory: u32,
+        /// Mount a volume: NAME:/PATH[:ro|rw][,nocopy] (created if missing), or /PATH for a
+        /// new anonymous volume
+        #[arg(short = 'v', long = "volume", value_name = "SPEC")]
+        volumes: Vec<String>,
+        /// Connect to a network (repeatable; the first carries the default route); "none"
+        /// for no NIC [default: bridge]
+        #[arg(long = "network", alias = "net", value_name = "NAME")]
+        networks: Vec<String>,
+        /// Static IPv4 address on the first network (default: DHCP)
+        #[arg(long)]
+        ip: Option<std::net::Ipv4Addr>,
+        /// Publish a container port on this machine: [IP:]HOSTPORT:CONTAINERPORT[/tcp|udp]
+        /// (IP defaults to 127.0.0.1)
+        #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+        publish: Vec<String>,
+        /// NIC model: vmxnet3 (vSphere's; the tether finds it at <device>/net/) or virtio
+        /// (its interface is one level deeper, <device>/virtioN/net/)
+        #[arg(long = "nic-model", default_value = "vmxnet3")]
+        nic_model: String,
         /// A root filesystem directory, or "busybox"
         image: String,
         /// Command and arguments
@@ -166,11 +187,100 @@ enum Cmd {
         #[arg(short = 'q', long)]
         quiet: bool,
     },
-    /// Remove one or more containers
+    /// Remove one or more containers (and their anonymous volumes)
     Rm {
         /// Force the removal of a running container
         #[arg(short = 'f', long)]
         force: bool,
+        names: Vec<String>,
+    },
+    /// Manage volumes
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// Manage networks
+    #[command(subcommand)]
+    Network(NetworkCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum VolumeCmd {
+    /// Create a volume: an ext4 disk, or an NFS export with --nfs
+    Create {
+        /// Disk size: a number with K, M, G or T (a bare number is MiB) [default: 1G]
+        #[arg(long)]
+        size: Option<String>,
+        /// ext4 label (at most 16 characters) [default: the port layer's, from the name]
+        #[arg(long)]
+        label: Option<String>,
+        /// An NFS export HOST:/PATH instead of a disk (localhost = this machine)
+        #[arg(long, value_name = "HOST:/PATH")]
+        nfs: Option<String>,
+        /// NFS mount options [default: the VIC port layer's NFSv3 options]
+        #[arg(long = "nfs-opts", value_name = "OPTIONS")]
+        nfs_opts: Option<String>,
+        name: String,
+    },
+    /// List volumes
+    Ls {
+        /// Only display volume names
+        #[arg(short = 'q', long)]
+        quiet: bool,
+    },
+    /// Remove volumes (never one a running container uses)
+    Rm {
+        /// Also remove volumes that stopped containers refer to
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Show volumes as JSON
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NetworkCmd {
+    /// Create a network (one QEMU user-mode network per container NIC)
+    Create {
+        /// Subnet in CIDR form [default: the next free /16 of 172.16.0.0/12]
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Gateway (the address of this machine as containers see it) [default: the
+        /// subnet's first address]
+        #[arg(long)]
+        gateway: Option<std::net::Ipv4Addr>,
+        /// Nameserver for containers (repeatable) [default: ask DHCP]
+        #[arg(long)]
+        dns: Vec<std::net::Ipv4Addr>,
+        /// Route CIDR via this network's gateway when it is not the default one (repeatable)
+        #[arg(long)]
+        route: Vec<String>,
+        /// Network type as the tether sees it: bridge or external (a VIC container network)
+        #[arg(long = "type", default_value = "bridge")]
+        kind: String,
+        /// Firewall trust level of an external network: published (default), open, closed,
+        /// outbound, peers
+        #[arg(long)]
+        trust: Option<String>,
+        name: String,
+    },
+    /// List networks
+    Ls {
+        /// Only display network names
+        #[arg(short = 'q', long)]
+        quiet: bool,
+    },
+    /// Remove networks (never one a running container uses)
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Show networks as JSON
+    Inspect {
+        #[arg(required = true)]
         names: Vec<String>,
     },
 }
@@ -205,10 +315,33 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             log_format,
             timeout,
             memory,
+            volumes,
+            networks,
+            ip,
+            publish,
+            nic_model,
             image,
             command,
         } => {
             let mut opts = RunOptions::new(&image, &[]);
+            // Every -v and -p is checked before anything is made.
+            opts.volumes = volumes
+                .iter()
+                .map(|v| volume::parse_volume_spec(v))
+                .collect::<Result<_, _>>()?;
+            opts.network = NetworkRequest {
+                networks: match networks.as_slice() {
+                    [] => vec![network::BRIDGE.to_owned()],
+                    [only] if only == network::NONE => Vec::new(),
+                    _ => networks,
+                },
+                ip,
+                ports: publish
+                    .iter()
+                    .map(|p| network::parse_port_spec(p))
+                    .collect::<Result<_, _>>()?,
+                model: nic_model.parse()?,
+            };
             opts.spec = ContainerSpec {
                 name: name.unwrap_or_default(),
                 command,
@@ -447,6 +580,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 "Image": meta.image,
                 "Created": meta.created,
                 "State": state_text(&meta, &cfg),
+                "Mounts": mounts_json(&meta),
+                "NetworkSettings": network_settings(&meta, &cfg),
                 "Config": cfg,
             });
             println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -488,6 +623,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Volume(cmd) => volume_cmd(&state, cmd),
+        Cmd::Network(cmd) => network_cmd(&state, cmd),
         Cmd::Rm { force, names } => {
             let mut failed = false;
             for n in names {
@@ -501,6 +638,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                         wait_stopped(&state, &meta.id, Duration::from_secs(10));
                     }
                     state.remove(&meta.id)?;
+                    // Anonymous volumes belong to the container (docker's `rm -v`).
+                    volume::release(&VolumeStore::new(state.root()), &meta.volumes);
                     println!("{n}");
                     Ok(())
                 })();
@@ -516,6 +655,317 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             })
         }
     }
+}
+
+fn volume_cmd(state: &State, cmd: VolumeCmd) -> Result<ExitCode> {
+    let store = VolumeStore::new(state.root());
+    match cmd {
+        VolumeCmd::Create {
+            size,
+            label,
+            nfs,
+            nfs_opts,
+            name,
+        } => {
+            let v = store.create(&volume::CreateVolume {
+                name,
+                size: size.as_deref().map(volume::parse_size).transpose()?,
+                label,
+                nfs,
+                nfs_options: nfs_opts,
+                anonymous: false,
+            })?;
+            println!("{}", v.name);
+            Ok(ExitCode::SUCCESS)
+        }
+        VolumeCmd::Ls { quiet } => {
+            let all = store.list();
+            if quiet {
+                all.iter().for_each(|v| println!("{}", v.name));
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("{:<10}{:<24}{:<8}SOURCE", "DRIVER", "VOLUME NAME", "SIZE");
+            for v in all {
+                let (size, source) = match &v.backing {
+                    volume::Backing::Disk { label, size } => {
+                        (volume::format_size(*size), format!("label={label}"))
+                    }
+                    volume::Backing::Nfs { host, path, .. } => {
+                        ("-".to_owned(), format!("{host}:{path}"))
+                    }
+                };
+                println!("{:<10}{:<24}{:<8}{source}", v.driver(), v.name, size);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        VolumeCmd::Rm { force, names } => each_name(&names, |name| {
+            store.get(name)?;
+            let users: Vec<state::Meta> = state
+                .list()
+                .into_iter()
+                .filter(|m| m.volumes.iter().any(|v| v.volume.name == name))
+                .collect();
+            let list = |ms: &[&state::Meta]| {
+                ms.iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let running: Vec<&state::Meta> = users.iter().filter(|m| is_running(m)).collect();
+            if !running.is_empty() {
+                bail!(volume::VolumeError::InUse {
+                    name: name.into(),
+                    containers: format!("{} (running)", list(&running)),
+                });
+            }
+            if !force && !users.is_empty() {
+                let all: Vec<&state::Meta> = users.iter().collect();
+                bail!(volume::VolumeError::InUse {
+                    name: name.into(),
+                    containers: format!("{} (stopped; rm -f removes it anyway)", list(&all)),
+                });
+            }
+            store.remove(name)?;
+            Ok(())
+        }),
+        VolumeCmd::Inspect { names } => {
+            let mut out = Vec::new();
+            for n in &names {
+                let v = store.get(n)?;
+                out.push(serde_json::json!({
+                    "Name": v.name,
+                    "Driver": v.driver(),
+                    "Mountpoint": match v.backing {
+                        volume::Backing::Disk { .. } => store.disk_path(&v.name).display().to_string(),
+                        volume::Backing::Nfs { ref host, ref path, .. } => format!("{host}:{path}"),
+                    },
+                    "CreatedAt": v.created,
+                    "Anonymous": v.anonymous,
+                    "Options": v.backing,
+                    "UsedBy": state.list().into_iter()
+                        .filter(|m| m.volumes.iter().any(|a| a.volume.name == v.name))
+                        .map(|m| m.name).collect::<Vec<_>>(),
+                }));
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn network_cmd(state: &State, cmd: NetworkCmd) -> Result<ExitCode> {
+    let store = NetworkStore::new(state.root());
+    match cmd {
+        NetworkCmd::Create {
+            subnet,
+            gateway,
+            dns,
+            route,
+            kind,
+            trust,
+            name,
+        } => {
+            let n = store.create(&network::CreateNetwork {
+                name,
+                kind: kind.parse()?,
+                subnet: subnet.as_deref().map(str::parse).transpose()?,
+                gateway,
+                dns,
+                routes: route
+                    .iter()
+                    .map(|r| r.parse())
+                    .collect::<Result<_, network::NetworkError>>()?,
+                trust: trust.as_deref().map(network::parse_trust).transpose()?,
+            })?;
+            println!("{}", n.name);
+            Ok(ExitCode::SUCCESS)
+        }
+        NetworkCmd::Ls { quiet } => {
+            let all = store.list();
+            if quiet {
+                all.iter().for_each(|n| println!("{}", n.name));
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<16}{:<10}{:<20}{:<16}DNS",
+                "NAME", "TYPE", "SUBNET", "GATEWAY"
+            );
+            for n in all {
+                let dns = if n.dns.is_empty() {
+                    "(DHCP)".to_owned()
+                } else {
+                    n.dns
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                println!(
+                    "{:<16}{:<10}{:<20}{:<16}{dns}",
+                    n.name,
+                    n.kind.as_str(),
+                    n.subnet.to_string(),
+                    n.gateway.to_string()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        NetworkCmd::Rm { names } => each_name(&names, |name| {
+            let n = store.get(name)?;
+            if n.is_builtin() {
+                bail!(network::NetworkError::Builtin(name.into()));
+            }
+            let running: Vec<String> = state
+                .list()
+                .into_iter()
+                .filter(|m| is_running(m) && m.nics.iter().any(|n| n.network.name == name))
+                .map(|m| m.name)
+                .collect();
+            if !running.is_empty() {
+                bail!(network::NetworkError::InUse {
+                    name: name.into(),
+                    containers: running.join(", "),
+                });
+            }
+            store.remove(name)?;
+            Ok(())
+        }),
+        NetworkCmd::Inspect { names } => {
+            let mut out = Vec::new();
+            for name in &names {
+                let n = store.get(name)?;
+                out.push(serde_json::json!({
+                    "Name": n.name,
+                    "Type": n.kind.as_str(),
+                    "Subnet": n.subnet.to_string(),
+                    "Gateway": n.gateway,
+                    "DNS": n.dns,
+                    "Routes": n.routes.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                    "TrustLevel": n.trust,
+                    "Builtin": n.is_builtin(),
+                    // How QEMU's user networking realises it.
+                    "Slirp": {
+                        "Host": n.gateway,
+                        "DNS": n.slirp_dns(),
+                        "DHCPStart": n.dhcp_start(),
+                    },
+                    "Containers": state.list().into_iter()
+                        .filter(|m| m.nics.iter().any(|c| c.network.name == n.name))
+                        .map(|m| m.name).collect::<Vec<_>>(),
+                }));
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Runs `f` for each name, printing the name on success and the error otherwise.
+fn each_name(names: &[String], mut f: impl FnMut(&str) -> Result<()>) -> Result<ExitCode> {
+    let mut failed = false;
+    for n in names {
+        match f(n) {
+            Ok(()) => println!("{n}"),
+            Err(e) => {
+                eprintln!("vch: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `Mounts` of `vch inspect`, docker-style.
+fn mounts_json(meta: &state::Meta) -> serde_json::Value {
+    let mounts: Vec<serde_json::Value> = meta
+        .volumes
+        .iter()
+        .map(|v| {
+            let source = match (&v.disk, &v.volume.backing) {
+                (Some(d), _) => d.display().to_string(),
+                (None, volume::Backing::Nfs { host, path, .. }) => format!("{host}:{path}"),
+                (None, _) => String::new(),
+            };
+            serde_json::json!({
+                "Type": "volume",
+                "Name": v.volume.name,
+                "Driver": v.volume.driver(),
+                "Source": source,
+                "Destination": v.dest,
+                "Mode": if v.read_only { "ro" } else { "rw" },
+                "RW": !v.read_only,
+                "Label": v.volume.label(),
+                "CopyMode": v.copy_mode,
+                "Anonymous": v.volume.anonymous,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(mounts)
+}
+
+/// `NetworkSettings` of `vch inspect`: per network what was asked for (slot, MAC, static
+/// address, ports) and what the tether reports it configured (`assigned`,
+/// `network.assigned.gateway`, `network.assigned.dns`), once it has written them back.
+fn network_settings(meta: &state::Meta, cfg: &guestinfo::ContainerConfig) -> serde_json::Value {
+    // Unset and 0.0.0.0 (what the port layer writes back on unbind) both mean "none yet".
+    let show = |ip: Option<std::net::IpAddr>| match ip.map(|i| i.to_canonical()) {
+        Some(i) if !i.is_unspecified() => i.to_string(),
+        _ => String::new(),
+    };
+    let mut nets = serde_json::Map::new();
+    let mut ports = serde_json::Map::new();
+    for (i, nic) in meta.nics.iter().enumerate() {
+        let ep = cfg.networks.get(&nic.network.name);
+        let assigned = ep.map(|e| e.assigned.clone()).unwrap_or_default();
+        let (gateway, dns) = ep
+            .map(|e| {
+                (
+                    show(e.network.assigned.gateway.ip),
+                    e.network
+                        .assigned
+                        .nameservers
+                        .iter()
+                        .map(|d| d.to_canonical().to_string())
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .unwrap_or_default();
+        nets.insert(
+            nic.network.name.clone(),
+            serde_json::json!({
+                "IPAddress": show(assigned.ip),
+                "IPPrefixLen": if show(assigned.ip).is_empty() {
+                    0
+                } else {
+                    assigned.prefix_len().unwrap_or(0)
+                },
+                "Gateway": gateway,
+                "DNS": dns,
+                "MacAddress": nic.mac,
+                "PciSlot": nic.slot,
+                "StaticIP": nic.ip,
+                "Default": i == 0,
+                "Type": nic.network.kind.as_str(),
+                "Model": nic.model.device(),
+            }),
+        );
+        for p in &nic.ports {
+            for k in 0..p.count {
+                ports.insert(
+                    format!("{}/{}", p.container_port + k, p.proto.as_str()),
+                    serde_json::json!([{
+                        "HostIp": p.host_ip.to_string(),
+                        "HostPort": (p.host_port + k).to_string(),
+                    }]),
+                );
+            }
+        }
+    }
+    serde_json::json!({ "Networks": nets, "Ports": ports })
 }
 
 fn state_text(meta: &state::Meta, cfg: &guestinfo::ContainerConfig) -> String {
