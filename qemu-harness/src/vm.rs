@@ -265,9 +265,12 @@ pub fn create(state: &State, mut opts: RunOptions) -> Result<Created, VmError> {
     }
     state.check_name(&opts.spec.name)?;
 
-    // Everything the user asked for is checked before anything is made.
+    // Everything the user asked for is checked before anything is made: the image, a
+    // config the codec can carry, the volumes and the networks.
     let cache = artifacts::cache_dir();
     image::rootfs(&opts.image, &cache)?;
+    guestinfo::encode(&config::compose(&opts.spec))
+        .map_err(|e| VmError::Config(format!("encoding the config failed: {e}")))?;
     let volumes = VolumeStore::new(state.root());
     let in_use = |name: &str| volume_user(state, name);
     let plan = volume::plan(

@@ -396,3 +396,92 @@ impl Drop for NfsServer {
         let _ = self.child.wait();
     }
 }
+
+impl Vch {
+    /// The image file of a disk volume in this state directory.
+    pub fn volume_disk(&self, name: &str) -> PathBuf {
+        qemu_harness::volume::VolumeStore::new(self.dir.path()).disk_path(name)
+    }
+
+    /// A file of a disk volume as the container sees it (under the volume's
+    /// `.vic.vol.data`), read from the image without mounting it; `None` if absent.
+    /// The VM must have powered off (the image is written back when QEMU exits).
+    pub fn volume_file(&self, name: &str, path: &str) -> Option<Vec<u8>> {
+        read_volume_file(&self.volume_disk(name), path)
+    }
+}
+
+/// Reads `path` (relative to the volume's root as mounted in a container, i.e. under
+/// `.vic.vol.data`) from a volume image with debugfs; `None` if the file does not exist.
+pub fn read_volume_file(disk: &Path, path: &str) -> Option<Vec<u8>> {
+    let inside = format!(
+        "/{}/{}",
+        qemu_harness::volume::DATA_DIR,
+        path.trim_start_matches('/')
+    );
+    let exists = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("stat \"{inside}\""))
+        .arg(disk)
+        .output()
+        .expect("debugfs (e2fsprogs) must be installed");
+    if !String::from_utf8_lossy(&exists.stdout).contains("Inode:") {
+        return None;
+    }
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat \"{inside}\""))
+        .arg(disk)
+        .output()
+        .expect("debugfs (e2fsprogs) must be installed");
+    Some(out.stdout)
+}
+
+/// Writes a file into a volume image (under `.vic.vol.data`) with debugfs, without
+/// mounting it: seeds a volume before a container uses it. The volume must not be attached
+/// to a running VM. Parent directories must exist.
+pub fn write_volume_file(disk: &Path, path: &str, contents: &[u8]) {
+    let tmp = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(tmp.path(), contents).expect("write temp file");
+    let inside = format!(
+        "/{}/{}",
+        qemu_harness::volume::DATA_DIR,
+        path.trim_start_matches('/')
+    );
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-R")
+        .arg(format!("write {} \"{inside}\"", tmp.path().display()))
+        .arg(disk)
+        .output()
+        .expect("debugfs (e2fsprogs) must be installed");
+    assert!(
+        out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("rror"),
+        "debugfs write {inside}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_files_without_a_vm() {
+        let vch = Vch::new();
+        let store = qemu_harness::volume::VolumeStore::new(vch.dir.path());
+        store
+            .create(&qemu_harness::volume::CreateVolume {
+                name: "seeded".into(),
+                size: Some(16 << 20),
+                ..Default::default()
+            })
+            .expect("create volume");
+        assert_eq!(vch.volume_file("seeded", "a.txt"), None);
+        write_volume_file(&vch.volume_disk("seeded"), "a.txt", b"hello\n");
+        assert_eq!(
+            vch.volume_file("seeded", "/a.txt").as_deref(),
+            Some(&b"hello\n"[..])
+        );
+    }
+}

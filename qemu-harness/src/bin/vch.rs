@@ -13,7 +13,7 @@ use qemu_harness::network::{self, NetworkRequest, NetworkStore};
 use qemu_harness::state::{self, State};
 use qemu_harness::vm::{self, Passthrough, RunOptions};
 use qemu_harness::volume::{self, VolumeStore};
-use qemu_harness::{client, control, logs};
+use qemu_harness::{client, control, inspect, logs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -580,8 +580,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 "Image": meta.image,
                 "Created": meta.created,
                 "State": state_text(&meta, &cfg),
-                "Mounts": mounts_json(&meta),
-                "NetworkSettings": network_settings(&meta, &cfg),
+                "Mounts": inspect::mounts(&meta),
+                "NetworkSettings": inspect::network_settings(&meta, &cfg),
                 "Config": cfg,
             });
             println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -684,7 +684,13 @@ fn volume_cmd(state: &State, cmd: VolumeCmd) -> Result<ExitCode> {
                 all.iter().for_each(|v| println!("{}", v.name));
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("{:<10}{:<24}{:<8}SOURCE", "DRIVER", "VOLUME NAME", "SIZE");
+            let w = all
+                .iter()
+                .map(|v| v.name.len() + 2)
+                .max()
+                .unwrap_or(0)
+                .max(24);
+            println!("{:<10}{:<w$}{:<8}SOURCE", "DRIVER", "VOLUME NAME", "SIZE");
             for v in all {
                 let (size, source) = match &v.backing {
                     volume::Backing::Disk { label, size } => {
@@ -694,7 +700,7 @@ fn volume_cmd(state: &State, cmd: VolumeCmd) -> Result<ExitCode> {
                         ("-".to_owned(), format!("{host}:{path}"))
                     }
                 };
-                println!("{:<10}{:<24}{:<8}{source}", v.driver(), v.name, size);
+                println!("{:<10}{:<w$}{:<8}{source}", v.driver(), v.name, size);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -877,95 +883,6 @@ fn each_name(names: &[String], mut f: impl FnMut(&str) -> Result<()>) -> Result<
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// `Mounts` of `vch inspect`, docker-style.
-fn mounts_json(meta: &state::Meta) -> serde_json::Value {
-    let mounts: Vec<serde_json::Value> = meta
-        .volumes
-        .iter()
-        .map(|v| {
-            let source = match (&v.disk, &v.volume.backing) {
-                (Some(d), _) => d.display().to_string(),
-                (None, volume::Backing::Nfs { host, path, .. }) => format!("{host}:{path}"),
-                (None, _) => String::new(),
-            };
-            serde_json::json!({
-                "Type": "volume",
-                "Name": v.volume.name,
-                "Driver": v.volume.driver(),
-                "Source": source,
-                "Destination": v.dest,
-                "Mode": if v.read_only { "ro" } else { "rw" },
-                "RW": !v.read_only,
-                "Label": v.volume.label(),
-                "CopyMode": v.copy_mode,
-                "Anonymous": v.volume.anonymous,
-            })
-        })
-        .collect();
-    serde_json::Value::Array(mounts)
-}
-
-/// `NetworkSettings` of `vch inspect`: per network what was asked for (slot, MAC, static
-/// address, ports) and what the tether reports it configured (`assigned`,
-/// `network.assigned.gateway`, `network.assigned.dns`), once it has written them back.
-fn network_settings(meta: &state::Meta, cfg: &guestinfo::ContainerConfig) -> serde_json::Value {
-    // Unset and 0.0.0.0 (what the port layer writes back on unbind) both mean "none yet".
-    let show = |ip: Option<std::net::IpAddr>| match ip.map(|i| i.to_canonical()) {
-        Some(i) if !i.is_unspecified() => i.to_string(),
-        _ => String::new(),
-    };
-    let mut nets = serde_json::Map::new();
-    let mut ports = serde_json::Map::new();
-    for (i, nic) in meta.nics.iter().enumerate() {
-        let ep = cfg.networks.get(&nic.network.name);
-        let assigned = ep.map(|e| e.assigned.clone()).unwrap_or_default();
-        let (gateway, dns) = ep
-            .map(|e| {
-                (
-                    show(e.network.assigned.gateway.ip),
-                    e.network
-                        .assigned
-                        .nameservers
-                        .iter()
-                        .map(|d| d.to_canonical().to_string())
-                        .collect::<Vec<_>>(),
-                )
-            })
-            .unwrap_or_default();
-        nets.insert(
-            nic.network.name.clone(),
-            serde_json::json!({
-                "IPAddress": show(assigned.ip),
-                "IPPrefixLen": if show(assigned.ip).is_empty() {
-                    0
-                } else {
-                    assigned.prefix_len().unwrap_or(0)
-                },
-                "Gateway": gateway,
-                "DNS": dns,
-                "MacAddress": nic.mac,
-                "PciSlot": nic.slot,
-                "StaticIP": nic.ip,
-                "Default": i == 0,
-                "Type": nic.network.kind.as_str(),
-                "Model": nic.model.device(),
-            }),
-        );
-        for p in &nic.ports {
-            for k in 0..p.count {
-                ports.insert(
-                    format!("{}/{}", p.container_port + k, p.proto.as_str()),
-                    serde_json::json!([{
-                        "HostIp": p.host_ip.to_string(),
-                        "HostPort": (p.host_port + k).to_string(),
-                    }]),
-                );
-            }
-        }
-    }
-    serde_json::json!({ "Networks": nets, "Ports": ports })
 }
 
 fn state_text(meta: &state::Meta, cfg: &guestinfo::ContainerConfig) -> String {
