@@ -247,7 +247,7 @@ pub fn parse_size(text: &str) -> Result<u64, VolumeError> {
 /// Formats a byte count the way [`parse_size`] reads it (largest exact unit).
 pub fn format_size(bytes: u64) -> String {
     for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes & ((1 << shift) - 1) == 0 {
             return format!("{}{unit}", bytes >> shift);
         }
     }
