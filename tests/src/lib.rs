@@ -485,3 +485,71 @@ mod tests {
         );
     }
 }
+
+/// A directory image: a copy of the built-in busybox image plus `files` (path inside the
+/// image ⇒ contents), with `dirs` (path ⇒ uid, gid, mode) created or re-owned. Lives as long
+/// as the returned guard.
+pub fn busybox_image_with(
+    files: &[(&str, &[u8])],
+    dirs: &[(&str, u32, u32, u32)],
+) -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let base = qemu_harness::image::rootfs("busybox", &qemu_harness::artifacts::cache_dir())
+        .expect("busybox image");
+    let tmp = tempfile::Builder::new()
+        .prefix("e2e-image")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    let root = tmp.path().join("rootfs");
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(&base)
+        .arg(&root)
+        .status()
+        .expect("cp")
+        .success();
+    assert!(ok, "copy busybox image");
+    for (path, uid, gid, mode) in dirs {
+        let p = root.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(&p).expect("mkdir in image");
+        std::os::unix::fs::chown(&p, Some(*uid), Some(*gid)).expect("chown in image");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).expect("chmod");
+    }
+    for (path, contents) in files {
+        let p = root.join(path.trim_start_matches('/'));
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir in image");
+        }
+        std::fs::write(&p, contents).expect("write in image");
+    }
+    (tmp, root)
+}
+
+/// `e2fsck -fn` on a volume image: (clean, report). Clean means no errors and no journal
+/// left to replay, i.e. the guest unmounted it before power-off.
+pub fn fsck_clean(disk: &Path) -> (bool, String) {
+    let out = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(disk)
+        .output()
+        .expect("e2fsck (e2fsprogs) must be installed");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state = Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(disk)
+        .output()
+        .expect("dumpe2fs");
+    let header = String::from_utf8_lossy(&state.stdout).into_owned();
+    let clean_state = header
+        .lines()
+        .any(|l| l.starts_with("Filesystem state:") && l.trim_end().ends_with("clean"))
+        && !header.contains("needs_recovery");
+    (
+        out.status.success() && clean_state,
+        format!("{report}\n{header}"),
+    )
+}
