@@ -462,29 +462,6 @@ pub fn write_volume_file(disk: &Path, path: &str, contents: &[u8]) {
     );
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn volume_files_without_a_vm() {
-        let vch = Vch::new();
-        let store = qemu_harness::volume::VolumeStore::new(vch.dir.path());
-        store
-            .create(&qemu_harness::volume::CreateVolume {
-                name: "seeded".into(),
-                size: Some(16 << 20),
-                ..Default::default()
-            })
-            .expect("create volume");
-        assert_eq!(vch.volume_file("seeded", "a.txt"), None);
-        write_volume_file(&vch.volume_disk("seeded"), "a.txt", b"hello\n");
-        assert_eq!(
-            vch.volume_file("seeded", "/a.txt").as_deref(),
-            Some(&b"hello\n"[..])
-        );
-    }
-}
 
 /// A directory image: a copy of the built-in busybox image plus `files` (path inside the
 /// image ⇒ contents), with `dirs` (path ⇒ uid, gid, mode) created or re-owned. Lives as long
@@ -552,4 +529,28 @@ pub fn fsck_clean(disk: &Path) -> (bool, String) {
         out.status.success() && clean_state,
         format!("{report}\n{header}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_files_without_a_vm() {
+        let vch = Vch::new();
+        let store = qemu_harness::volume::VolumeStore::new(vch.dir.path());
+        store
+            .create(&qemu_harness::volume::CreateVolume {
+                name: "seeded".into(),
+                size: Some(16 << 20),
+                ..Default::default()
+            })
+            .expect("create volume");
+        assert_eq!(vch.volume_file("seeded", "a.txt"), None);
+        write_volume_file(&vch.volume_disk("seeded"), "a.txt", b"hello\n");
+        assert_eq!(
+            vch.volume_file("seeded", "/a.txt").as_deref(),
+            Some(&b"hello\n"[..])
+        );
+    }
 }
