@@ -47,6 +47,10 @@
 //! port; the NICs carry no option ROM (SeaBIOS would spend boot time on iPXE). The NIC
 //! devices are put on QEMU's command line first, so the devices QEMU places itself (disks,
 //! serial ports) never take these slots.
+//!
+//! The tether takes the NIC's interface from `<device>/net/*`. That is where `vmxnet3` (the
+//! default, vSphere's NIC) puts it; `virtio-net-pci` puts it one level deeper, under the
+//! virtio device (`<device>/virtioN/net/ethN`).
 
 use std::fmt;
 use std::fs;
@@ -566,7 +570,9 @@ impl NetworkStore {
                 .unwrap_or(0),
         };
         net.validate()?;
-        if net.slirp_dns() == net.dhcp_start() {
+        // The container's address must remain a host address once the gateway and the DNS
+        // forwarder have theirs.
+        if !net.subnet.is_host(net.dhcp_start()) {
             return Err(invalid(format!("subnet {subnet} is too small")));
         }
         fs::create_dir_all(&self.root).map_err(|source| NetworkError::Io {

@@ -416,7 +416,21 @@ impl VolumeStore {
                 .unwrap_or(0),
         };
         let dir = self.dir(&name);
-        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        fs::create_dir_all(&self.root).map_err(io_err("create", &self.root))?;
+        // Making the folder claims the name: of two concurrent creates, one wins.
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(VolumeError::Exists(name));
+            }
+            Err(source) => {
+                return Err(VolumeError::Io {
+                    what: "create",
+                    path: dir,
+                    source,
+                })
+            }
+        }
         let made = (|| {
             if let Backing::Disk { label, size } = &volume.backing {
                 make_volume_disk(&dir, &self.disk_path(&name), label, *size)
@@ -764,10 +778,14 @@ pub fn realize(store: &VolumeStore, plan: &MountPlan) -> Result<Vec<AttachedVolu
     for (planned, spec) in &plan.mounts {
         let made = match planned {
             Planned::Existing(v) => Ok(v.clone()),
-            Planned::CreateNamed(name) => store.create(&CreateVolume {
+            Planned::CreateNamed(name) => match store.create(&CreateVolume {
                 name: name.clone(),
                 ..Default::default()
-            }),
+            }) {
+                // Another run made it meanwhile: use it, as docker does.
+                Err(VolumeError::Exists(_)) => store.get(name),
+                other => other,
+            },
             Planned::Anonymous => store.create(&CreateVolume {
                 anonymous: true,
                 ..Default::default()

@@ -75,6 +75,8 @@ fn boot(state: &State, runs: usize) -> Result<()> {
         let with_tether = i % 2 == 0;
         let mut opts = RunOptions::new("busybox", &["echo", "hello"]);
         opts.timeout = Duration::from_secs(60);
+        // No NIC (`--network none`), as these figures were always taken.
+        opts.network = qemu_harness::network::NetworkRequest::default();
         if !with_tether {
             opts.iso = Some(bare.clone());
         }
