@@ -94,7 +94,11 @@ struct Server {
 impl Server {
     fn start(tag: &str, dir: &Path) -> Server {
         let ns = format!("tether-test-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        // A namespace left by an interrupted run.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &ns])
+            .stderr(Stdio::null())
+            .status();
         sh(&format!("ip netns add {ns}"));
         let mut s = Server {
             ns: ns.clone(),
