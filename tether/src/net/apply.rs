@@ -63,6 +63,13 @@ pub struct Leases {
 }
 
 impl Leases {
+    pub(crate) fn from_parts(leases: Vec<NicLease>, paths: Paths) -> Leases {
+        Leases {
+            inner: Arc::new(Mutex::new(leases)),
+            paths: Arc::new(paths),
+        }
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, Vec<NicLease>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -114,10 +121,7 @@ pub fn apply_with(
     if !order.is_empty() {
         publish_names(cfg, &paths)?;
     }
-    Ok(Leases {
-        inner: Arc::new(Mutex::new(ctx.leases)),
-        paths: Arc::new(paths),
-    })
+    Ok(Leases::from_parts(ctx.leases, paths))
 }
 
 /// Internal networks first, then the others; by name within each group.

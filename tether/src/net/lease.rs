@@ -65,8 +65,17 @@ struct Schedule {
 /// needs renewing). After each successful renewal `on_renew` is called on the runtime
 /// thread; it should pass the renewal to [`record_renewal`] and, if that returns true,
 /// write the whole config back (W5). The DHCP and netlink work runs on the blocking pool.
-pub async fn maintain<F>(leases: Leases, mut on_renew: F)
+pub async fn maintain<F>(leases: Leases, on_renew: F)
 where
+    F: FnMut(Renewal),
+{
+    run(leases, renew_and_reapply, on_renew).await
+}
+
+/// [`maintain`] with the renewal itself as a parameter (tests replace it).
+async fn run<R, F>(leases: Leases, renew: R, mut on_renew: F)
+where
+    R: Fn(&NicLease) -> Result<Lease, String> + Clone + Send + 'static,
     F: FnMut(Renewal),
 {
     let now = Instant::now();
@@ -96,8 +105,8 @@ where
         let Some(nic) = leases.lock().get(i).cloned() else {
             return;
         };
-        let job = nic.clone();
-        let outcome = tokio::task::spawn_blocking(move || renew_and_reapply(&job)).await;
+        let (job, renew) = (nic.clone(), renew.clone());
+        let outcome = tokio::task::spawn_blocking(move || renew(&job)).await;
         let outcome = match outcome {
             Ok(r) => r,
             Err(e) => Err(format!("renewal task failed: {e}")),
@@ -251,25 +260,108 @@ mod tests {
     }
 
     #[test]
-    fn renewal_change_detection() {
+    fn renewal_change_detection_and_recording() {
+        let d = std::env::temp_dir().join(format!("tether-renew-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let paths = Arc::new(Paths {
+            private_etc: d.clone(),
+            etc: None,
+            ..Paths::default()
+        });
         let r = Renewal {
             ifname: "eth0".into(),
             endpoints: vec!["bridge".into()],
             old: lease(3600),
             new: lease(7200),
-            paths: Arc::new(Paths::default()),
+            paths,
         };
         assert!(!r.changed());
         let mut cfg = ContainerConfig::default();
+        let mut ep = guestinfo::config::NetworkEndpoint::default();
+        ep.network.common.name = "bridge".into();
+        apply::publish_endpoint(&mut ep, r.old.addr, 24, Some(&r.old));
+        cfg.networks.insert("bridge".into(), ep);
+        let before = cfg.clone();
         assert!(!record_renewal(&mut cfg, &r).unwrap());
+        assert_eq!(cfg, before);
+
         let moved = Renewal {
             new: Lease {
                 addr: Ipv4Addr::new(192, 0, 2, 11),
+                dns: vec![Ipv4Addr::new(192, 0, 2, 53)],
                 ..lease(3600)
             },
             ..r
         };
         assert!(moved.changed());
+        assert!(record_renewal(&mut cfg, &moved).unwrap());
+        let ep = &cfg.networks["bridge"];
+        assert_eq!(
+            ep.assigned,
+            guestinfo::config::IpNet::new(Ipv4Addr::new(192, 0, 2, 11).into(), 24)
+        );
+        assert_eq!(
+            ep.network.assigned.nameservers,
+            vec![std::net::IpAddr::from(Ipv4Addr::new(192, 0, 2, 53))]
+        );
+        let hosts = std::fs::read_to_string(d.join("hosts")).unwrap();
+        assert!(hosts.ends_with("192.0.2.11 bridge.localhost\n"), "{hosts}");
+        let resolv = std::fs::read_to_string(d.join("resolv.conf")).unwrap();
+        assert!(resolv.starts_with("nameserver 192.0.2.53\n"), "{resolv}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    fn nic(secs: u32) -> NicLease {
+        NicLease {
+            ifname: "eth0".into(),
+            params: dhcp::Params {
+                ifindex: 2,
+                mac: [2, 0, 0, 0, 0, 1],
+                client_id: vec![0xff],
+                hostname: None,
+                want_router: true,
+                want_dns: true,
+            },
+            lease: lease(secs),
+            granted: std::time::Instant::now(),
+            endpoints: vec!["bridge".into(), "other".into()],
+        }
+    }
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn renews_at_half_the_lease_and_reports() {
+        let leases = Leases::from_parts(vec![nic(2), nic(u32::MAX)], Paths::default());
+        // Each renewal moves the address up by one.
+        let renew = |n: &NicLease| {
+            let mut l = n.lease.clone();
+            l.addr = Ipv4Addr::from(u32::from(l.addr) + 1);
+            Ok(l)
+        };
+        let mut seen = Vec::new();
+        let start = Instant::now();
+        let fut = run(leases.clone(), renew, |r| seen.push((start.elapsed(), r)));
+        assert_send(&fut);
+        let _ = tokio::time::timeout(Duration::from_millis(2500), fut).await;
+        // Renewed at 1 s and 2 s (half of the 2 s lease each time); the infinite lease
+        // never.
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(seen[0].0 >= Duration::from_millis(1000), "{seen:?}");
+        assert!(seen[1].0 >= Duration::from_millis(2000), "{seen:?}");
+        let (_, r) = &seen[1];
+        assert_eq!(r.endpoints, ["bridge", "other"]);
+        assert_eq!(r.old.addr, Ipv4Addr::new(192, 0, 2, 11));
+        assert_eq!(r.new.addr, Ipv4Addr::new(192, 0, 2, 12));
+        assert!(r.changed());
+        let now = leases.snapshot();
+        assert_eq!(now[0].lease.addr, Ipv4Addr::new(192, 0, 2, 12));
+        assert_eq!(now[1].lease.addr, Ipv4Addr::new(192, 0, 2, 10));
+    }
+
+    #[test]
+    fn maintain_is_send() {
+        assert_send(&maintain(Leases::default(), |_| {}));
     }
 
     #[tokio::test(flavor = "current_thread")]
