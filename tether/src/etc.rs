@@ -1,5 +1,5 @@
-//! Files the tether owns inside the container: `/etc/hostname`, `/etc/hosts` (and later
-//! `/etc/resolv.conf`). The working copies live in `/.tether/etc` and are bind-mounted over
+//! Files the tether owns inside the container: `/etc/hostname`, `/etc/hosts` and
+//! `/etc/resolv.conf`. The working copies live in `/.tether/etc` and are bind-mounted over
 //! the image's files, as the original did, so the image's disk is never edited and the
 //! image's own `/etc/hosts` entries are kept.
 
@@ -91,6 +91,22 @@ impl Hosts {
         }
     }
 
+    /// Maps `name` to `ip` alone: the name leaves the line of any other address (a line left
+    /// without names goes). The original moved every name sharing the old line along with
+    /// it; only the one name is meant, so only it moves.
+    pub fn set(&mut self, ip: IpAddr, name: &str) {
+        if name.is_empty() {
+            return;
+        }
+        for (a, names) in &mut self.entries {
+            if *a != ip {
+                names.retain(|n| n != name);
+            }
+        }
+        self.entries.retain(|(_, names)| !names.is_empty());
+        self.add(ip, name);
+    }
+
     /// The standard localhost set the original always added.
     pub fn add_localhost(&mut self) {
         let v4: IpAddr = [127, 0, 0, 1].into();
@@ -130,6 +146,80 @@ impl Hosts {
             .iter()
             .map(|(ip, names)| format!("{ip} {}\n", names.join(" ")))
             .collect()
+    }
+}
+
+/// `/etc/resolv.conf` as the tether writes it (lifecycle §6.6): name servers in the order
+/// they were added, without duplicates, then the original's fixed options.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ResolvConf {
+    nameservers: Vec<IpAddr>,
+}
+
+impl ResolvConf {
+    pub fn add(&mut self, ip: IpAddr) {
+        if !self.nameservers.contains(&ip) {
+            self.nameservers.push(ip);
+        }
+    }
+
+    pub fn nameservers(&self) -> &[IpAddr] {
+        &self.nameservers
+    }
+
+    pub fn render(&self) -> String {
+        let mut s: String = self
+            .nameservers
+            .iter()
+            .map(|ip| format!("nameserver {ip}\n"))
+            .collect();
+        s.push_str("options timeout:15\noptions attempts:5\n");
+        s
+    }
+}
+
+/// Edits the tether's hosts table (`<private>/hosts`, made by [`setup_names`]) and
+/// publishes it over `<etc>/hosts`; `etc` = `None` only writes the working copy.
+pub fn update_hosts(
+    private: &Path,
+    etc: Option<&Path>,
+    edit: impl FnOnce(&mut Hosts),
+) -> Result<(), EtcError> {
+    let hp = private.join("hosts");
+    let mut hosts = match fs::read_to_string(&hp) {
+        Ok(text) => Hosts::parse(&text),
+        Err(_) => {
+            // setup_names has not run: start from the image's file, as it would have.
+            let image = etc.map(|e| e.join("hosts"));
+            let text = image.and_then(|p| fs::read_to_string(p).ok());
+            let mut h = Hosts::parse(&text.unwrap_or_default());
+            h.add_localhost();
+            h
+        }
+    };
+    edit(&mut hosts);
+    fs::create_dir_all(private).map_err(io_err("mkdir", private))?;
+    write_atomic(&hp, hosts.render().as_bytes(), 0o644)?;
+    match etc {
+        Some(etc) => bind_over(&hp, &etc.join("hosts")),
+        None => Ok(()),
+    }
+}
+
+/// Writes `<private>/resolv.conf` and publishes it over `<etc>/resolv.conf` (creating the
+/// image's file if missing); `etc` = `None` only writes the working copy. The image's own
+/// resolv.conf is not merged, as in the original.
+pub fn publish_resolv(
+    private: &Path,
+    etc: Option<&Path>,
+    conf: &ResolvConf,
+) -> Result<(), EtcError> {
+    fs::create_dir_all(private).map_err(io_err("mkdir", private))?;
+    let rp = private.join("resolv.conf");
+    write_atomic(&rp, conf.render().as_bytes(), 0o644)?;
+    match etc {
+        Some(etc) => bind_over(&rp, &etc.join("resolv.conf")),
+        None => Ok(()),
     }
 }
 
@@ -233,5 +323,66 @@ mod tests {
         assert!(!text.contains("bad"));
         assert!(!text.contains("999"));
         assert_eq!(Hosts::parse(&text), h);
+    }
+
+    #[test]
+    fn set_moves_only_that_name() {
+        let mut h = Hosts::parse("192.0.2.10 bridge.localhost\n192.0.2.11 other keep\n");
+        h.set("192.0.2.11".parse().unwrap(), "bridge.localhost");
+        assert_eq!(h.render(), "192.0.2.11 other keep bridge.localhost\n");
+        h.set("192.0.2.12".parse().unwrap(), "other");
+        assert_eq!(
+            h.render(),
+            "192.0.2.11 keep bridge.localhost\n192.0.2.12 other\n"
+        );
+        h.set("192.0.2.12".parse().unwrap(), "");
+        assert_eq!(h.entries.len(), 2);
+    }
+
+    #[test]
+    fn resolv_conf_content() {
+        let mut r = ResolvConf::default();
+        assert_eq!(r.render(), "options timeout:15\noptions attempts:5\n");
+        for ip in ["172.16.0.1", "8.8.8.8", "172.16.0.1"] {
+            r.add(ip.parse().unwrap());
+        }
+        assert_eq!(
+            r.render(),
+            "nameserver 172.16.0.1\nnameserver 8.8.8.8\noptions timeout:15\noptions attempts:5\n"
+        );
+    }
+
+    #[test]
+    fn working_copies_without_publishing() {
+        let d = std::env::temp_dir().join(format!("tether-etc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let private = d.join("private");
+        let image = d.join("etc");
+        fs::create_dir_all(&image).unwrap();
+        fs::write(image.join("hosts"), "10.1.1.1 foo\n").unwrap();
+        // Without a working copy, the image's table plus localhost is the start.
+        update_hosts(&private, None, |h| {
+            h.set("192.0.2.10".parse().unwrap(), "bridge.localhost")
+        })
+        .unwrap();
+        let text = fs::read_to_string(private.join("hosts")).unwrap();
+        assert!(text.ends_with("192.0.2.10 bridge.localhost\n"), "{text}");
+        assert!(text.contains("127.0.0.1 localhost"), "{text}");
+        update_hosts(&private, None, |h| {
+            h.set("192.0.2.11".parse().unwrap(), "bridge.localhost")
+        })
+        .unwrap();
+        let text = fs::read_to_string(private.join("hosts")).unwrap();
+        assert!(!text.contains("192.0.2.10"), "{text}");
+        assert!(text.ends_with("192.0.2.11 bridge.localhost\n"), "{text}");
+
+        let mut r = ResolvConf::default();
+        r.add("192.0.2.1".parse().unwrap());
+        publish_resolv(&private, None, &r).unwrap();
+        assert_eq!(
+            fs::read_to_string(private.join("resolv.conf")).unwrap(),
+            r.render()
+        );
+        fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -8,6 +8,7 @@ pub mod early;
 pub mod etc;
 pub mod launch;
 pub mod log;
+pub mod net;
 pub mod output;
 pub mod platform;
 pub mod reaper;
