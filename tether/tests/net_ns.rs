@@ -235,6 +235,7 @@ fn dhcp_endpoint_end_to_end() {
     assert_eq!(held[0].endpoints, ["bridge", "other"]);
     assert_eq!(held[0].lease.server, Ipv4Addr::new(192, 0, 2, 1));
     assert_eq!(held[0].lease.lease_secs, 120);
+    assert!(held[0].default_route);
 
     // The kernel's view.
     let mut nl = Netlink::open().unwrap();

@@ -53,6 +53,28 @@ pub struct NicLease {
     pub granted: Instant,
     /// Names (`networks|<name>`) of the endpoints using this lease.
     pub endpoints: Vec<String>,
+    /// Routes through the DHCP router that renewals must keep pointing at the router in
+    /// use: a default route (some endpoint is the default network) and destinations.
+    pub default_route: bool,
+    pub destinations: Vec<(Ipv4Addr, u8)>,
+}
+
+impl NicLease {
+    /// Notes the routes of an endpoint that uses this lease's router.
+    fn add_routes_of(&mut self, name: &str, ep: &NetworkEndpoint) {
+        if specified_v4(ep.network.gateway.ip).is_some() {
+            return;
+        }
+        if ep.network.default {
+            self.default_route = true;
+            return;
+        }
+        for d in destinations(name, ep) {
+            if !self.destinations.contains(&d) {
+                self.destinations.push(d);
+            }
+        }
+    }
 }
 
 /// The DHCP leases the tether holds; cheap to clone (a shared handle).
@@ -275,7 +297,12 @@ impl Ctx<'_> {
                 gateway: gw,
                 prefix,
                 default: ep.network.default,
-                destinations: destinations(name, ep),
+                // The default network needs no others (lifecycle §6.4).
+                destinations: if ep.network.default {
+                    Vec::new()
+                } else {
+                    destinations(name, ep)
+                },
                 table201,
             };
             plan.apply(&mut self.nl, None)
@@ -344,14 +371,18 @@ impl Ctx<'_> {
         })?;
         tracing::info!(network = name, ifname = %link.name, address = %lease.addr,
             server = %lease.server, lease_s = lease.lease_secs, "DHCP lease acquired");
-        self.by_slot.insert(slot, self.leases.len());
-        self.leases.push(NicLease {
+        let mut nic = NicLease {
             ifname: link.name.clone(),
             params,
             lease: lease.clone(),
             granted: Instant::now(),
             endpoints: vec![name.to_owned()],
-        });
+            default_route: false,
+            destinations: Vec::new(),
+        };
+        nic.add_routes_of(name, ep);
+        self.by_slot.insert(slot, self.leases.len());
+        self.leases.push(nic);
         Ok(lease)
     }
 }
@@ -434,7 +465,9 @@ pub(crate) struct RoutePlan {
 }
 
 impl RoutePlan {
-    /// Installs the routes. `old_gateway`: routes via a previous gateway to remove first
+    /// Installs the routes: the default route, then routes to the destinations (empty for
+    /// a default network's own plan; a NIC shared by several networks may need both).
+    /// `old_gateway`: routes via a previous gateway to remove first
     /// (after a DHCP renewal changed it).
     pub fn apply(&self, nl: &mut Netlink, old_gateway: Option<Ipv4Addr>) -> Result<(), LinkError> {
         let route = |dst, gateway, table| Route {
@@ -460,7 +493,6 @@ impl RoutePlan {
                     }
                 }
             }
-            return Ok(());
         }
         for &dst in &self.destinations {
             if let Some(old) = old_gateway.filter(|g| *g != self.gateway) {

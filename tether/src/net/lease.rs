@@ -7,7 +7,6 @@
 //! on at the shortest interval. Renewals are unicast to the granting server (RENEWING);
 //! there is no REBINDING broadcast.
 
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -171,33 +170,21 @@ fn move_address(nic: &NicLease, new: &Lease) -> Result<(), super::link::LinkErro
         let link = nl.link_by_index(idx)?;
         apply::announce(&link, new.addr);
     }
-    // Routes through the gateway: the config's view of them is not available here, so the
-    // default route follows when this NIC carried it (a default route via the old gateway).
+    // Routes via the router follow it (an address change may also have taken them away).
     if let Some(gw) = new.gateway {
-        let table201 = nl.rule_uses_table(BRIDGE_OUT_TABLE).unwrap_or(false);
-        let plan = RoutePlan {
-            ifindex: idx,
-            gateway: gw,
-            prefix: new.prefix_len(),
-            default: had_default_via(&mut nl, idx, old.gateway),
-            destinations: Vec::new(),
-            table201,
-        };
-        if plan.default {
+        if nic.default_route || !nic.destinations.is_empty() {
+            let plan = RoutePlan {
+                ifindex: idx,
+                gateway: gw,
+                prefix: new.prefix_len(),
+                default: nic.default_route,
+                destinations: nic.destinations.clone(),
+                table201: nl.rule_uses_table(BRIDGE_OUT_TABLE).unwrap_or(false),
+            };
             plan.apply(&mut nl, old.gateway)?;
         }
     }
     Ok(())
-}
-
-/// Whether the kernel's main table still has (or, after an address change, had) the default
-/// route on this link; an address change removes routes via a gateway no longer on-link,
-/// so the old gateway being the default is taken as the answer then.
-fn had_default_via(nl: &mut Netlink, ifindex: u32, old_gw: Option<Ipv4Addr>) -> bool {
-    nl.default_gateway(ifindex)
-        .ok()
-        .flatten()
-        .map_or(old_gw.is_some(), |gw| Some(gw) == old_gw)
 }
 
 /// Records a renewal in the config: the endpoints' `assigned`, gateway and name servers,
@@ -231,6 +218,7 @@ pub fn release_all(leases: &Leases) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn lease(secs: u32) -> Lease {
         Lease {
@@ -325,6 +313,8 @@ mod tests {
             lease: lease(secs),
             granted: std::time::Instant::now(),
             endpoints: vec!["bridge".into(), "other".into()],
+            default_route: true,
+            destinations: Vec::new(),
         }
     }
 
@@ -357,6 +347,57 @@ mod tests {
         let now = leases.snapshot();
         assert_eq!(now[0].lease.addr, Ipv4Addr::new(192, 0, 2, 12));
         assert_eq!(now[1].lease.addr, Ipv4Addr::new(192, 0, 2, 10));
+    }
+
+    /// Against the kernel in a private network namespace (root and `ip` needed, else the
+    /// test says so and passes).
+    #[test]
+    fn a_moved_lease_moves_address_and_routes() {
+        let ip_ok = std::process::Command::new("ip")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !nix::unistd::geteuid().is_root() || !ip_ok {
+            eprintln!("SKIPPED: needs root and ip");
+            return;
+        }
+        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
+            eprintln!("SKIPPED: no network namespace: {e}");
+            return;
+        }
+        let sh = |c: &str| {
+            let out = std::process::Command::new("sh")
+                .args(["-c", c])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{c}: {out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        sh("ip link add v0 type veth peer name v1 && ip link set v1 up && ip link set v0 up");
+        sh("ip addr add 192.0.2.10/24 dev v0 && ip route add default via 192.0.2.1 dev v0");
+        sh("ip route add 203.0.113.0/24 via 192.0.2.1 dev v0");
+        let mut nl = Netlink::open().unwrap();
+        let v0 = nl.link_by_name("v0").unwrap();
+        let mut n = nic(3600);
+        n.params.ifindex = v0.index;
+        n.lease.gateway = Some(Ipv4Addr::new(192, 0, 2, 1));
+        n.destinations = vec![(Ipv4Addr::new(203, 0, 113, 0), 24)];
+        let new = Lease {
+            addr: Ipv4Addr::new(198, 51, 100, 20),
+            gateway: Some(Ipv4Addr::new(198, 51, 100, 1)),
+            ..n.lease.clone()
+        };
+        move_address(&n, &new).unwrap();
+        assert_eq!(
+            nl.addresses(v0.index).unwrap(),
+            vec![(Ipv4Addr::new(198, 51, 100, 20), 24)]
+        );
+        assert_eq!(
+            nl.default_gateway(v0.index).unwrap(),
+            Some(Ipv4Addr::new(198, 51, 100, 1))
+        );
+        let routes = sh("ip -4 route show 203.0.113.0/24");
+        assert_eq!(routes.trim(), "203.0.113.0/24 via 198.51.100.1 dev v0");
     }
 
     #[test]
