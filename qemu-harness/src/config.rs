@@ -110,11 +110,16 @@ pub fn mount_spec(
             } else {
                 host.clone()
             };
-            let mode = if options.is_empty() {
+            let mut mode = if options.is_empty() {
                 format!("{},addr={host}", volume::NFS_OPTIONS)
             } else {
                 options.clone()
             };
+            // The original port layer dropped `:ro` for NFS; our tether honours an `ro`
+            // option, so a read-only NFS volume is read-only in the container.
+            if v.read_only && !mode.split(',').any(|o| o == "ro") {
+                mode.push_str(",ro");
+            }
             (
                 Url {
                     scheme: "nfs".into(),
@@ -248,7 +253,7 @@ mod tests {
                 created: 0,
             },
             dest: "/shared".into(),
-            read_only: true,
+            read_only: false,
             copy_mode: guestinfo::copy_mode::NEW,
             disk: None,
         }
@@ -338,6 +343,15 @@ mod tests {
         assert_eq!(key(&map, "guestinfo.vice./mounts|my/vol-2/mode"), "ro");
         assert_eq!(key(&map, "guestinfo.vice./mounts|my/vol-2/copymode"), "1");
         assert!(cfg.mounts.contains_key("my.vol-2"));
+    }
+
+    #[test]
+    fn read_only_nfs_volume_carries_ro() {
+        let mut v = nfs_volume("10.1.1.1", "");
+        v.read_only = true;
+        let (_, map) = encoded(&[v], &[]);
+        let mode = key(&map, "guestinfo.vice./mounts|nfsvol/mode");
+        assert!(mode.ends_with(",addr=10.1.1.1,ro"), "{mode}");
     }
 
     #[test]

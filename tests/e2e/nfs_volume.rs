@@ -32,4 +32,19 @@ fn container_reads_and_writes_an_nfs_export() {
         std::fs::read_to_string(server.export.join("from-guest.txt")).expect("file on server"),
         "written-by-container\n"
     );
+
+    // Mounted read-only, the same export refuses writes (the original ignored `ro`).
+    let (code, out, err) = vch.cmd(&[
+        "run",
+        "-v",
+        "shared:/mnt/shared:ro",
+        "busybox",
+        "sh",
+        "-c",
+        "cat /mnt/shared/from-guest.txt; if echo x > /mnt/shared/ro-write.txt; then echo WROTE; fi",
+    ]);
+    assert_eq!(code, 0, "ro run: {err}");
+    assert_eq!(out, "written-by-container\n");
+    assert!(err.contains("Read-only file system"), "stderr: {err}");
+    assert!(!server.export.join("ro-write.txt").exists());
 }

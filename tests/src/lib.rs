@@ -462,7 +462,6 @@ pub fn write_volume_file(disk: &Path, path: &str, contents: &[u8]) {
     );
 }
 
-
 /// A directory image: a copy of the built-in busybox image plus `files` (path inside the
 /// image ⇒ contents), with `dirs` (path ⇒ uid, gid, mode) created or re-owned. Lives as long
 /// as the returned guard.

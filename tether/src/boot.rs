@@ -10,7 +10,7 @@ use guestinfo::{ContainerConfig, Transport};
 use nix::mount::MsFlags;
 
 use crate::platform::Platform;
-use crate::{disk, early, etc, log, platform, runtime, volumes};
+use crate::{disk, early, etc, log, net, platform, runtime, volumes};
 
 /// Where the container disk is mounted before it becomes `/`.
 const NEW_ROOT: &str = "/root";
@@ -97,7 +97,14 @@ pub fn run() -> anyhow::Result<()> {
         report_to_all_sessions(&*transport, &raw, &msg);
         return Err(e.into());
     }
-    // Networking comes with the network issue; the stage is stamped where it will happen.
+    let leases = match net::apply(&mut cfg, &hostname) {
+        Ok(l) => l,
+        Err(e) => {
+            let msg = e.to_string();
+            report_to_all_sessions(&*transport, &raw, &msg);
+            return Err(e.into());
+        }
+    };
     stamps.insert("network".to_owned(), boottime_us());
     cfg.tether.boot_stamps = stamps;
     match guestinfo::guest_writeback(&cfg) {
@@ -128,7 +135,7 @@ pub fn run() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start runtime")?;
-    runtime.block_on(runtime::run(cfg, transport, platform))
+    runtime.block_on(runtime::run(cfg, transport, platform, leases))
 }
 
 /// Limits every process in the container inherits, as the original set them: many files,

@@ -107,6 +107,35 @@ impl Tether {
         }
     }
 
+    /// Records a renewed DHCP lease and, when what the host sees changed (address, gateway,
+    /// name servers), writes the networks' RW keys back (the original's W5).
+    fn lease_renewed(&self, r: &crate::net::Renewal) {
+        let kvs = {
+            let mut st = self.lock();
+            match crate::net::record_renewal(&mut st.cfg, r) {
+                Ok(true) => guestinfo::guest_writeback(&st.cfg),
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot apply the renewed lease to the config");
+                    return;
+                }
+            }
+        };
+        match kvs {
+            Ok(kvs) => {
+                for (k, v) in kvs
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("guestinfo.vice..networks|"))
+                {
+                    if let Err(e) = self.transport.set(k, v) {
+                        tracing::warn!(key = %k, error = %e, "lease write-back failed");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot encode the lease write-back"),
+        }
+    }
+
     /// Records the primary's first exec in the boot stamps and writes them back.
     fn stamp_exec(&self) {
         let map = {
@@ -487,6 +516,7 @@ pub async fn run(
     cfg: ContainerConfig,
     transport: Box<dyn Transport>,
     platform: Platform,
+    leases: crate::net::Leases,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     let reaper = Reaper::start().context("start reaper")?;
@@ -514,6 +544,10 @@ pub async fn run(
     });
     t.reconcile();
     tokio::spawn(crate::attach::serve(t.clone(), platform.attach_channel()));
+    let renewer = t.clone();
+    tokio::spawn(crate::net::maintain(leases.clone(), move |r| {
+        renewer.lease_renewed(&r)
+    }));
     let panic_after = t.lock().cfg.tether.panic_after_ms;
     if panic_after > 0 {
         tokio::spawn(async move {
@@ -561,6 +595,9 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(3), all_done).await;
     if !t.sink.flush(Duration::from_secs(5)) {
         tracing::warn!("output channel did not drain in time");
+    }
+    if !leases.is_empty() {
+        let _ = tokio::task::spawn_blocking(move || crate::net::release_all(&leases)).await;
     }
     Ok(())
 }

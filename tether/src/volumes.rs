@@ -261,6 +261,10 @@ fn nfs_options(options: &str, host: &str, ip: IpAddr) -> String {
     let mut out: Vec<String> = Vec::new();
     let mut has_addr = false;
     for opt in options.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        // Read-only travels as a mount flag, not as an NFS option.
+        if opt == "ro" || opt == "rw" {
+            continue;
+        }
         match opt.split_once('=') {
             Some(("addr", v)) => {
                 has_addr = true;
@@ -317,7 +321,7 @@ fn mount_nfs(name: &str, spec: &MountSpec, target: &Path) -> Result<(), VolumeEr
     for ip in addrs {
         let options = nfs_options(&spec.mode, &host, ip);
         tracing::debug!(volume = %name, %source, %options, "mounting NFS");
-        match mount_with_deadline(&source, target, &options, NFS_WAIT) {
+        match mount_with_deadline(&source, target, &options, is_read_only(spec), NFS_WAIT) {
             Some(Ok(())) => return Ok(()),
             Some(Err(e)) => last = Some(mount_err(name, &source, target, e)),
             None => {
@@ -343,6 +347,7 @@ fn mount_with_deadline(
     source: &str,
     target: &Path,
     options: &str,
+    read_only: bool,
     deadline: Duration,
 ) -> Option<nix::Result<()>> {
     let (tx, rx) = mpsc::channel();
@@ -350,11 +355,15 @@ fn mount_with_deadline(
     let spawned = std::thread::Builder::new()
         .name("nfs-mount".into())
         .spawn(move || {
+            let mut flags = MsFlags::MS_NOATIME;
+            if read_only {
+                flags |= MsFlags::MS_RDONLY;
+            }
             let r = mount(
                 Some(source.as_str()),
                 &target,
                 Some("nfs"),
-                MsFlags::MS_NOATIME,
+                flags,
                 Some(options.as_str()),
             );
             let _ = tx.send(r);
@@ -483,6 +492,10 @@ mod tests {
             "vers=3,hard,nolock,addr=10.0.2.2"
         );
         assert_eq!(nfs_options("vers=4.1", "h", ip), "vers=4.1,addr=10.0.2.2");
+        assert_eq!(
+            nfs_options("vers=3,ro,addr=h", "h", ip),
+            "vers=3,addr=10.0.2.2"
+        );
         assert_eq!(nfs_options("", "h", ip), "addr=10.0.2.2");
         // An address the port layer already resolved is kept.
         assert_eq!(nfs_options("addr=192.168.1.5", "h", ip), "addr=192.168.1.5");

@@ -288,7 +288,8 @@ impl Ctx<'_> {
                 self.nl
                     .rule_uses_table(BRIDGE_OUT_TABLE)
                     .unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "cannot list routing rules");
+                        // A kernel without policy routing (ours) has no rules to honour.
+                        tracing::debug!(error = %e, "cannot list routing rules");
                         false
                     })
             });
