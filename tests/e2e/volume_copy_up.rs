@@ -85,3 +85,74 @@ fn nocopy_volume_stays_empty() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.split_whitespace().collect::<Vec<_>>(), [".", ".."]);
 }
+
+#[test]
+fn image_declared_volume_becomes_an_anonymous_volume_filled_from_the_image() {
+    let vch = Vch::new();
+    let (_keep, rootfs) = image();
+    // The image declares /srv/data a volume, in the shape of docker's image config.
+    let decl = rootfs.with_extension("image.json");
+    std::fs::write(&decl, br#"{"Volumes": {"/srv/data": {}}}"#).expect("declare volume");
+    let img = rootfs.to_str().expect("utf-8 path");
+    let (code, out, err) = vch.cmd(&[
+        "run",
+        "--name",
+        "anon",
+        "--network",
+        "none",
+        img,
+        "sh",
+        "-c",
+        "cat /srv/data/seed.txt; grep ' /srv/data ' /proc/mounts",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("from-the-image\n"), "{out}");
+    assert!(
+        out.contains(" /srv/data ext4 "),
+        "/srv/data is not a volume: {out}"
+    );
+    let (_, ls, _) = vch.cmd(&["volume", "ls", "-q"]);
+    assert_eq!(ls.lines().count(), 1, "one anonymous volume: {ls}");
+    // Removing the container removes its anonymous volume.
+    assert_eq!(vch.cmd(&["rm", "anon"]).0, 0);
+    let (_, ls, _) = vch.cmd(&["volume", "ls", "-q"]);
+    assert_eq!(ls.trim(), "", "anonymous volume left behind: {ls}");
+}
+
+#[test]
+fn nested_volumes_mount_in_order_and_each_gets_its_own_image_content() {
+    let vch = Vch::new();
+    let (_keep, rootfs) = image();
+    // Given child first on the command line: the order must come from the paths.
+    let (code, out, err) = vch.cmd(&[
+        "run",
+        "--network",
+        "none",
+        "-v",
+        "inner:/srv/data/nested",
+        "-v",
+        "outer:/srv/data",
+        rootfs.to_str().expect("utf-8 path"),
+        "sh",
+        "-c",
+        "cat /srv/data/seed.txt /srv/data/nested/deep.txt; echo in-inner > /srv/data/nested/new; echo in-outer > /srv/data/new",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "from-the-image\ndeep\n");
+    assert_eq!(
+        vch.volume_file("inner", "deep.txt").as_deref(),
+        Some(&b"deep\n"[..])
+    );
+    assert_eq!(
+        vch.volume_file("inner", "new").as_deref(),
+        Some(&b"in-inner\n"[..])
+    );
+    assert_eq!(
+        vch.volume_file("outer", "new").as_deref(),
+        Some(&b"in-outer\n"[..])
+    );
+    assert_eq!(
+        vch.volume_file("outer", "seed.txt").as_deref(),
+        Some(&b"from-the-image\n"[..])
+    );
+}
