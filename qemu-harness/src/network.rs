@@ -128,6 +128,19 @@ pub enum NetworkError {
     },
 }
 
+impl NetworkError {
+    fn record(path: PathBuf, e: crate::state::RecordError) -> NetworkError {
+        match e {
+            crate::state::RecordError::Io(source) => NetworkError::Io {
+                what: "read",
+                path,
+                source,
+            },
+            crate::state::RecordError::Json(source) => NetworkError::Json { path, source },
+        }
+    }
+}
+
 fn invalid(msg: impl Into<String>) -> NetworkError {
     NetworkError::Invalid(msg.into())
 }
@@ -471,20 +484,9 @@ impl NetworkStore {
             return Err(NetworkError::NoSuch(name.into()));
         }
         let path = self.path(name);
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(NetworkError::NoSuch(name.into()))
-            }
-            Err(source) => {
-                return Err(NetworkError::Io {
-                    what: "read",
-                    path,
-                    source,
-                })
-            }
-        };
-        serde_json::from_str(&text).map_err(|source| NetworkError::Json { path, source })
+        crate::state::read_json(&path)
+            .map_err(|e| NetworkError::record(path.clone(), e))?
+            .ok_or_else(|| NetworkError::NoSuch(name.into()))
     }
 
     /// `bridge` first, then the others by name.

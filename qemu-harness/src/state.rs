@@ -86,6 +86,26 @@ pub enum StateError {
     },
 }
 
+/// Why a JSON record file could not be read.
+#[derive(Debug)]
+pub enum RecordError {
+    Io(io::Error),
+    Json(serde_json::Error),
+}
+
+/// Reads a JSON record file (volume, network, image config); `Ok(None)` when it does not
+/// exist, so each store can say "no such ..." in its own words.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, RecordError> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(RecordError::Io(e)),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(RecordError::Json)
+}
+
 /// The state directory.
 #[derive(Debug, Clone)]
 pub struct State {

@@ -98,6 +98,19 @@ pub enum VolumeError {
     },
 }
 
+impl VolumeError {
+    fn record(path: PathBuf, e: crate::state::RecordError) -> VolumeError {
+        match e {
+            crate::state::RecordError::Io(source) => VolumeError::Io {
+                what: "read",
+                path,
+                source,
+            },
+            crate::state::RecordError::Json(source) => VolumeError::Json { path, source },
+        }
+    }
+}
+
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> VolumeError + 'a {
     move |source| VolumeError::Io {
         what,
@@ -310,20 +323,9 @@ impl VolumeStore {
             return Err(VolumeError::NoSuch(name.into()));
         }
         let path = self.dir(name).join("volume.json");
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(VolumeError::NoSuch(name.into()))
-            }
-            Err(source) => {
-                return Err(VolumeError::Io {
-                    what: "read",
-                    path,
-                    source,
-                })
-            }
-        };
-        serde_json::from_str(&text).map_err(|source| VolumeError::Json { path, source })
+        crate::state::read_json(&path)
+            .map_err(|e| VolumeError::record(path.clone(), e))?
+            .ok_or_else(|| VolumeError::NoSuch(name.into()))
     }
 
     /// All volumes, by name. Damaged entries are skipped (and logged).
@@ -604,26 +606,16 @@ pub fn image_volumes(image: &str) -> Result<Vec<String>, VolumeError> {
     let Some(path) = image_config_path(image) else {
         return Ok(Vec::new());
     };
-    let text = match fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(VolumeError::Io {
-                what: "read",
-                path,
-                source,
-            })
-        }
-    };
     #[derive(Deserialize)]
     struct ImageConfig {
         #[serde(rename = "Volumes", default)]
         volumes: Option<std::collections::BTreeMap<String, serde_json::Value>>,
     }
-    let cfg: ImageConfig = serde_json::from_str(&text).map_err(|source| VolumeError::Json {
-        path: path.clone(),
-        source,
-    })?;
+    let Some(cfg): Option<ImageConfig> =
+        crate::state::read_json(&path).map_err(|e| VolumeError::record(path.clone(), e))?
+    else {
+        return Ok(Vec::new());
+    };
     let mut out = Vec::new();
     for dest in cfg.volumes.unwrap_or_default().into_keys() {
         let clean = clean_dest(&dest).ok_or_else(|| VolumeError::BadSpec {
