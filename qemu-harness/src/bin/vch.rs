@@ -929,21 +929,7 @@ fn for_each(
     names: &[String],
     mut f: impl FnMut(&state::Meta) -> Result<()>,
 ) -> Result<ExitCode> {
-    let mut failed = false;
-    for n in names {
-        match running(state, n).and_then(|m| f(&m)) {
-            Ok(()) => println!("{n}"),
-            Err(e) => {
-                eprintln!("vch: {e:#}");
-                failed = true;
-            }
-        }
-    }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    each_name(names, |n| running(state, n).and_then(|m| f(&m)))
 }
 
 fn control_request(state: &State, meta: &state::Meta, name: &str, data: &[u8]) -> Result<()> {
