@@ -10,6 +10,7 @@ use guestinfo::{ContainerConfig, Transport};
 use nix::mount::MsFlags;
 
 use crate::platform::Platform;
+use crate::writeback::WriteBack;
 use crate::{disk, early, etc, log, platform, runtime, volumes};
 
 /// Where the container disk is mounted before it becomes `/`.
@@ -57,6 +58,12 @@ pub fn run() -> anyhow::Result<()> {
                 .with_context(|| format!("open guestinfo channel {}", guestinfo.display()))?,
         ),
     };
+    // Writes to the host go out in order on a thread of their own, so no step below waits
+    // for the host to store keys; the guard makes the last ones land before power-off,
+    // however this function returns.
+    let writeback = WriteBack::start(Arc::from(transport));
+    let _flush_at_exit = writeback.flush_on_drop();
+    let transport: Box<dyn Transport> = Box::new(writeback.clone());
     let raw = transport.get_all().context("read config")?;
     let mut cfg = match guestinfo::decode(&raw)
         .map_err(|e| e.to_string())
@@ -126,9 +133,11 @@ pub fn run() -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // Blocking threads run the tether's deferrable work (parsing the host key).
+        .on_thread_start(crate::writeback::background_priority)
         .build()
         .context("start runtime")?;
-    runtime.block_on(runtime::run(cfg, transport, platform))
+    runtime.block_on(runtime::run(cfg, writeback, platform))
 }
 
 /// Limits every process in the container inherits, as the original set them: many files,

@@ -18,3 +18,4 @@ pub mod signals;
 pub mod stdio;
 pub mod user;
 pub mod volumes;
+pub mod writeback;
