@@ -24,16 +24,45 @@ use guestinfo::{HostCommand, Map, Transport};
 /// transport's own timeout; this bounds the wait when the host stalls on many of them.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Work done on the write-back thread with the host transport itself.
+type Deferred = Box<dyn FnOnce(&dyn Transport) + Send>;
+
 enum Job {
     Set(String, String),
+    Run(Deferred),
     Flush(mpsc::SyncSender<()>),
     Notify(tokio::sync::oneshot::Sender<()>),
+}
+
+impl Job {
+    /// Whether the job is a write the pending count tracks.
+    fn is_write(&self) -> bool {
+        matches!(self, Job::Set(..) | Job::Run(_))
+    }
+}
+
+/// Does one job, on the write-back thread or inline.
+fn perform(inner: &dyn Transport, job: Job) {
+    match job {
+        Job::Set(key, value) => {
+            if let Err(e) = inner.set(&key, &value) {
+                tracing::error!(key = %key, error = %e, "write-back failed");
+            }
+        }
+        Job::Run(job) => job(inner),
+        Job::Flush(done) => {
+            let _ = done.send(());
+        }
+        Job::Notify(done) => {
+            let _ = done.send(());
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Shared {
     inner: Arc<dyn Transport>,
-    /// `None` when the thread could not be started or has gone: writes are then made inline.
+    /// `None` when the thread could not be started or has gone: jobs are then done inline.
     queue: Mutex<Option<Sender<Job>>>,
     /// Writes queued and not yet performed: a read with nothing pending skips the flush.
     pending: Arc<AtomicUsize>,
@@ -69,6 +98,40 @@ impl WriteBack {
         WriteBack { shared }
     }
 
+    /// Queues `job`; without a thread (or if it is gone) does it here.
+    fn submit(&self, job: Job) {
+        let counted = job.is_write();
+        let mut queue = lock(&self.shared.queue);
+        let job = match queue.as_ref() {
+            Some(q) => {
+                if counted {
+                    self.shared.pending.fetch_add(1, Ordering::AcqRel);
+                }
+                match q.send(job) {
+                    Ok(()) => return,
+                    Err(mpsc::SendError(job)) => {
+                        // The thread is gone (it does not panic on purpose; PID 1 goes on).
+                        if counted {
+                            self.shared.pending.fetch_sub(1, Ordering::AcqRel);
+                        }
+                        *queue = None;
+                        job
+                    }
+                }
+            }
+            None => job,
+        };
+        drop(queue);
+        perform(&*self.shared.inner, job);
+    }
+
+    /// Runs `job` on the write-back thread, after every write queued before it and before
+    /// every later one, with the host transport itself: for a write-back whose encoding is
+    /// work too, such as the initial one.
+    pub fn defer(&self, job: impl FnOnce(&dyn Transport) + Send + 'static) {
+        self.submit(Job::Run(Box::new(job)));
+    }
+
     /// Waits until every write queued so far was performed (successfully or not), at most
     /// `timeout`. Returns whether the queue drained.
     pub fn flush(&self, timeout: Duration) -> bool {
@@ -76,12 +139,8 @@ impl WriteBack {
             return true;
         }
         let (done_tx, done_rx) = mpsc::sync_channel(1);
-        let sent = match lock(&self.shared.queue).as_ref() {
-            Some(q) => q.send(Job::Flush(done_tx)).is_ok(),
-            None => false,
-        };
-        // Without a thread every write was inline and is done.
-        !sent || done_rx.recv_timeout(timeout).is_ok()
+        self.submit(Job::Flush(done_tx));
+        done_rx.recv_timeout(timeout).is_ok()
     }
 
     /// Resolves once every write queued so far was performed, without blocking the
@@ -93,14 +152,9 @@ impl WriteBack {
             return;
         }
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let sent = match lock(&self.shared.queue).as_ref() {
-            Some(q) => q.send(Job::Notify(done_tx)).is_ok(),
-            None => false,
-        };
-        if sent {
-            // An error means the thread is gone, and with it every pending write.
-            let _ = done_rx.await;
-        }
+        self.submit(Job::Notify(done_tx));
+        // An error means the thread is gone, and with it every pending write.
+        let _ = done_rx.await;
     }
 
     /// A guard that flushes (bounded by [`FLUSH_TIMEOUT`]) when dropped: on every way out
@@ -155,19 +209,10 @@ pub fn background_priority() {
 fn worker(inner: &dyn Transport, rx: &Receiver<Job>, pending: &AtomicUsize) {
     background_priority();
     while let Ok(job) = rx.recv() {
-        match job {
-            Job::Set(key, value) => {
-                if let Err(e) = inner.set(&key, &value) {
-                    tracing::error!(key = %key, error = %e, "write-back failed");
-                }
-                pending.fetch_sub(1, Ordering::AcqRel);
-            }
-            Job::Flush(done) => {
-                let _ = done.send(());
-            }
-            Job::Notify(done) => {
-                let _ = done.send(());
-            }
+        let counted = job.is_write();
+        perform(inner, job);
+        if counted {
+            pending.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -181,21 +226,8 @@ impl Transport for WriteBack {
     /// Queues the write and returns at once; a failure is logged by the write-back thread
     /// (the tether's callers only log it either way).
     fn set(&self, key: &str, value: &str) -> Result<(), TransportError> {
-        let job = Job::Set(key.to_owned(), value.to_owned());
-        let mut queue = lock(&self.shared.queue);
-        if let Some(q) = queue.as_ref() {
-            self.shared.pending.fetch_add(1, Ordering::AcqRel);
-            match q.send(job) {
-                Ok(()) => return Ok(()),
-                Err(_) => {
-                    // The thread is gone (it cannot panic on purpose, but PID 1 goes on).
-                    self.shared.pending.fetch_sub(1, Ordering::AcqRel);
-                    *queue = None;
-                }
-            }
-        }
-        drop(queue);
-        self.shared.inner.set(key, value)
+        self.submit(Job::Set(key.to_owned(), value.to_owned()));
+        Ok(())
     }
 
     fn get_all(&self) -> Result<Map, TransportError> {
@@ -252,6 +284,7 @@ mod tests {
             wb.set(&format!("k{i}"), "v").unwrap();
         }
         wb.set("bad", "x").unwrap();
+        wb.defer(|t| t.set("deferred", "d").unwrap());
         wb.set("k0", "last").unwrap();
         assert!(
             start.elapsed() < Duration::from_millis(100),
@@ -260,7 +293,7 @@ mod tests {
         // A read sees every earlier write.
         assert_eq!(wb.get("k0").unwrap().as_deref(), Some("last"));
         let keys: Vec<String> = lock(&slow.log).iter().map(|(k, _)| k.clone()).collect();
-        assert_eq!(keys, ["k0", "k1", "k2", "k3", "k4", "k0"]);
+        assert_eq!(keys, ["k0", "k1", "k2", "k3", "k4", "deferred", "k0"]);
         assert!(wb.flush(Duration::from_secs(1)));
     }
 
