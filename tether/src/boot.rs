@@ -274,6 +274,7 @@ fn mount_root_disk() -> anyhow::Result<PathBuf> {
         || disk::find_by_label(disk::CONTAINERFS_LABEL),
     )?;
     disk::mount_ext4(&dev, Path::new(NEW_ROOT), MsFlags::MS_NOATIME)?;
+    disk::prepare_root(Path::new(NEW_ROOT));
     Ok(dev)
 }
 
