@@ -42,7 +42,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     tracing::info!(
         modules,
-        ?platform,
+        %platform,
         version = env!("CARGO_PKG_VERSION"),
         "tether started"
     );
