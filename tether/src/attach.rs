@@ -100,15 +100,22 @@ fn open_device(path: &Path) -> std::io::Result<AsyncStream> {
 
 /// Serves the back-channel until shutdown.
 pub async fn serve(t: Arc<Tether>, path: PathBuf) {
-    let config = {
-        let handlers = handlers(&t);
-        match server_config(&t.lock().cfg, handlers) {
-            Ok(c) => Arc::new(c),
-            Err(e) => {
-                // No attach, but the container still runs and its output is still logged.
-                tracing::error!(error = %e, "back-channel disabled");
-                return;
-            }
+    // Parsing the host key (RSA in VIC mode) is heavy under TCG; on a blocking thread it
+    // does not hold up the runtime thread, whose first job is to forward the entrypoint's
+    // first output.
+    let handlers = handlers(&t);
+    let cfg = t.lock().cfg.clone();
+    let parsed = tokio::task::spawn_blocking(move || server_config(&cfg, handlers)).await;
+    let config = match parsed {
+        Ok(Ok(c)) => Arc::new(c),
+        Ok(Err(e)) => {
+            // No attach, but the container still runs and its output is still logged.
+            tracing::error!(error = %e, "back-channel disabled");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "back-channel disabled: key parsing did not finish");
+            return;
         }
     };
     let mut stop = t.shutdown_signal();

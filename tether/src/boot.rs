@@ -1,7 +1,7 @@
 //! The tether's life: synchronous early boot, then a current-thread runtime that runs the
 //! container's primary session until it ends, then the way out.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use guestinfo::{ContainerConfig, Transport};
 use nix::mount::MsFlags;
 
 use crate::platform::Platform;
+use crate::writeback::WriteBack;
 use crate::{disk, early, etc, log, net, platform, runtime, volumes};
 
 /// Where the container disk is mounted before it becomes `/`.
@@ -32,13 +33,16 @@ pub fn run() -> anyhow::Result<()> {
     early::mount_kernel_filesystems()?;
     early::ensure_dev_nodes();
     let modules = early::load_modules(Path::new("/lib/modules"))?;
+    // The container disk is looked for and mounted while the host's channels come up and the
+    // config is read: they wait on different devices. It becomes the root further down.
+    let root_disk = RootDisk::start();
     let platform = platform::detect()?;
     if let Some(f) = platform.debug_channel() {
         log::set_destination(f);
     }
     tracing::info!(
         modules,
-        ?platform,
+        %platform,
         version = env!("CARGO_PKG_VERSION"),
         "tether started"
     );
@@ -57,6 +61,12 @@ pub fn run() -> anyhow::Result<()> {
                 .with_context(|| format!("open guestinfo channel {}", guestinfo.display()))?,
         ),
     };
+    // Writes to the host go out in order on a thread of their own, so no step below waits
+    // for the host to store keys; the guard makes the last ones land before power-off,
+    // however this function returns.
+    let writeback = WriteBack::start(Arc::from(transport));
+    let _flush_at_exit = writeback.flush_on_drop();
+    let transport: Box<dyn Transport> = Box::new(writeback.clone());
     let raw = transport.get_all().context("read config")?;
     let mut cfg = match guestinfo::decode(&raw)
         .map_err(|e| e.to_string())
@@ -85,7 +95,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     tracing::info!(id = %cfg.common.id, "config loaded");
 
-    if let Err(e) = mount_root() {
+    if let Err(e) = mount_root(root_disk) {
         let msg = format!("container disk: {e:#}");
         report_to_all_sessions(&*transport, &raw, &msg);
         return Err(e);
@@ -107,18 +117,21 @@ pub fn run() -> anyhow::Result<()> {
     };
     stamps.insert("network".to_owned(), boottime_us());
     cfg.tether.boot_stamps = stamps;
-    match guestinfo::guest_writeback(&cfg) {
+    // The initial write-back (W1). Encoding the whole config is work too, so the write-back
+    // thread does it, from a copy, ahead of every later write, while the launch goes on.
+    let (w1, host) = (cfg.clone(), raw.clone());
+    writeback.defer(move |transport| match guestinfo::guest_writeback(&w1) {
         Ok(kvs) => {
             // The original rewrote every key here; a value the host already holds changes
-            // nothing it can observe, and each write is a round trip on the boot path.
-            for (k, v) in kvs.into_iter().filter(|(k, v)| raw.get(k) != Some(v)) {
+            // nothing it can observe, and each write is a round trip.
+            for (k, v) in kvs.into_iter().filter(|(k, v)| host.get(k) != Some(v)) {
                 if let Err(e) = transport.set(&k, &v) {
                     tracing::warn!(key = %k, error = %e, "initial write-back failed");
                 }
             }
         }
         Err(e) => tracing::error!(error = %e, "cannot encode the config write-back"),
-    }
+    });
 
     // After the network: NFS volumes need it. Before the first launch: the entrypoint
     // expects its volumes.
@@ -133,9 +146,11 @@ pub fn run() -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // Blocking threads run the tether's deferrable work (parsing the host key).
+        .on_thread_start(crate::writeback::background_priority)
         .build()
         .context("start runtime")?;
-    runtime.block_on(runtime::run(cfg, transport, platform, leases))
+    runtime.block_on(runtime::run(cfg, writeback, platform, leases))
 }
 
 /// Limits every process in the container inherits, as the original set them: many files,
@@ -235,13 +250,45 @@ fn report_to_all_sessions(transport: &dyn Transport, raw: &guestinfo::Map, msg: 
     }
 }
 
-fn mount_root() -> anyhow::Result<()> {
+/// The container disk, looked for and mounted (not yet made the root) on a thread of its own.
+#[derive(Debug)]
+struct RootDisk(Option<std::thread::JoinHandle<anyhow::Result<PathBuf>>>);
+
+impl RootDisk {
+    fn start() -> RootDisk {
+        let spawned = std::thread::Builder::new()
+            .name("root-disk".into())
+            .spawn(mount_root_disk);
+        // Without a thread, `mount_root` does the same work in line.
+        RootDisk(spawned.ok())
+    }
+
+    /// The device mounted on [`NEW_ROOT`].
+    fn wait(self) -> anyhow::Result<PathBuf> {
+        match self.0 {
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the root disk thread failed"))),
+            None => mount_root_disk(),
+        }
+    }
+}
+
+fn mount_root_disk() -> anyhow::Result<PathBuf> {
     let dev = early::wait_for(
         &format!("disk labelled {}", disk::CONTAINERFS_LABEL),
         DISK_WAIT,
         || disk::find_by_label(disk::CONTAINERFS_LABEL),
     )?;
     disk::mount_ext4(&dev, Path::new(NEW_ROOT), MsFlags::MS_NOATIME)?;
+    disk::prepare_root(Path::new(NEW_ROOT));
+    Ok(dev)
+}
+
+/// Makes the container disk the root. On this thread, once nothing else is looking up
+/// initramfs paths: `/dev`, `/proc` and `/sys` move under the new root meanwhile.
+fn mount_root(root: RootDisk) -> anyhow::Result<()> {
+    let dev = root.wait()?;
     disk::switch_root(Path::new(NEW_ROOT))?;
     tracing::info!(device = %dev.display(), "container root mounted");
     Ok(())

@@ -19,3 +19,4 @@ pub mod signals;
 pub mod stdio;
 pub mod user;
 pub mod volumes;
+pub mod writeback;

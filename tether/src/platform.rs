@@ -40,6 +40,16 @@ pub fn detect() -> Result<Platform, early::EarlyError> {
     Ok(Platform::Qemu { guestinfo })
 }
 
+/// For the log: `vmware`, or `qemu` and the guestinfo port.
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Platform::Vmware => f.write_str("vmware"),
+            Platform::Qemu { guestinfo } => write!(f, "qemu ({})", guestinfo.display()),
+        }
+    }
+}
+
 impl Platform {
     fn channel(&self, virtio: &str, serial: &str) -> Option<PathBuf> {
         match self {

@@ -15,6 +15,7 @@ use crate::output::{self, OutputSink};
 use crate::platform::Platform;
 use crate::reaper::Reaper;
 use crate::session::{self, LaunchIo, Session};
+use crate::writeback::WriteBack;
 use crate::{shutdown, signals};
 
 /// How long a process may hold the output pipes after the session process exited.
@@ -53,7 +54,8 @@ impl State {
 #[derive(Debug)]
 pub struct Tether {
     state: Mutex<State>,
-    transport: Box<dyn Transport>,
+    /// Writes go through the write-back thread (see [`crate::writeback`]).
+    transport: WriteBack,
     reaper: Reaper,
     sink: OutputSink,
     shutdown: watch::Sender<bool>,
@@ -91,9 +93,10 @@ impl Tether {
         self.ids_changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// Writes a session's or exec's RW keys back to the host. Failures are logged: the VM
-    /// keeps running whether or not the host heard us.
-    pub fn write_back(&self, id: &str) {
+    /// Writes a session's or exec's RW keys back to the host and waits until the host has
+    /// them, without holding up the runtime (the write-back thread makes the round trips).
+    /// Failures are logged: the VM keeps running whether or not the host heard us.
+    pub async fn write_back(&self, id: &str) {
         let kvs = guestinfo::session_writeback(&self.lock().cfg, id);
         match kvs {
             Ok(kvs) => {
@@ -105,6 +108,7 @@ impl Tether {
             }
             Err(e) => tracing::error!(session = id, error = %e, "cannot encode session write-back"),
         }
+        self.transport.written().await;
     }
 
     /// Records a renewed DHCP lease and, when what the host sees changed (address, gateway,
@@ -138,7 +142,7 @@ impl Tether {
 
     /// Records the primary's first exec in the boot stamps and writes them back.
     fn stamp_exec(&self) {
-        let map = {
+        let stamps = {
             let mut st = self.lock();
             if st.cfg.tether.boot_stamps.contains_key("exec") {
                 return;
@@ -147,18 +151,21 @@ impl Tether {
                 .tether
                 .boot_stamps
                 .insert("exec".into(), crate::boot::boottime_us());
-            let stamps = &st.cfg.tether.boot_stamps;
-            let us = |k: &str| stamps.get(k).copied().unwrap_or(0);
-            tracing::info!(
-                kernel_to_pid1_us = us("pid1"),
-                config_us = us("config") - us("pid1"),
-                disks_us = us("disks") - us("pid1"),
-                pid1_to_exec_us = us("exec") - us("pid1"),
-                "boot stamps"
-            );
-            guestinfo::encode(&st.cfg)
+            st.cfg.tether.boot_stamps.clone()
         };
-        match map {
+        let us = |k: &str| stamps.get(k).copied().unwrap_or(0);
+        tracing::info!(
+            kernel_to_pid1_us = us("pid1"),
+            config_us = us("config") - us("pid1"),
+            disks_us = us("disks") - us("pid1"),
+            pid1_to_exec_us = us("exec") - us("pid1"),
+            "boot stamps"
+        );
+        // A config holding only the stamps: encoding the whole config here would cost ten
+        // times as much, on the runtime thread, between the launch and the pumps' first read.
+        let mut only = ContainerConfig::default();
+        only.tether.boot_stamps = stamps;
+        match guestinfo::encode(&only) {
             Ok(map) => {
                 for (k, v) in map
                     .iter()
@@ -381,7 +388,7 @@ async fn run_session(t: Arc<Tether>, id: String, latch: Option<oneshot::Receiver
                 rt.reset_io();
             }
         }
-        t.write_back(&id);
+        t.write_back(&id).await;
     }
     t.bump_ids();
     if primary {
@@ -422,13 +429,15 @@ async fn launch_and_wait(t: &Arc<Tether>, id: &str) -> Option<i64> {
                     s.detail.stop_time = now;
                     s.run_block = false;
                 }
-                if let Some(rt) = st.sessions.get_mut(id) {
-                    rt.stdout.close();
-                    rt.stderr.close();
-                    rt.done.send_replace(true);
-                }
             }
-            t.write_back(id);
+            // The host has the reason before an attached client is told the session ended
+            // (it reads `started` once the channel closes).
+            t.write_back(id).await;
+            if let Some(rt) = t.lock().sessions.get_mut(id) {
+                rt.stdout.close();
+                rt.stderr.close();
+                rt.done.send_replace(true);
+            }
             return None;
         }
     };
@@ -450,7 +459,9 @@ async fn launch_and_wait(t: &Arc<Tether>, id: &str) -> Option<i64> {
             rt.pty = running.pty.take();
         }
     }
-    t.write_back(id);
+    // Awaited, not blocking: the runtime forwards the first output while the host stores
+    // `started`.
+    t.write_back(id).await;
 
     let code = (&mut running.exit).await.unwrap_or(255);
     if !session::drain(&mut running.pumps, DRAIN_AFTER_EXIT).await {
@@ -479,14 +490,17 @@ async fn launch_and_wait(t: &Arc<Tether>, id: &str) -> Option<i64> {
         if let Some(rt) = st.sessions.get_mut(id) {
             rt.pid = None;
             rt.pty = None;
-            // Output that a lingering descendant writes later still reaches the log, but
-            // attached clients are told the session ended.
-            rt.stdout.close();
-            rt.stderr.close();
-            rt.done.send_replace(true);
         }
     }
-    t.write_back(id);
+    // The host has the exit status before attached clients are sent it.
+    t.write_back(id).await;
+    if let Some(rt) = t.lock().sessions.get_mut(id) {
+        // Output that a lingering descendant writes later still reaches the log, but
+        // attached clients are told the session ended.
+        rt.stdout.close();
+        rt.stderr.close();
+        rt.done.send_replace(true);
+    }
     Some(code)
 }
 
@@ -514,7 +528,7 @@ fn bridge_commands(transport: &dyn Transport) -> mpsc::Receiver<HostCommand> {
 /// every process and flushes the output channel.
 pub async fn run(
     cfg: ContainerConfig,
-    transport: Box<dyn Transport>,
+    transport: WriteBack,
     platform: Platform,
     leases: crate::net::Leases,
 ) -> anyhow::Result<()> {
@@ -528,7 +542,7 @@ pub async fn run(
         output::Format::Tether
     };
     let sink = output::start(platform.output_channel(), format);
-    let mut commands = bridge_commands(&*transport);
+    let mut commands = bridge_commands(&transport);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("SIGHUP handler")?;
     let t = Arc::new(Tether {

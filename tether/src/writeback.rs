@@ -1,0 +1,323 @@
+//! Write-backs off the launch path.
+//!
+//! Every `set` of a guest key is a round trip to the host: the VMX on vSphere, the harness
+//! (which persists its store on each write) under QEMU; several milliseconds each under TCG.
+//! Nothing the tether does next depends on the host's answer, so [`WriteBack`] hands writes
+//! to one thread that performs them in the order they were made: the host sees the same
+//! writes in the same order as before, but a launch no longer waits for them, and the
+//! entrypoint's first output is not held up behind them.
+//!
+//! Reads wait for the queue to drain first, so the tether never reads back a key older than
+//! its own last write (a reload decodes the guest-writable keys too). Whoever ends the VM
+//! calls [`WriteBack::flush`] (or drops the guard from [`WriteBack::flush_on_drop`]) so
+//! that the last writes (exit status, the launch error) reach the host before power-off.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use guestinfo::transport::TransportError;
+use guestinfo::{HostCommand, Map, Transport};
+
+/// How long a read or the final flush waits for queued writes. Each write has the
+/// transport's own timeout; this bounds the wait when the host stalls on many of them.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Work done on the write-back thread with the host transport itself.
+type Deferred = Box<dyn FnOnce(&dyn Transport) + Send>;
+
+enum Job {
+    Set(String, String),
+    Run(Deferred),
+    Flush(mpsc::SyncSender<()>),
+    Notify(tokio::sync::oneshot::Sender<()>),
+}
+
+impl Job {
+    /// Whether the job is a write the pending count tracks.
+    fn is_write(&self) -> bool {
+        matches!(self, Job::Set(..) | Job::Run(_))
+    }
+}
+
+/// Does one job, on the write-back thread or inline.
+fn perform(inner: &dyn Transport, job: Job) {
+    match job {
+        Job::Set(key, value) => {
+            if let Err(e) = inner.set(&key, &value) {
+                tracing::error!(key = %key, error = %e, "write-back failed");
+            }
+        }
+        Job::Run(job) => job(inner),
+        Job::Flush(done) => {
+            let _ = done.send(());
+        }
+        Job::Notify(done) => {
+            let _ = done.send(());
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    inner: Arc<dyn Transport>,
+    /// `None` when the thread could not be started or has gone: jobs are then done inline.
+    queue: Mutex<Option<Sender<Job>>>,
+    /// Writes queued and not yet performed: a read with nothing pending skips the flush.
+    pending: Arc<AtomicUsize>,
+}
+
+/// A transport whose writes are performed, in order, by a thread of their own. Clones share
+/// the queue.
+#[derive(Debug, Clone)]
+pub struct WriteBack {
+    shared: Arc<Shared>,
+}
+
+impl WriteBack {
+    /// Wraps `inner` and starts the write-back thread.
+    pub fn start(inner: Arc<dyn Transport>) -> WriteBack {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let worker_inner = inner.clone();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let worker_pending = pending.clone();
+        let shared = Arc::new(Shared {
+            inner,
+            queue: Mutex::new(None),
+            pending,
+        });
+        // The thread ends when the last handle is gone (the queue's sender is dropped).
+        let spawned = std::thread::Builder::new()
+            .name("write-back".into())
+            .spawn(move || worker(&*worker_inner, &rx, &worker_pending));
+        match spawned {
+            Ok(_) => *lock(&shared.queue) = Some(tx),
+            Err(e) => tracing::warn!(error = %e, "no write-back thread; writing inline"),
+        }
+        WriteBack { shared }
+    }
+
+    /// Queues `job`; without a thread (or if it is gone) does it here.
+    fn submit(&self, job: Job) {
+        let counted = job.is_write();
+        let mut queue = lock(&self.shared.queue);
+        let job = match queue.as_ref() {
+            Some(q) => {
+                if counted {
+                    self.shared.pending.fetch_add(1, Ordering::AcqRel);
+                }
+                match q.send(job) {
+                    Ok(()) => return,
+                    Err(mpsc::SendError(job)) => {
+                        // The thread is gone (it does not panic on purpose; PID 1 goes on).
+                        if counted {
+                            self.shared.pending.fetch_sub(1, Ordering::AcqRel);
+                        }
+                        *queue = None;
+                        job
+                    }
+                }
+            }
+            None => job,
+        };
+        drop(queue);
+        perform(&*self.shared.inner, job);
+    }
+
+    /// Runs `job` on the write-back thread, after every write queued before it and before
+    /// every later one, with the host transport itself: for a write-back whose encoding is
+    /// work too, such as the initial one.
+    pub fn defer(&self, job: impl FnOnce(&dyn Transport) + Send + 'static) {
+        self.submit(Job::Run(Box::new(job)));
+    }
+
+    /// Waits until every write queued so far was performed (successfully or not), at most
+    /// `timeout`. Returns whether the queue drained.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        if self.shared.pending.load(Ordering::Acquire) == 0 {
+            return true;
+        }
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        self.submit(Job::Flush(done_tx));
+        done_rx.recv_timeout(timeout).is_ok()
+    }
+
+    /// Resolves once every write queued so far was performed, without blocking the
+    /// runtime: a session task awaits it where the host may act on what it wrote (a launch
+    /// error before the attach channel closes, the exit status before it is sent), as the
+    /// original's synchronous writes guaranteed.
+    pub async fn written(&self) {
+        if self.shared.pending.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        self.submit(Job::Notify(done_tx));
+        // An error means the thread is gone, and with it every pending write.
+        let _ = done_rx.await;
+    }
+
+    /// A guard that flushes (bounded by [`FLUSH_TIMEOUT`]) when dropped: on every way out
+    /// of boot, the host gets the last writes before the VM powers off.
+    pub fn flush_on_drop(&self) -> FlushOnDrop {
+        FlushOnDrop(self.clone())
+    }
+
+    fn flush_before_read(&self) {
+        if !self.flush(FLUSH_TIMEOUT) {
+            tracing::warn!(
+                "queued write-backs still pending after {FLUSH_TIMEOUT:?}; reading anyway"
+            );
+        }
+    }
+}
+
+/// See [`WriteBack::flush_on_drop`].
+#[derive(Debug)]
+pub struct FlushOnDrop(WriteBack);
+
+impl Drop for FlushOnDrop {
+    fn drop(&mut self) {
+        if !self.0.flush(FLUSH_TIMEOUT) {
+            tracing::warn!("write-backs not done after {FLUSH_TIMEOUT:?}; powering off anyway");
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means a thread panicked holding it; the sender is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Nice value of the tether's own deferrable work (write-backs, key parsing).
+const BACKGROUND_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's scheduling priority for work that can wait: with one vCPU,
+/// a write-back or a key parse running at the entrypoint's priority takes half the CPU
+/// from it, and from the threads forwarding its output, right when it starts. At nice 10
+/// such a thread still gets about a tenth of a CPU that the container keeps busy, so it
+/// finishes anyway.
+pub fn background_priority() {
+    // SAFETY: setpriority only reads its integer arguments. On Linux, PRIO_PROCESS with
+    // `who` = 0 applies to the calling thread alone (each thread has its own nice value).
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICE) };
+    if r != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "setpriority");
+    }
+}
+
+fn worker(inner: &dyn Transport, rx: &Receiver<Job>, pending: &AtomicUsize) {
+    background_priority();
+    while let Ok(job) = rx.recv() {
+        let counted = job.is_write();
+        perform(inner, job);
+        if counted {
+            pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Transport for WriteBack {
+    fn get(&self, key: &str) -> Result<Option<String>, TransportError> {
+        self.flush_before_read();
+        self.shared.inner.get(key)
+    }
+
+    /// Queues the write and returns at once; a failure is logged by the write-back thread
+    /// (the tether's callers only log it either way).
+    fn set(&self, key: &str, value: &str) -> Result<(), TransportError> {
+        self.submit(Job::Set(key.to_owned(), value.to_owned()));
+        Ok(())
+    }
+
+    fn get_all(&self) -> Result<Map, TransportError> {
+        self.flush_before_read();
+        self.shared.inner.get_all()
+    }
+
+    fn commands(&self) -> Option<Receiver<HostCommand>> {
+        self.shared.inner.commands()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// Records writes; each one takes a while, like a host round trip.
+    #[derive(Debug, Default)]
+    struct Slow {
+        log: Mutex<Vec<(String, String)>>,
+    }
+
+    impl Transport for Slow {
+        fn get(&self, key: &str) -> Result<Option<String>, TransportError> {
+            Ok(lock(&self.log)
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone()))
+        }
+        fn set(&self, key: &str, value: &str) -> Result<(), TransportError> {
+            std::thread::sleep(Duration::from_millis(20));
+            if key == "bad" {
+                return Err(TransportError::Closed);
+            }
+            lock(&self.log).push((key.into(), value.into()));
+            Ok(())
+        }
+        fn get_all(&self) -> Result<Map, TransportError> {
+            Ok(lock(&self.log).iter().cloned().collect())
+        }
+        fn commands(&self) -> Option<Receiver<HostCommand>> {
+            None
+        }
+    }
+
+    #[test]
+    fn writes_do_not_wait_and_keep_their_order() {
+        let slow = Arc::new(Slow::default());
+        let wb = WriteBack::start(slow.clone());
+        let start = Instant::now();
+        for i in 0..5 {
+            wb.set(&format!("k{i}"), "v").unwrap();
+        }
+        wb.set("bad", "x").unwrap();
+        wb.defer(|t| t.set("deferred", "d").unwrap());
+        wb.set("k0", "last").unwrap();
+        assert!(
+            start.elapsed() < Duration::from_millis(100),
+            "set waited for the host"
+        );
+        // A read sees every earlier write.
+        assert_eq!(wb.get("k0").unwrap().as_deref(), Some("last"));
+        let keys: Vec<String> = lock(&slow.log).iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(keys, ["k0", "k1", "k2", "k3", "k4", "deferred", "k0"]);
+        assert!(wb.flush(Duration::from_secs(1)));
+    }
+
+    #[tokio::test]
+    async fn written_waits_for_earlier_writes() {
+        let slow = Arc::new(Slow::default());
+        let wb = WriteBack::start(slow.clone());
+        wb.set("a", "1").unwrap();
+        wb.set("b", "2").unwrap();
+        wb.written().await;
+        assert_eq!(lock(&slow.log).len(), 2);
+        // Nothing pending: returns at once.
+        wb.written().await;
+    }
+
+    #[test]
+    fn the_guard_flushes() {
+        let slow = Arc::new(Slow::default());
+        let wb = WriteBack::start(slow.clone());
+        {
+            let _guard = wb.flush_on_drop();
+            wb.set("a", "1").unwrap();
+            wb.set("b", "2").unwrap();
+        }
+        assert_eq!(lock(&slow.log).len(), 2);
+    }
+}
