@@ -205,10 +205,6 @@ fn dhcp_endpoint_end_to_end() {
     cfg.networks
         .insert("other".into(), endpoint("1184", "other"));
 
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_test_writer()
-        .try_init();
     let start = Instant::now();
     let leases = net::apply_with(&mut cfg, "web.example.com", paths.clone()).unwrap();
     eprintln!("applied in {:?}", start.elapsed());
