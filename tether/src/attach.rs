@@ -100,9 +100,10 @@ fn open_device(path: &Path) -> std::io::Result<AsyncStream> {
 
 /// Serves the back-channel until shutdown.
 pub async fn serve(t: Arc<Tether>, path: PathBuf) {
-    // Parsing the host key (RSA in VIC mode) is heavy under TCG; on a blocking thread it
-    // does not hold up the runtime thread, whose first job is to forward the entrypoint's
-    // first output.
+    // Parsing the host key (RSA in VIC mode) is heavy under TCG: it waits for the end of
+    // the entrypoint's start-up, and runs on a blocking thread so that it does not hold up
+    // the runtime thread, which forwards output.
+    t.started_up().await;
     let handlers = handlers(&t);
     let cfg = t.lock().cfg.clone();
     let parsed = tokio::task::spawn_blocking(move || server_config(&cfg, handlers)).await;

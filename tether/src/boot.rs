@@ -65,6 +65,9 @@ pub fn run() -> anyhow::Result<()> {
     // for the host to store keys; the guard makes the last ones land before power-off,
     // however this function returns.
     let writeback = WriteBack::start(Arc::from(transport));
+    // Held until the entrypoint has started (see `runtime::STARTUP_GRACE`); anything that
+    // waits for the writes, the guard included, releases them.
+    writeback.hold();
     let _flush_at_exit = writeback.flush_on_drop();
     let transport: Box<dyn Transport> = Box::new(writeback.clone());
     let raw = transport.get_all().context("read config")?;

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::output::{self, OutputSink};
 use crate::platform::Platform;
-use crate::reaper::Reaper;
+use crate::reaper::{self, Reaper};
 use crate::session::{self, LaunchIo, Session};
 use crate::writeback::WriteBack;
 use crate::{shutdown, signals};
@@ -25,6 +25,11 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 /// Exit records kept per session (the original's unused `MaxDeathRecords`).
 const EXIT_LOGS_KEPT: usize = 5;
+/// How long the tether's own deferrable work (write-backs, parsing the host key) stays out
+/// of the way of a starting entrypoint that neither prints nor exits. Under TCG a round
+/// trip to the host or a key parse during the entrypoint's first milliseconds delays its
+/// first output by about as long as they take; the host sees `started` at most this late.
+pub const STARTUP_GRACE: Duration = Duration::from_millis(100);
 /// First and longest pause before relaunching a session with a restart policy.
 const RESTART_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
 
@@ -97,6 +102,12 @@ impl Tether {
     /// them, without holding up the runtime (the write-back thread makes the round trips).
     /// Failures are logged: the VM keeps running whether or not the host heard us.
     pub async fn write_back(&self, id: &str) {
+        self.queue_write_back(id);
+        self.transport.written().await;
+    }
+
+    /// Queues a session's or exec's write-back without waiting for the host.
+    fn queue_write_back(&self, id: &str) {
         let kvs = guestinfo::session_writeback(&self.lock().cfg, id);
         match kvs {
             Ok(kvs) => {
@@ -108,7 +119,6 @@ impl Tether {
             }
             Err(e) => tracing::error!(session = id, error = %e, "cannot encode session write-back"),
         }
-        self.transport.written().await;
     }
 
     /// Records a renewed DHCP lease and, when what the host sees changed (address, gateway,
@@ -140,17 +150,26 @@ impl Tether {
         }
     }
 
-    /// Records the primary's first exec in the boot stamps and writes them back.
-    fn stamp_exec(&self) {
+    /// Resolves once the primary session's start-up is over (see [`STARTUP_GRACE`]): for
+    /// work that can wait until then.
+    pub async fn started_up(&self) {
+        self.transport.released().await;
+    }
+
+    /// Ends the start-up: the held write-backs go out, deferred work may run.
+    fn end_startup(&self) {
+        self.transport.release();
+    }
+
+    /// Records the primary's first exec (at `at`, CLOCK_BOOTTIME µs) in the boot stamps and
+    /// writes them back.
+    fn stamp_exec(&self, at: i64) {
         let stamps = {
             let mut st = self.lock();
             if st.cfg.tether.boot_stamps.contains_key("exec") {
                 return;
             }
-            st.cfg
-                .tether
-                .boot_stamps
-                .insert("exec".into(), crate::boot::boottime_us());
+            st.cfg.tether.boot_stamps.insert("exec".into(), at);
             st.cfg.tether.boot_stamps.clone()
         };
         let us = |k: &str| stamps.get(k).copied().unwrap_or(0);
@@ -357,6 +376,10 @@ async fn run_session(t: Arc<Tether>, id: String, latch: Option<oneshot::Receiver
     let primary = id == t.primary_id();
     if let Some(latch) = latch {
         tracing::info!(session = %id, "waiting for unblock");
+        if primary {
+            // Nothing starts until a client attaches and unblocks: let it.
+            t.end_startup();
+        }
         let mut stop = t.shutdown_signal();
         tokio::select! {
             _ = latch => {}
@@ -442,9 +465,7 @@ async fn launch_and_wait(t: &Arc<Tether>, id: &str) -> Option<i64> {
         }
     };
     tracing::info!(session = %id, pid = running.pid.as_raw(), "session started");
-    if id == t.primary_id() {
-        t.stamp_exec();
-    }
+    let exec_at = crate::boot::boottime_us();
     {
         let mut st = t.lock();
         if let Some(s) = st.session_cfg_mut(id) {
@@ -459,11 +480,18 @@ async fn launch_and_wait(t: &Arc<Tether>, id: &str) -> Option<i64> {
             rt.pty = running.pty.take();
         }
     }
-    // Awaited, not blocking: the runtime forwards the first output while the host stores
-    // `started`.
-    t.write_back(id).await;
-
-    let code = (&mut running.exit).await.unwrap_or(255);
+    // Queued: the write-back thread makes the round trips once the start-up is over.
+    t.queue_write_back(id);
+    let mut code = None;
+    if id == t.primary_id() {
+        code = startup(t, id, &mut running.exit).await;
+        t.end_startup();
+        t.stamp_exec(exec_at);
+    }
+    let code = match code {
+        Some(c) => c,
+        None => (&mut running.exit).await.unwrap_or(255),
+    };
     if !session::drain(&mut running.pumps, DRAIN_AFTER_EXIT).await {
         tracing::info!(session = %id, "descendants still hold the output after exit; not waiting for them");
     }
@@ -502,6 +530,29 @@ async fn launch_and_wait(t: &Arc<Tether>, id: &str) -> Option<i64> {
         rt.done.send_replace(true);
     }
     Some(code)
+}
+
+/// The primary's start-up: until its first output, its exit (returned) or the end of
+/// [`STARTUP_GRACE`] after the runtime started (a timer in `run` ends it).
+async fn startup(
+    t: &Arc<Tether>,
+    id: &str,
+    exit: &mut oneshot::Receiver<reaper::ExitCode>,
+) -> Option<i64> {
+    // Subscribed before the first await: the pumps have not read anything yet.
+    let streams = t
+        .lock()
+        .sessions
+        .get(id)
+        .map(|s| (s.stdout.subscribe(), s.stderr.subscribe()));
+    let (mut out, mut err) = streams?;
+    tokio::select! {
+        code = exit => Some(code.unwrap_or(255)),
+        Some(_) = out.recv() => None,
+        Some(_) = err.recv() => None,
+        () = t.started_up() => None,
+        else => None,
+    }
 }
 
 /// Forwards host commands from the transport's thread into the runtime.
@@ -557,6 +608,11 @@ pub async fn run(
         ids_changed: watch::channel(0).0,
     });
     t.reconcile();
+    let timer = t.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(STARTUP_GRACE).await;
+        timer.end_startup();
+    });
     tokio::spawn(crate::attach::serve(t.clone(), platform.attach_channel()));
     let renewer = t.clone();
     tokio::spawn(crate::net::maintain(leases.clone(), move |r| {

@@ -7,6 +7,11 @@
 //! writes in the same order as before, but a launch no longer waits for them, and the
 //! entrypoint's first output is not held up behind them.
 //!
+//! The queue can be held ([`WriteBack::hold`]) while the entrypoint starts: the round trips,
+//! though not waited for, still cost the one vCPU (and the host) time right when the
+//! entrypoint needs it. Whoever needs the writes done (a flush, a read, [`WriteBack::written`])
+//! releases it.
+//!
 //! Reads wait for the queue to drain first, so the tether never reads back a key older than
 //! its own last write (a reload decodes the guest-writable keys too). Whoever ends the VM
 //! calls [`WriteBack::flush`] (or drops the guard from [`WriteBack::flush_on_drop`]) so
@@ -14,7 +19,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use guestinfo::transport::TransportError;
@@ -59,9 +64,34 @@ fn perform(inner: &dyn Transport, job: Job) {
     }
 }
 
+/// Whether the write-back thread may work; see [`WriteBack::hold`].
+#[derive(Debug)]
+struct Gate {
+    open: Mutex<bool>,
+    changed: Condvar,
+    /// The same state for async waiters.
+    watch: tokio::sync::watch::Sender<bool>,
+}
+
+impl Gate {
+    fn set(&self, open: bool) {
+        *lock(&self.open) = open;
+        self.changed.notify_all();
+        self.watch.send_replace(open);
+    }
+
+    fn wait_open(&self) {
+        let mut open = lock(&self.open);
+        while !*open {
+            open = self.changed.wait(open).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
     inner: Arc<dyn Transport>,
+    gate: Arc<Gate>,
     /// `None` when the thread could not be started or has gone: jobs are then done inline.
     queue: Mutex<Option<Sender<Job>>>,
     /// Writes queued and not yet performed: a read with nothing pending skips the flush.
@@ -82,20 +112,45 @@ impl WriteBack {
         let worker_inner = inner.clone();
         let pending = Arc::new(AtomicUsize::new(0));
         let worker_pending = pending.clone();
+        let gate = Arc::new(Gate {
+            open: Mutex::new(true),
+            changed: Condvar::new(),
+            watch: tokio::sync::watch::channel(true).0,
+        });
+        let worker_gate = gate.clone();
         let shared = Arc::new(Shared {
             inner,
+            gate,
             queue: Mutex::new(None),
             pending,
         });
         // The thread ends when the last handle is gone (the queue's sender is dropped).
         let spawned = std::thread::Builder::new()
             .name("write-back".into())
-            .spawn(move || worker(&*worker_inner, &rx, &worker_pending));
+            .spawn(move || worker(&*worker_inner, &rx, &worker_pending, &worker_gate));
         match spawned {
             Ok(_) => *lock(&shared.queue) = Some(tx),
             Err(e) => tracing::warn!(error = %e, "no write-back thread; writing inline"),
         }
         WriteBack { shared }
+    }
+
+    /// Holds queued writes back until [`release`](Self::release) (or until something waits
+    /// for them): the tether's boot does this while the entrypoint starts.
+    pub fn hold(&self) {
+        self.shared.gate.set(false);
+    }
+
+    /// Lets the write-back thread work through the queue.
+    pub fn release(&self) {
+        self.shared.gate.set(true);
+    }
+
+    /// Resolves once the queue is not held: for other deferrable work that should also stay
+    /// out of the entrypoint's way.
+    pub async fn released(&self) {
+        let mut open = self.shared.gate.watch.subscribe();
+        let _ = open.wait_for(|o| *o).await;
     }
 
     /// Queues `job`; without a thread (or if it is gone) does it here.
@@ -138,6 +193,7 @@ impl WriteBack {
         if self.shared.pending.load(Ordering::Acquire) == 0 {
             return true;
         }
+        self.release();
         let (done_tx, done_rx) = mpsc::sync_channel(1);
         self.submit(Job::Flush(done_tx));
         done_rx.recv_timeout(timeout).is_ok()
@@ -151,6 +207,7 @@ impl WriteBack {
         if self.shared.pending.load(Ordering::Acquire) == 0 {
             return;
         }
+        self.release();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         self.submit(Job::Notify(done_tx));
         // An error means the thread is gone, and with it every pending write.
@@ -206,9 +263,10 @@ pub fn background_priority() {
     }
 }
 
-fn worker(inner: &dyn Transport, rx: &Receiver<Job>, pending: &AtomicUsize) {
+fn worker(inner: &dyn Transport, rx: &Receiver<Job>, pending: &AtomicUsize, gate: &Gate) {
     background_priority();
     while let Ok(job) = rx.recv() {
+        gate.wait_open();
         let counted = job.is_write();
         perform(inner, job);
         if counted {
@@ -307,6 +365,27 @@ mod tests {
         assert_eq!(lock(&slow.log).len(), 2);
         // Nothing pending: returns at once.
         wb.written().await;
+    }
+
+    #[tokio::test]
+    async fn held_writes_wait_for_a_release_or_a_waiter() {
+        let slow = Arc::new(Slow::default());
+        let wb = WriteBack::start(slow.clone());
+        wb.hold();
+        wb.set("a", "1").unwrap();
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(lock(&slow.log).is_empty(), "written while held");
+        let released = wb.clone();
+        let waiter = tokio::spawn(async move { released.released().await });
+        wb.release();
+        waiter.await.unwrap();
+        assert!(wb.flush(Duration::from_secs(1)));
+        assert_eq!(lock(&slow.log).len(), 1);
+        // Waiting for the writes releases the queue.
+        wb.hold();
+        wb.set("b", "2").unwrap();
+        wb.written().await;
+        assert_eq!(lock(&slow.log).len(), 2);
     }
 
     #[test]
