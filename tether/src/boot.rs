@@ -1,7 +1,7 @@
 //! The tether's life: synchronous early boot, then a current-thread runtime that runs the
 //! container's primary session until it ends, then the way out.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,9 +33,6 @@ pub fn run() -> anyhow::Result<()> {
     early::mount_kernel_filesystems()?;
     early::ensure_dev_nodes();
     let modules = early::load_modules(Path::new("/lib/modules"))?;
-    // The container disk is looked for and mounted while the host's channels come up and the
-    // config is read: they wait on different devices. It becomes the root further down.
-    let root_disk = RootDisk::start();
     let platform = platform::detect()?;
     if let Some(f) = platform.debug_channel() {
         log::set_destination(f);
@@ -98,7 +95,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     tracing::info!(id = %cfg.common.id, "config loaded");
 
-    if let Err(e) = mount_root(root_disk) {
+    if let Err(e) = mount_root() {
         let msg = format!("container disk: {e:#}");
         report_to_all_sessions(&*transport, &raw, &msg);
         return Err(e);
@@ -253,45 +250,13 @@ fn report_to_all_sessions(transport: &dyn Transport, raw: &guestinfo::Map, msg: 
     }
 }
 
-/// The container disk, looked for and mounted (not yet made the root) on a thread of its own.
-#[derive(Debug)]
-struct RootDisk(Option<std::thread::JoinHandle<anyhow::Result<PathBuf>>>);
-
-impl RootDisk {
-    fn start() -> RootDisk {
-        let spawned = std::thread::Builder::new()
-            .name("root-disk".into())
-            .spawn(mount_root_disk);
-        // Without a thread, `mount_root` does the same work in line.
-        RootDisk(spawned.ok())
-    }
-
-    /// The device mounted on [`NEW_ROOT`].
-    fn wait(self) -> anyhow::Result<PathBuf> {
-        match self.0 {
-            Some(thread) => thread
-                .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("the root disk thread failed"))),
-            None => mount_root_disk(),
-        }
-    }
-}
-
-fn mount_root_disk() -> anyhow::Result<PathBuf> {
+fn mount_root() -> anyhow::Result<()> {
     let dev = early::wait_for(
         &format!("disk labelled {}", disk::CONTAINERFS_LABEL),
         DISK_WAIT,
         || disk::find_by_label(disk::CONTAINERFS_LABEL),
     )?;
     disk::mount_ext4(&dev, Path::new(NEW_ROOT), MsFlags::MS_NOATIME)?;
-    disk::prepare_root(Path::new(NEW_ROOT));
-    Ok(dev)
-}
-
-/// Makes the container disk the root. On this thread, once nothing else is looking up
-/// initramfs paths: `/dev`, `/proc` and `/sys` move under the new root meanwhile.
-fn mount_root(root: RootDisk) -> anyhow::Result<()> {
-    let dev = root.wait()?;
     disk::switch_root(Path::new(NEW_ROOT))?;
     tracing::info!(device = %dev.display(), "container root mounted");
     Ok(())

@@ -91,69 +91,6 @@ pub fn find_by_label(label: &str) -> Option<PathBuf> {
         .find(|dev| matches!(read_ext4_id(dev), Ok(Some(id)) if id.label == label))
 }
 
-/// Directories `switch_root` mounts on and files the tether binds over in `/etc` (created
-/// when the image lacks them), relative to the new root: created by [`prepare_root`].
-const BOOT_CREATES: &[(&str, bool)] = &[
-    ("dev", true),
-    ("proc", true),
-    ("sys", true),
-    (".tether", true),
-    ("etc/hostname", false),
-    ("etc/hosts", false),
-];
-/// Files boot reads and directories it searches before the first launch, relative to the
-/// new root: the user database and the usual PATH directories.
-const BOOT_READS: &[&str] = &[
-    "etc/hosts",
-    "etc/passwd",
-    "etc/group",
-    "usr/local/sbin",
-    "usr/local/bin",
-    "usr/sbin",
-    "usr/bin",
-    "sbin",
-    "bin",
-];
-/// Files up to this size are read whole by [`prepare_root`]; the rest only looked up.
-const WARM_READ_MAX: u64 = 64 * 1024;
-
-/// Prepares a freshly mounted root for boot: creates what `switch_root` and the `/etc` binds
-/// would create anyway, and brings what boot reads next into the page cache. Every first
-/// touch of a metadata block is a device round trip (milliseconds each under TCG); done on
-/// the root disk's thread right after the mount, they overlap the config round trip
-/// instead of adding up one by one on the way to the launch. Errors do not matter here:
-/// the steps that need these paths report their own.
-pub fn prepare_root(root: &Path) {
-    for (rel, dir) in BOOT_CREATES {
-        let path = root.join(rel);
-        if fs::symlink_metadata(&path).is_ok() {
-            continue;
-        }
-        let _ = if *dir {
-            fs::create_dir_all(&path)
-        } else {
-            fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .map(drop)
-        };
-    }
-    for rel in BOOT_READS {
-        let path = root.join(rel);
-        match fs::symlink_metadata(&path) {
-            Ok(m) if m.is_file() && m.len() <= WARM_READ_MAX => {
-                let _ = fs::read(&path);
-            }
-            // Looking up a name reads the directory's blocks, as the PATH search will.
-            Ok(m) if m.is_dir() => {
-                let _ = fs::symlink_metadata(path.join(".tether-lookup"));
-            }
-            _ => {}
-        }
-    }
-}
-
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DiskError + 'a {
     move |source| DiskError::Io {
         what,
