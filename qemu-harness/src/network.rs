@@ -113,6 +113,9 @@ pub enum NetworkError {
     /// more NICs than slots
     #[error("a container can join at most {MAX_NICS} networks")]
     TooMany,
+    /// a metadata file could not be read
+    #[error(transparent)]
+    Record(#[from] crate::state::RecordError),
     /// a file operation failed
     #[error("{what} {path}: {source}")]
     Io {
@@ -126,19 +129,6 @@ pub enum NetworkError {
         path: PathBuf,
         source: serde_json::Error,
     },
-}
-
-impl NetworkError {
-    fn record(path: PathBuf, e: crate::state::RecordError) -> NetworkError {
-        match e {
-            crate::state::RecordError::Io(source) => NetworkError::Io {
-                what: "read",
-                path,
-                source,
-            },
-            crate::state::RecordError::Json(source) => NetworkError::Json { path, source },
-        }
-    }
 }
 
 fn invalid(msg: impl Into<String>) -> NetworkError {
@@ -484,9 +474,7 @@ impl NetworkStore {
             return Err(NetworkError::NoSuch(name.into()));
         }
         let path = self.path(name);
-        crate::state::read_json(&path)
-            .map_err(|e| NetworkError::record(path.clone(), e))?
-            .ok_or_else(|| NetworkError::NoSuch(name.into()))
+        crate::state::read_json(&path)?.ok_or_else(|| NetworkError::NoSuch(name.into()))
     }
 
     /// `bridge` first, then the others by name.

@@ -86,11 +86,19 @@ pub enum StateError {
     },
 }
 
-/// Why a JSON record file could not be read.
-#[derive(Debug)]
+/// Why a JSON record file could not be read. The messages are the stores' own: `read PATH:
+/// …` for I/O, `PATH: …` for damaged JSON.
+#[derive(Debug, thiserror::Error)]
 pub enum RecordError {
-    Io(io::Error),
-    Json(serde_json::Error),
+    /// the file could not be read
+    #[error("read {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    /// the file is damaged
+    #[error("{}: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 /// Reads a JSON record file (volume, network, image config); `Ok(None)` when it does not
@@ -99,11 +107,19 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(RecordError::Io(e)),
+        Err(source) => {
+            return Err(RecordError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        }
     };
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(RecordError::Json)
+        .map_err(|source| RecordError::Json {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// The state directory.

@@ -83,6 +83,9 @@ pub enum VolumeError {
     /// mkfs.ext4 failed
     #[error("mkfs.ext4 failed for volume {0}: {1}")]
     Mkfs(String, String),
+    /// a metadata file could not be read
+    #[error(transparent)]
+    Record(#[from] crate::state::RecordError),
     /// a file operation failed
     #[error("{what} {path}: {source}")]
     Io {
@@ -96,19 +99,6 @@ pub enum VolumeError {
         path: PathBuf,
         source: serde_json::Error,
     },
-}
-
-impl VolumeError {
-    fn record(path: PathBuf, e: crate::state::RecordError) -> VolumeError {
-        match e {
-            crate::state::RecordError::Io(source) => VolumeError::Io {
-                what: "read",
-                path,
-                source,
-            },
-            crate::state::RecordError::Json(source) => VolumeError::Json { path, source },
-        }
-    }
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> VolumeError + 'a {
@@ -323,9 +313,7 @@ impl VolumeStore {
             return Err(VolumeError::NoSuch(name.into()));
         }
         let path = self.dir(name).join("volume.json");
-        crate::state::read_json(&path)
-            .map_err(|e| VolumeError::record(path.clone(), e))?
-            .ok_or_else(|| VolumeError::NoSuch(name.into()))
+        crate::state::read_json(&path)?.ok_or_else(|| VolumeError::NoSuch(name.into()))
     }
 
     /// All volumes, by name. Damaged entries are skipped (and logged).
@@ -611,9 +599,7 @@ pub fn image_volumes(image: &str) -> Result<Vec<String>, VolumeError> {
         #[serde(rename = "Volumes", default)]
         volumes: Option<std::collections::BTreeMap<String, serde_json::Value>>,
     }
-    let Some(cfg): Option<ImageConfig> =
-        crate::state::read_json(&path).map_err(|e| VolumeError::record(path.clone(), e))?
-    else {
+    let Some(cfg): Option<ImageConfig> = crate::state::read_json(&path)? else {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
