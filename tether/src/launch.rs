@@ -1,14 +1,15 @@
 //! Starting a session's process: executable resolution with the original's rules and error
-//! texts, then fork and exec with the child's state reset.
+//! texts, then clone and exec with the child's state reset.
 //!
-//! We fork ourselves rather than use `std::process::Command`: the tether's reaper owns
-//! `waitpid(-1)`, and `Command::spawn` reaps a child whose exec failed with its own `waitpid`,
-//! which would race the reaper (and panic when it loses).
+//! We start processes ourselves rather than with `std::process::Command`: the tether's
+//! reaper owns `waitpid(-1)`, and `Command::spawn` reaps a child whose exec failed with its
+//! own `waitpid`, which would race the reaper (and panic when it loses).
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::unistd::Pid;
 
@@ -137,15 +138,41 @@ fn cstr(s: &str, what: &'static str) -> Result<CString, LaunchError> {
     CString::new(s).map_err(|_| LaunchError::Nul(what))
 }
 
-/// Stages at which the child can fail, reported through the error pipe.
-const STAGE_DUP: u8 = 1;
-const STAGE_CRED: u8 = 2;
-const STAGE_CHDIR: u8 = 3;
-const STAGE_EXEC: u8 = 4;
-const STAGE_TTY: u8 = 5;
+/// Stages at which the child can fail, reported back through shared memory.
+const STAGE_DUP: u32 = 1;
+const STAGE_CRED: u32 = 2;
+const STAGE_CHDIR: u32 = 3;
+const STAGE_EXEC: u32 = 4;
+const STAGE_TTY: u32 = 5;
 
-/// Forks and execs. Returns the child's PID once exec has succeeded; on failure the child has
+/// The child's stack. The child runs a few syscalls and nothing else; 64 KiB leaves room for
+/// stack probes and the libc wrappers.
+const CHILD_STACK: usize = 64 * 1024;
+
+/// What the child needs, prepared by the parent before the clone. The child shares the
+/// parent's memory and reads this in place; the parent is suspended until the child has
+/// exec'd or exited, so it stays valid and unchanged for the child's whole life.
+struct ChildArgs<'a> {
+    fds: [RawFd; 3],
+    ctty: bool,
+    groups: &'a [libc::gid_t],
+    gid: u32,
+    uid: u32,
+    dir: &'a CString,
+    path: &'a CString,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+    /// Set by a failing child: stage in the high half, errno in the low half; 0 on success.
+    failure: AtomicU64,
+}
+
+/// Starts the process and returns its PID once exec has succeeded; on failure the child has
 /// exited with 127 and the reaper will collect it.
+///
+/// The child is created with `clone(CLONE_VM | CLONE_VFORK)`, as `posix_spawn` does: under
+/// TCG, copying the tether's page tables for a `fork` costs about 10 ms of a container's
+/// start. Sharing memory makes the child's side strict: it only makes raw syscalls on data
+/// prepared here, with every signal blocked until its dispositions are reset.
 pub fn spawn(spec: Spec) -> Result<Pid, LaunchError> {
     let path = cstr(&spec.path.to_string_lossy(), "path")?;
     let argv: Vec<CString> = spec
@@ -171,7 +198,6 @@ pub fn spawn(spec: Spec) -> Result<Pid, LaunchError> {
     argv_ptrs.push(std::ptr::null());
     let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
     envp_ptrs.push(std::ptr::null());
-    let groups: Vec<libc::gid_t> = spec.identity.groups.clone();
     let null = std::fs::File::options()
         .read(true)
         .write(true)
@@ -183,138 +209,197 @@ pub fn spawn(spec: Spec) -> Result<Pid, LaunchError> {
             Stdio::Fd(fd) => fd.as_raw_fd(),
         }
     };
-    let fds = [fd_of(&spec.stdin), fd_of(&spec.stdout), fd_of(&spec.stderr)];
-    let (err_r, err_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(LaunchError::Pipe)?;
-    let err_w_raw = err_w.as_raw_fd();
-    let (uid, gid) = (spec.identity.uid, spec.identity.gid);
-    let ctty = spec.controlling_tty;
+    let args = ChildArgs {
+        fds: [fd_of(&spec.stdin), fd_of(&spec.stdout), fd_of(&spec.stderr)],
+        ctty: spec.controlling_tty,
+        groups: &spec.identity.groups,
+        gid: spec.identity.gid,
+        uid: spec.identity.uid,
+        dir: &dir,
+        path: &path,
+        argv: &argv_ptrs,
+        envp: &envp_ptrs,
+        failure: AtomicU64::new(0),
+    };
+    let mut stack = vec![0u8; CHILD_STACK];
+    // The stack grows down on x86_64: hand clone the 16-byte aligned top.
+    let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
 
-    // SAFETY: between fork and exec the child only calls async-signal-safe libc functions on
-    // memory prepared before the fork (CStrings, pointer arrays, the groups vector), which
-    // stays valid because the parent's copies are not freed in the child's address space
-    // until exec replaces it or `_exit` ends it. No allocation, no locks, no Rust std I/O.
-    match unsafe { nix::unistd::fork() }.map_err(LaunchError::Fork)? {
-        nix::unistd::ForkResult::Child => {
-            // SAFETY: see above; every call is async-signal-safe and every pointer is valid.
-            unsafe {
-                child_after_fork(
-                    fds, ctty, &groups, gid, uid, &dir, &path, &argv_ptrs, &envp_ptrs, err_w_raw,
-                )
-            }
+    let pid = {
+        let _blocked = SignalsBlocked::new();
+        // SAFETY: `child_entry` only reads `args` and writes its atomic; `args`, the CStrings
+        // and pointer arrays it refers to and `stack` all outlive the call, because
+        // CLONE_VFORK suspends this thread until the child has exec'd or exited. The stack
+        // top is inside `stack`, aligned, and used by nobody else. Signals are blocked for
+        // the duration so no handler of ours can run on the child's side of shared memory.
+        unsafe {
+            libc::clone(
+                child_entry,
+                top as *mut libc::c_void,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                std::ptr::from_ref(&args).cast_mut().cast(),
+            )
         }
-        nix::unistd::ForkResult::Parent { child } => {
-            drop(err_w);
-            drop(spec.stdin);
-            drop(spec.stdout);
-            drop(spec.stderr);
-            let mut buf = [0u8; 5];
-            let n = read_full(&err_r, &mut buf);
-            if n == 0 {
-                return Ok(child);
-            }
-            let errno = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
-            let text = nix::Error::from_raw(errno).desc().to_lowercase();
-            Err(match buf[0] {
-                STAGE_CHDIR => LaunchError::Chdir {
-                    dir: spec.dir.clone(),
-                    errno: text,
-                },
-                STAGE_CRED => LaunchError::Credentials(text),
-                STAGE_EXEC => LaunchError::Exec {
-                    path: spec.path.display().to_string(),
-                    errno: text,
-                    code: errno,
-                },
-                STAGE_TTY => LaunchError::Credentials(format!("controlling terminal: {text}")),
-                _ => LaunchError::Credentials(format!("set up standard streams: {text}")),
-            })
+    };
+    drop(stack);
+    drop(spec.stdin);
+    drop(spec.stdout);
+    drop(spec.stderr);
+    if pid < 0 {
+        return Err(LaunchError::Fork(nix::Error::last()));
+    }
+    let failure = args.failure.load(Ordering::Acquire);
+    if failure == 0 {
+        return Ok(Pid::from_raw(pid));
+    }
+    let errno = (failure & 0xffff_ffff) as i32;
+    let text = nix::Error::from_raw(errno).desc().to_lowercase();
+    Err(match (failure >> 32) as u32 {
+        STAGE_CHDIR => LaunchError::Chdir {
+            dir: spec.dir.clone(),
+            errno: text,
+        },
+        STAGE_CRED => LaunchError::Credentials(text),
+        STAGE_EXEC => LaunchError::Exec {
+            path: spec.path.display().to_string(),
+            errno: text,
+            code: errno,
+        },
+        STAGE_TTY => LaunchError::Credentials(format!("controlling terminal: {text}")),
+        _ => LaunchError::Credentials(format!("set up standard streams: {text}")),
+    })
+}
+
+/// Blocks every signal on this thread until dropped, restoring the previous mask.
+struct SignalsBlocked(libc::sigset_t);
+
+impl SignalsBlocked {
+    fn new() -> SignalsBlocked {
+        // SAFETY: sigset_t is plain data that sigfillset initialises; pthread_sigmask only
+        // reads `all` and writes `old`, both valid locals.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            SignalsBlocked(old)
         }
     }
 }
 
-fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> usize {
-    let mut got = 0;
-    while got < buf.len() {
-        match nix::unistd::read(fd, &mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(nix::Error::EINTR) => continue,
-            Err(_) => break,
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: restores a mask previously returned by pthread_sigmask.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut());
         }
     }
-    got
+}
+
+extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildArgs` that `spawn` passed to clone, alive and unchanged
+    // while this child runs (the parent is suspended by CLONE_VFORK).
+    unsafe { child_after_clone(&*arg.cast::<ChildArgs<'_>>()) }
+}
+
+/// The kernel's `struct sigaction` for x86_64 (not libc's): all zero is SIG_DFL, no flags,
+/// empty mask.
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
 }
 
 /// The child's side of `spawn`. Never returns.
 ///
+/// Only raw syscalls: the child shares the parent's memory, so it must not allocate, take
+/// locks or run libc code that keeps process-wide state. musl's `setuid` and friends, for
+/// one, signal every thread of the (parent's) process to change credentials with it.
+///
 /// # Safety
-/// Must only be called in a freshly forked child; all pointers must be valid C strings or
-/// null-terminated arrays of them.
-#[allow(clippy::too_many_arguments)]
-unsafe fn child_after_fork(
-    fds: [RawFd; 3],
-    ctty: bool,
-    groups: &[libc::gid_t],
-    gid: u32,
-    uid: u32,
-    dir: &CString,
-    path: &CString,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-    err_w: RawFd,
-) -> ! {
-    let fail = |stage: u8| -> ! {
-        // SAFETY: errno location is thread-local and valid; write/_exit are async-signal-safe.
+/// Must only be called in a child created by `spawn`'s clone, with `a` valid.
+unsafe fn child_after_clone(a: &ChildArgs<'_>) -> ! {
+    let fail = |stage: u32| -> ! {
+        // SAFETY: reading errno is a read of this thread's (the parent's, shared) errno slot,
+        // which the failing syscall just set; _exit ends only this child.
         unsafe {
-            let e = *libc::__errno_location();
-            let b = e.to_le_bytes();
-            let msg = [stage, b[0], b[1], b[2], b[3]];
-            libc::write(err_w, msg.as_ptr().cast(), msg.len());
+            let errno = *libc::__errno_location() as u32;
+            a.failure
+                .store(u64::from(stage) << 32 | u64::from(errno), Ordering::Release);
             libc::_exit(127)
         }
     };
-    // SAFETY: plain syscalls on valid arguments in the forked child.
+    // SAFETY: raw syscalls on valid arguments prepared by the parent.
     unsafe {
-        // The tether blocks and handles signals for its own purposes; a fresh process must
-        // start with an empty mask and default dispositions (SIGPIPE is ignored by Rust's
-        // runtime, and an ignored disposition survives exec).
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        for sig in 1..32 {
+        // The tether handles signals for its own purposes and the parent blocked them all;
+        // a fresh process must start with default dispositions and an empty mask (an
+        // ignored disposition such as Rust's SIGPIPE survives exec). Dispositions first, so
+        // no signal unblocked afterwards can reach one of the tether's handlers.
+        let dfl = KernelSigaction {
+            handler: 0,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        for sig in 1..=libc::SIGRTMAX() {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &dfl as *const KernelSigaction,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    8usize,
+                );
             }
         }
+        let empty: u64 = 0;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        );
         // Its own session and process group, so signals to the group reach the whole job
         // and nothing of the tether.
-        libc::setsid();
-        for (target, fd) in fds.iter().enumerate() {
+        libc::syscall(libc::SYS_setsid);
+        for (target, fd) in a.fds.iter().enumerate() {
             let target = target as RawFd;
             if *fd == target {
-                let flags = libc::fcntl(target, libc::F_GETFD);
-                libc::fcntl(target, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            } else if libc::dup2(*fd, target) < 0 {
+                let flags = libc::syscall(libc::SYS_fcntl, target, libc::F_GETFD);
+                libc::syscall(
+                    libc::SYS_fcntl,
+                    target,
+                    libc::F_SETFD,
+                    flags & !(libc::FD_CLOEXEC as libc::c_long),
+                );
+            } else if libc::syscall(libc::SYS_dup2, *fd, target) < 0 {
                 fail(STAGE_DUP);
             }
         }
-        if ctty && libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+        if a.ctty && libc::syscall(libc::SYS_ioctl, 0, libc::TIOCSCTTY, 0) < 0 {
             fail(STAGE_TTY);
         }
-        if libc::setgroups(groups.len(), groups.as_ptr()) < 0 {
+        if libc::syscall(libc::SYS_setgroups, a.groups.len(), a.groups.as_ptr()) < 0 {
             fail(STAGE_CRED);
         }
-        if libc::setgid(gid) < 0 {
+        if libc::syscall(libc::SYS_setgid, a.gid) < 0 {
             fail(STAGE_CRED);
         }
-        if libc::setuid(uid) < 0 {
+        if libc::syscall(libc::SYS_setuid, a.uid) < 0 {
             fail(STAGE_CRED);
         }
-        if libc::chdir(dir.as_ptr()) < 0 {
+        if libc::syscall(libc::SYS_chdir, a.dir.as_ptr()) < 0 {
             fail(STAGE_CHDIR);
         }
-        libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        libc::syscall(
+            libc::SYS_execve,
+            a.path.as_ptr(),
+            a.argv.as_ptr(),
+            a.envp.as_ptr(),
+        );
         fail(STAGE_EXEC)
     }
 }
@@ -428,6 +513,53 @@ mod spawn_tests {
             0,
             "SIGPIPE still ignored: {ign}"
         );
+    }
+
+    #[test]
+    fn child_gets_its_identity_and_an_empty_signal_mask() {
+        // Tests run as root here (the e2e suite needs it); the credentials part needs it too.
+        assert!(nix::unistd::getuid().is_root(), "launch tests need root");
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let mut s = spec(
+            "/bin/sh",
+            &[
+                "sh",
+                "-c",
+                "id -u; id -g; id -G; grep -E '^SigBlk' /proc/self/status",
+            ],
+            "/",
+            Stdio::Fd(w),
+        );
+        s.identity = Identity {
+            uid: 65534,
+            gid: 65533,
+            groups: vec![65533, 4242],
+            home: "/".into(),
+        };
+        // A blocked signal in the parent must not stay blocked in the child.
+        let mut usr1 = nix::sys::signal::SigSet::empty();
+        usr1.add(nix::sys::signal::Signal::SIGUSR1);
+        let old = usr1
+            .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)
+            .unwrap();
+        let pid = spawn(s);
+        old.thread_set_mask().unwrap();
+        let pid = pid.unwrap();
+        let mut out = String::new();
+        std::fs::File::from(r).read_to_string(&mut out).unwrap();
+        nix::sys::wait::waitpid(pid, None).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "65534", "{out}");
+        assert_eq!(lines[1], "65533", "{out}");
+        assert_eq!(lines[2], "65533 4242", "{out}");
+        assert_eq!(
+            lines[3].split_whitespace().nth(1),
+            Some("0000000000000000"),
+            "{out}"
+        );
+        // The credentials changed in the child only.
+        assert!(nix::unistd::getuid().is_root());
+        assert!(nix::unistd::geteuid().is_root());
     }
 
     #[test]
