@@ -120,10 +120,12 @@ pub fn apply_with(
     hostname: &str,
     paths: Paths,
 ) -> Result<Leases, NetError> {
-    let mut nl = Netlink::open().map_err(NetError::Setup)?;
-    nl.loopback_up().map_err(NetError::Setup)?;
-
+    super::link::loopback_up().map_err(NetError::Setup)?;
     let order = endpoint_order(cfg);
+    if order.is_empty() {
+        return Ok(Leases::from_parts(Vec::new(), paths));
+    }
+    let nl = Netlink::open().map_err(NetError::Setup)?;
     // Option 12 only when the config names the host; the original sent nothing otherwise.
     let dhcp_hostname = (!cfg.hostname.is_empty()).then(|| hostname.to_owned());
     let mut ctx = Ctx {
@@ -140,9 +142,7 @@ pub fn apply_with(
         };
         ctx.apply_endpoint(name, ep)?;
     }
-    if !order.is_empty() {
-        publish_names(cfg, &paths)?;
-    }
+    publish_names(cfg, &paths)?;
     Ok(Leases::from_parts(ctx.leases, paths))
 }
 
