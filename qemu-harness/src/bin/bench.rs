@@ -71,6 +71,8 @@ fn boot(state: &State, runs: usize) -> Result<()> {
     let (mut tether, mut baseline, mut internal, mut kernel) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut tether_off, mut bare_off) = (Vec::new(), Vec::new());
+    // Every boot stamp, as milliseconds after the PID 1 stamp, per stamp name.
+    let mut stages: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
     for i in 0..2 * runs {
         let with_tether = i % 2 == 0;
         let mut opts = RunOptions::new("busybox", &["echo", "hello"]);
@@ -95,6 +97,12 @@ fn boot(state: &State, runs: usize) -> Result<()> {
             if let (Some(p), Some(e)) = (s.get("pid1"), s.get("exec")) {
                 internal.push((e - p) as f64 / 1000.0);
                 kernel.push(*p as f64 / 1000.0);
+                for (name, at) in s.iter().filter(|(n, _)| n.as_str() != "pid1") {
+                    stages
+                        .entry(name.clone())
+                        .or_default()
+                        .push((at - p) as f64 / 1000.0);
+                }
             }
         } else {
             baseline.push(first);
@@ -117,6 +125,19 @@ fn boot(state: &State, runs: usize) -> Result<()> {
     println!(
         "  tether internal PID 1 -> entrypoint exec (median): {:.1} ms",
         median(&mut internal)
+    );
+    let mut order: Vec<(f64, String)> = stages
+        .iter_mut()
+        .map(|(name, v)| (median(v), name.clone()))
+        .collect();
+    order.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let listed: Vec<String> = order
+        .iter()
+        .map(|(ms, name)| format!("{name} {ms:.1}"))
+        .collect();
+    println!(
+        "  boot stamps, ms after PID 1 (median each): {}",
+        listed.join(", ")
     );
     let bin = qemu_harness::artifacts::workspace_root()
         .join("target/x86_64-unknown-linux-musl/release/tether");
