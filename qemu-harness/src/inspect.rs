@@ -95,6 +95,39 @@ pub fn network_settings(meta: &Meta, cfg: &ContainerConfig) -> serde_json::Value
     serde_json::json!({ "Networks": nets, "Ports": ports })
 }
 
+/// The boot stages the tether stamps, in the order it passes them.
+const BOOT_STAGES: [&str; 5] = ["pid1", "config", "disks", "network", "exec"];
+
+/// `Boot` of `vch inspect`: the tether's `CLOCK_BOOTTIME` stamps in milliseconds, the
+/// kernel's own time to PID 1 and what each stage of the tether's start took. Empty before
+/// the tether has written its stamps back.
+pub fn boot(cfg: &ContainerConfig) -> serde_json::Value {
+    let stamps = &cfg.tether.boot_stamps;
+    let ms = |us: i64| (us as f64 / 100.0).round() / 10.0;
+    let Some(&pid1) = stamps.get("pid1") else {
+        return serde_json::json!({});
+    };
+    let mut stages = Vec::new();
+    let mut prev = pid1;
+    for name in BOOT_STAGES.iter().skip(1) {
+        if let Some(&at) = stamps.get(*name) {
+            stages.push(serde_json::json!({
+                "Stage": name,
+                "AtMs": ms(at),
+                "SincePid1Ms": ms(at - pid1),
+                "TookMs": ms(at - prev),
+            }));
+            prev = at;
+        }
+    }
+    let exec = stamps.get("exec").map(|&e| ms(e - pid1));
+    serde_json::json!({
+        "KernelToPid1Ms": ms(pid1),
+        "Pid1ToExecMs": exec,
+        "Stages": stages,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +214,27 @@ mod tests {
             network_settings(&meta, &cfg)["Networks"]["bridge"]["IPAddress"],
             ""
         );
+    }
+
+    #[test]
+    fn boot_section_in_milliseconds_and_stage_order() {
+        let mut cfg = ContainerConfig::default();
+        assert_eq!(boot(&cfg), serde_json::json!({}));
+        for (k, v) in [
+            ("pid1", 500_000),
+            ("config", 540_000),
+            ("disks", 590_250),
+            ("network", 600_000),
+            ("exec", 640_000),
+        ] {
+            cfg.tether.boot_stamps.insert(k.into(), v);
+        }
+        let b = boot(&cfg);
+        assert_eq!(b["KernelToPid1Ms"], 500.0);
+        assert_eq!(b["Pid1ToExecMs"], 140.0);
+        assert_eq!(b["Stages"][1]["Stage"], "disks");
+        assert_eq!(b["Stages"][1]["AtMs"], 590.3);
+        assert_eq!(b["Stages"][1]["TookMs"], 50.3);
+        assert_eq!(b["Stages"][3]["SincePid1Ms"], 140.0);
     }
 }

@@ -53,4 +53,30 @@ fn writeback_is_visible_with_vch_inspect() {
             && us("network") <= us("exec"),
         "{stamps}"
     );
+    // The same, readable: the kernel's time to PID 1 and each stage of the tether's start.
+    let boot = &doc["Boot"];
+    let kernel = boot["KernelToPid1Ms"].as_f64().unwrap();
+    assert!((kernel - us("pid1") as f64 / 1000.0).abs() < 0.1, "{boot}");
+    let total = boot["Pid1ToExecMs"].as_f64().unwrap();
+    assert!(
+        (total - (us("exec") - us("pid1")) as f64 / 1000.0).abs() < 0.1,
+        "{boot}"
+    );
+    let stages: Vec<&str> = boot["Stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["Stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["config", "disks", "network", "exec"], "{boot}");
+    let took: f64 = boot["Stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["TookMs"].as_f64().unwrap())
+        .sum();
+    assert!(
+        (took - total).abs() < 0.5,
+        "stages add up to {took}, not {total}: {boot}"
+    );
 }

@@ -584,6 +584,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 "State": state_text(&meta, &cfg),
                 "Mounts": inspect::mounts(&meta),
                 "NetworkSettings": inspect::network_settings(&meta, &cfg),
+                "Boot": inspect::boot(&cfg),
                 "Config": cfg,
             });
             println!("{}", serde_json::to_string_pretty(&doc)?);
