@@ -223,30 +223,34 @@ pub fn spawn(spec: Spec) -> Result<Pid, LaunchError> {
     };
     let mut stack = vec![0u8; CHILD_STACK];
     // The stack grows down on x86_64: hand clone the 16-byte aligned top.
-    let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
+    let top = stack
+        .as_mut_ptr()
+        .wrapping_add(CHILD_STACK)
+        .map_addr(|a| a & !15);
 
-    let pid = {
+    let (pid, clone_error) = {
         let _blocked = SignalsBlocked::new();
         // SAFETY: `child_entry` only reads `args` and writes its atomic; `args`, the CStrings
         // and pointer arrays it refers to and `stack` all outlive the call, because
         // CLONE_VFORK suspends this thread until the child has exec'd or exited. The stack
         // top is inside `stack`, aligned, and used by nobody else. Signals are blocked for
         // the duration so no handler of ours can run on the child's side of shared memory.
-        unsafe {
+        let pid = unsafe {
             libc::clone(
                 child_entry,
-                top as *mut libc::c_void,
+                top.cast(),
                 libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
                 std::ptr::from_ref(&args).cast_mut().cast(),
             )
-        }
+        };
+        (pid, nix::Error::last())
     };
     drop(stack);
     drop(spec.stdin);
     drop(spec.stdout);
     drop(spec.stderr);
     if pid < 0 {
-        return Err(LaunchError::Fork(nix::Error::last()));
+        return Err(LaunchError::Fork(clone_error));
     }
     let failure = args.failure.load(Ordering::Acquire);
     if failure == 0 {
