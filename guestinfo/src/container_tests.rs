@@ -342,15 +342,34 @@ fn json_carries_everything_needed_to_reencode() {
 }
 
 #[test]
-fn rejects_what_it_cannot_carry() {
+fn separators_inside_args_and_env_survive_and_reload_takes_one_writer() {
     let mut cfg = must(decode(&fixture()));
-    if let Some(s) = cfg.sessions.get_mut(ID) {
-        s.cmd.args.push("PoolRoute|A".to_owned());
-    }
-    assert!(matches!(
-        encode(&cfg),
-        Err(EncodeError::SeparatorInElement { .. })
-    ));
+    let s = must(cfg.sessions.get_mut(ID).ok_or("no session"));
+    s.cmd.args = vec!["sh".into(), "-c".into(), "ps | grep -c x".into()];
+    s.cmd.env.push("ROUTE=PoolRoute|A".into());
+    let map = must(encode(&cfg));
+    assert_eq!(must(decode(&map)), cfg);
+    // A reload whose writer set plain args again (no exact key) must not resurrect the
+    // previous exact elements.
+    let mut next = map.clone();
+    next.insert(
+        format!("guestinfo.vice./sessions|{ID}/cmd/Args~"),
+        "sh|-c|true".into(),
+    );
+    next.remove(&format!("guestinfo.vice./sessions|{ID}/cmd/Args~b64"));
+    let mut reloaded = cfg.clone();
+    must(decode_into(&next, &mut reloaded));
+    assert_eq!(reloaded.sessions[ID].cmd.args, ["sh", "-c", "true"]);
+    assert_eq!(reloaded.sessions[ID].cmd.env, cfg.sessions[ID].cmd.env);
+    // A reload that leaves the args out keeps the previous ones, exact.
+    next.remove(&format!("guestinfo.vice./sessions|{ID}/cmd/Args~"));
+    let mut kept = cfg.clone();
+    must(decode_into(&next, &mut kept));
+    assert_eq!(kept.sessions[ID].cmd.args, cfg.sessions[ID].cmd.args);
+}
+
+#[test]
+fn rejects_what_it_cannot_carry() {
     let mut cfg = must(decode(&fixture()));
     cfg.annotations.insert("x@y".to_owned(), String::new());
     assert!(matches!(encode(&cfg), Err(EncodeError::BadMapKey { .. })));

@@ -4,8 +4,10 @@
 //! default, `""` is the zero value of numbers and booleans, a missing or empty length key is an
 //! empty list, map entries are merged in, pointers (`Option`) stay `None` when nothing below
 //! them exists. Differences, all deliberate: malformed numbers, booleans, base64 and list
-//! lengths are errors naming the key (the original logs and substitutes zero), and nothing
-//! here can panic or allocate in proportion to a length the input merely claims.
+//! lengths are errors naming the key (the original logs and substitutes zero), nothing
+//! here can panic or allocate in proportion to a length the input merely claims, and a
+//! primitive list's exact `key~b64` (our extension for elements holding `|`) is preferred
+//! over the original's split `key~` when both come from the same writer.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,7 +16,7 @@ use serde::de::value::{BorrowedStrDeserializer, StringDeserializer};
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
 
 use crate::error::DecodeError;
-use crate::keys::{entry_key, values_key, NormKey, Scope};
+use crate::keys::{entry_key, exact_values_key, values_key, NormKey, Scope};
 use crate::tags::{find, FieldTag, Registry};
 use crate::value::{b64_decode, parse_go_bool};
 use crate::Map;
@@ -26,6 +28,19 @@ pub(crate) trait Source {
     fn lookup(&self, key: &str, fallback_only: bool) -> Result<Option<String>, DecodeError>;
     /// The `|`-separated key list of a map, merged with the previous config's when reloading.
     fn map_keys(&self, key: &str) -> Result<Option<Vec<String>>, DecodeError>;
+    /// A primitive list's values at `list_key`: the original's `key~`, and our exact
+    /// `key~b64` when the same writer put it beside (see [`exact_values_key`]).
+    fn list_values(
+        &self,
+        list_key: &str,
+        fallback_only: bool,
+    ) -> Result<Option<(String, Option<String>)>, DecodeError> {
+        let Some(legacy) = self.lookup(&values_key(list_key), fallback_only)? else {
+            return Ok(None);
+        };
+        let exact = self.lookup(&exact_values_key(list_key), fallback_only)?;
+        Ok(Some((legacy, exact)))
+    }
     /// Whether anything exists at or below `key`.
     fn probe(&self, key: &str) -> bool;
     /// Upper bound for a composite list's length (each element needs at least one key).
@@ -42,6 +57,13 @@ pub(crate) trait Source {
 
 fn split_list(v: &str) -> Vec<String> {
     v.split('|').map(str::to_owned).collect()
+}
+
+/// The elements of an exact list (`key~b64`), or `None` if one is not base64 of UTF-8.
+fn exact_elements(v: &str) -> Option<Vec<String>> {
+    v.split('|')
+        .map(|e| b64_decode(e).ok().and_then(|b| String::from_utf8(b).ok()))
+        .collect()
 }
 
 /// A flat map, optionally layered over the previous config (reload semantics).
@@ -87,6 +109,25 @@ impl Source for MapSource {
             }
         }
         Ok(self.fallback.get(&k).cloned())
+    }
+
+    fn list_values(
+        &self,
+        list_key: &str,
+        fallback_only: bool,
+    ) -> Result<Option<(String, Option<String>)>, DecodeError> {
+        let legacy = values_key(list_key).to_ascii_lowercase();
+        let exact = exact_values_key(list_key).to_ascii_lowercase();
+        // Both from one layer: a reload that rewrote `key~` without `key~b64` must not pick
+        // up the previous config's exact elements.
+        let layer = if !fallback_only && self.input.contains_key(&legacy) {
+            &self.input
+        } else {
+            &self.fallback
+        };
+        Ok(layer
+            .get(&legacy)
+            .map(|v| (v.clone(), layer.get(&exact).cloned())))
     }
 
     fn map_keys(&self, key: &str) -> Result<Option<Vec<String>>, DecodeError> {
@@ -407,9 +448,21 @@ impl<'de, S: Source> de::Deserializer<'de> for De<'_, S> {
         };
         let length = usize::try_from(length).unwrap_or(usize::MAX);
         let values = if length > 0 {
-            self.src
-                .lookup(&values_key(&self.key), self.fallback_only)?
-                .map(|v| split_list(&v))
+            match self.src.list_values(&self.key, self.fallback_only)? {
+                None => None,
+                Some((legacy, None)) => Some(split_list(&legacy)),
+                Some((legacy, Some(exact))) => match exact_elements(&exact) {
+                    Some(v) => Some(v),
+                    None if self.src.discovery() => Some(split_list(&legacy)),
+                    None => {
+                        return Err(DecodeError::InvalidValue {
+                            key: exact_values_key(&self.key),
+                            value: exact,
+                            expected: "base64 elements joined with '|'",
+                        })
+                    }
+                },
+            }
         } else {
             None
         };

@@ -5,10 +5,6 @@ use std::fmt::Display;
 /// Why a config could not be encoded into the flat map.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
-    /// `{key}`: list element {index} contains '|', which the original splits on (vmware/vic#3510)
-    #[error("`{key}`: list element {index} contains '|', which the original splits on (vmware/vic#3510)")]
-    SeparatorInElement { key: String, index: usize },
-
     /// `{key}`: map key `{map_key}` cannot be carried: {reason}
     #[error("`{key}`: map key `{map_key}` cannot be carried: {reason}")]
     BadMapKey {

@@ -164,6 +164,15 @@ pub fn values_key(prefix: &str) -> String {
     append_to_prefix(prefix, "", "~")
 }
 
+/// Our extension for primitive lists with a `|` inside an element (vmware/vic#3510): beside
+/// the original's `key~`, which splits such an element, `key~b64` carries every element
+/// exactly, each in standard base64 and joined with `|`. It is written only when needed;
+/// the original ignores the key, and a reader takes it only together with `key~` from the
+/// same writer, so a later `key~` without it wins.
+pub fn exact_values_key(prefix: &str) -> String {
+    append_to_prefix(prefix, "", "~b64")
+}
+
 /// Whether the guest may write this key: the VMX (and the original guest sink) refuse any
 /// key containing `/`.
 pub fn is_guest_writable(key: &str) -> bool {

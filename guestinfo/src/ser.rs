@@ -3,7 +3,7 @@
 use serde::ser::{self, Impossible, Serialize};
 
 use crate::error::EncodeError;
-use crate::keys::{entry_key, values_key, Scope};
+use crate::keys::{entry_key, exact_values_key, values_key, Scope};
 use crate::tags::{find, FieldTag, Registry};
 use crate::value::{b64_encode, format_go_float};
 
@@ -323,15 +323,7 @@ impl ser::SerializeSeq for SeqSer<'_> {
             element: true,
         })?;
         match done {
-            Done::Primitive(v) if !self.composite => {
-                if v.contains('|') {
-                    return Err(EncodeError::SeparatorInElement {
-                        key: self.key.clone(),
-                        index: self.count,
-                    });
-                }
-                self.primitives.push(v);
-            }
+            Done::Primitive(v) if !self.composite => self.primitives.push(v),
             Done::Written if self.primitives.is_empty() => self.composite = true,
             _ => {
                 return Err(EncodeError::Unsupported {
@@ -352,8 +344,19 @@ impl ser::SerializeSeq for SeqSer<'_> {
             return Err(EncodeError::Secret { key: self.key });
         }
         if !self.composite {
+            // The original's form first, split where an element holds a `|`, exactly as its
+            // port layer would write it; then, only then, the exact elements beside it.
             self.out
                 .emit(values_key(&self.key), self.primitives.join("|"))?;
+            if self.primitives.iter().any(|p| p.contains('|')) {
+                let exact: Vec<String> = self
+                    .primitives
+                    .iter()
+                    .map(|p| b64_encode(p.as_bytes()))
+                    .collect();
+                self.out
+                    .emit(exact_values_key(&self.key), exact.join("|"))?;
+            }
         }
         self.out.emit(self.key, (self.count - 1).to_string())?;
         Ok(Done::Written)

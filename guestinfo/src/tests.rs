@@ -446,19 +446,16 @@ fn test_secret_fields_shape() {
 }
 
 #[test]
-fn unrepresentable_values_are_errors() {
-    let v = BasicSlice::default();
-    assert_eq!(encode_with(&v), Map::new());
-    let v = TestCmd {
-        args: vec!["docker".to_owned(), "PoolRoute|A".to_owned()],
-        ..TestCmd::default()
-    };
-    let c = ComplexType {
+fn list_elements_with_a_separator_travel_exactly_beside_the_original_form() {
+    let cmd = |args: &[&str]| ComplexType {
         executor_config: ExecutorConfig {
             sessions: [(
                 "s".to_owned(),
                 TestSession {
-                    cmd: v,
+                    cmd: TestCmd {
+                        args: args.iter().map(|a| (*a).to_owned()).collect(),
+                        ..TestCmd::default()
+                    },
                     ..TestSession::default()
                 },
             )]
@@ -466,10 +463,54 @@ fn unrepresentable_values_are_errors() {
             ..ExecutorConfig::default()
         },
     };
-    assert!(matches!(
-        to_pairs_with(&c, "", test_registry),
-        Err(EncodeError::SeparatorInElement { index: 1, .. })
-    ));
+    let c = cmd(&["sh", "-c", "echo a|tr a b", ""]);
+    let m = encode_with(&c);
+    // The original's keys, as its port layer writes them (the element is split there)...
+    assert_eq!(
+        m.get("executorconfig/sessions|s/cmd/args~")
+            .map(String::as_str),
+        Some("sh|-c|echo a|tr a b|")
+    );
+    assert_eq!(
+        m.get("executorconfig/sessions|s/cmd/args")
+            .map(String::as_str),
+        Some("3")
+    );
+    // ...and ours beside them, each element whole.
+    assert_eq!(
+        m.get("executorconfig/sessions|s/cmd/args~b64")
+            .map(String::as_str),
+        Some("c2g=|LWM=|ZWNobyBhfHRyIGEgYg==|")
+    );
+    assert_eq!(decode_with::<ComplexType>(&m), c);
+    // What the original makes of the same keys: split, and cut to the length.
+    let mut original = m.clone();
+    original.remove("executorconfig/sessions|s/cmd/args~b64");
+    assert_eq!(
+        decode_with::<ComplexType>(&original)
+            .executor_config
+            .sessions["s"]
+            .cmd
+            .args,
+        ["sh", "-c", "echo a", "tr a b"]
+    );
+    // Without a separator inside an element, the wire is the original's alone.
+    let plain = encode_with(&cmd(&["sh", "-c", "true"]));
+    assert!(!plain.keys().any(|k| k.ends_with("~b64")), "{plain:?}");
+    // A damaged exact list is an error naming its key, not a silent fallback.
+    let mut bad = m.clone();
+    bad.insert(
+        "executorconfig/sessions|s/cmd/args~b64".into(),
+        "c2g=|!!|x|y".into(),
+    );
+    let e = from_map_with::<ComplexType>(&bad, test_registry).unwrap_err();
+    assert!(e.to_string().contains("args~b64"), "{e}");
+}
+
+#[test]
+fn unrepresentable_values_are_errors() {
+    let v = BasicSlice::default();
+    assert_eq!(encode_with(&v), Map::new());
     for bad in ["a|b", "a@b", ""] {
         let v = BasicMap {
             int_map: [(bad.to_owned(), 1)].into(),

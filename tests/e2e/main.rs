@@ -23,6 +23,7 @@ mod restart_policy;
 mod run_as_user;
 mod run_hello;
 mod run_interactive;
+mod run_shell_pipeline;
 mod run_with_env_and_workdir;
 mod signals_and_stop;
 mod use_named_volume;

@@ -5,8 +5,7 @@
 fn five_hundred_orphans_are_reaped() {
     // The subshell starts the sleepers and exits at once, orphaning them. Count them while
     // they run (state not Z), wait until none runs, then count zombies (state Z). If the
-    // tether did not reap, the zombies stay and the count says so. (No pipes: the config
-    // format cannot carry '|' in an argument.)
+    // tether did not reap, the zombies stay and the count says so.
     let script = r#"
         count() {
             n=0
