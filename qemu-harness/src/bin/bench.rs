@@ -68,8 +68,7 @@ fn boot(state: &State, runs: usize) -> Result<()> {
     if !bare.is_file() {
         bail!("{} missing: run scripts/build-iso", bare.display());
     }
-    let (mut tether, mut baseline, mut internal, mut kernel) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut tether, mut baseline, mut kernel) = (Vec::new(), Vec::new(), Vec::new());
     let (mut tether_off, mut bare_off) = (Vec::new(), Vec::new());
     // Every boot stamp, as milliseconds after the PID 1 stamp, per stamp name.
     let mut stages: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
@@ -94,8 +93,7 @@ fn boot(state: &State, runs: usize) -> Result<()> {
             tether_off.push(life);
             let cfg = vm::load_config(&outcome.dir)?;
             let s = &cfg.tether.boot_stamps;
-            if let (Some(p), Some(e)) = (s.get("pid1"), s.get("exec")) {
-                internal.push((e - p) as f64 / 1000.0);
+            if let (Some(p), Some(_)) = (s.get("pid1"), s.get("exec")) {
                 kernel.push(*p as f64 / 1000.0);
                 for (name, at) in s.iter().filter(|(n, _)| n.as_str() != "pid1") {
                     stages
@@ -124,7 +122,7 @@ fn boot(state: &State, runs: usize) -> Result<()> {
     );
     println!(
         "  tether internal PID 1 -> entrypoint exec (median): {:.1} ms",
-        median(&mut internal)
+        stages.get_mut("exec").map_or(f64::NAN, |v| median(v))
     );
     let mut order: Vec<(f64, String)> = stages
         .iter_mut()
