@@ -106,10 +106,13 @@ pub async fn client<S: AsyncRead + AsyncWrite + Unpin>(
     s.write_all(&[SYN, x]).await?;
     s.flush().await?;
     let reply = read_last(s, 3, timeout).await?;
-    if reply[0] == NAK || reply[2] == NAK {
-        return Err(HandshakeError::Declined);
-    }
+    // A well-formed reply wins over any NAK reading: its last byte is the server's token,
+    // which is 0x15 one time in 255 and must not read as a refusal.
     if reply[0] != ACK || reply[1] != x.wrapping_add(1) {
+        // The server's one-byte NAK ends the window; or it is all there was.
+        if reply[0] == NAK || reply[2] == NAK {
+            return Err(HandshakeError::Declined);
+        }
         return Err(HandshakeError::Unexpected(reply));
     }
     let y = reply[2];
@@ -207,6 +210,43 @@ mod tests {
             srv.await.unwrap(),
             Err(HandshakeError::Unexpected(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_server_token_equal_to_nak_is_not_a_refusal() {
+        let (mut a, mut b) = duplex(1024);
+        // A server that happened to draw y = 0x15.
+        let srv = tokio::spawn(async move {
+            let mut syn = [0u8; 2];
+            b.read_exact(&mut syn).await.unwrap();
+            assert_eq!(syn[0], SYN);
+            b.write_all(&[ACK, syn[1].wrapping_add(1), NAK])
+                .await
+                .unwrap();
+            let mut ack = [0u8; 2];
+            b.read_exact(&mut ack).await.unwrap();
+            assert_eq!(ack, [ACK, NAK + 1]);
+            b.write_all(&[ACK]).await.unwrap();
+        });
+        client(&mut a, T).await.unwrap();
+        srv.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_trailing_nak_is_a_refusal() {
+        let (mut a, mut b) = duplex(1024);
+        let srv = tokio::spawn(async move {
+            let mut syn = [0u8; 2];
+            b.read_exact(&mut syn).await.unwrap();
+            // Line garbage, then the server's NAK.
+            b.write_all(&[0xde, 0xad, NAK]).await.unwrap();
+            b
+        });
+        assert!(matches!(
+            client(&mut a, T).await,
+            Err(HandshakeError::Declined)
+        ));
+        srv.await.unwrap();
     }
 
     #[tokio::test]
