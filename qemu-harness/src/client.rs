@@ -1,35 +1,25 @@
-//! The user's end of `attach` and `exec`: a channel to a session, the terminal in raw mode
-//! for tty sessions, resizes on SIGWINCH, stdin with its end, ctrl-p ctrl-q to detach.
+//! The terminal's end of an [`Attachment`] (`vch run -it`, `vch attach`, `vch exec`): the
+//! terminal in raw mode for tty sessions, its size sent first and again on SIGWINCH, stdin
+//! with its end, the detach keys, output to stdout and stderr.
 
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
 
-use backchannel::requests::{self as req, WindowSize};
-use sshproto::Connection;
+use backchannel::requests::WindowSize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// How to bind the local terminal to a session.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AttachOptions {
-    /// The session has a tty: raw terminal and resizes.
-    pub tty: bool,
+use crate::engine::{Attachment, DetachKeys, Ended};
+
+/// How to bind the local terminal to an attachment.
+#[derive(Debug, Clone, Default)]
+pub struct TerminalOptions {
     /// Send our stdin.
     pub stdin: bool,
-    /// Send `unblock` once bound (the session waits for it under `runblock`).
+    /// Send `unblock` once bound (after the first size): the session waits for it when it
+    /// was started for this attachment.
     pub unblock: bool,
-    /// ctrl-p ctrl-q detaches (tty sessions, as docker).
-    pub detach_keys: bool,
-}
-
-/// How an attachment ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ended {
-    /// The session ended with this exit status.
-    Exited(i64),
-    /// The user detached; the session goes on.
-    Detached,
-    /// The channel closed without an exit status.
-    Closed,
+    /// Detach on these keys (tty sessions, as docker).
+    pub detach_keys: Option<DetachKeys>,
 }
 
 /// Puts the terminal in raw mode until dropped.
@@ -91,74 +81,79 @@ pub fn terminal_size() -> Option<WindowSize> {
     None
 }
 
-/// Attaches to session `id` over `conn` (the tether's back-channel, or a keeper's control
-/// socket, which relays it) until the session ends or the user detaches.
-pub async fn attach(conn: &Connection, id: &str, opts: AttachOptions) -> Result<Ended, String> {
-    let ch = conn
-        .open_channel(req::CHANNEL_ATTACH, id.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let _raw = if opts.tty && opts.stdin && std::io::stdin().is_terminal() {
+/// Reads our stdin on a thread of its own: a blocking read cannot be cancelled, and a
+/// runtime's blocking pool would wait for it at exit (so `vch` would hang after the session
+/// ended until the next keystroke). The thread dies with the process.
+fn stdin_chunks() -> tokio::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        // Dropping the sender tells the reader that our input ended.
+    });
+    rx
+}
+
+/// Binds this process's terminal (or pipes) to an attachment until the session ends or the
+/// user detaches.
+pub async fn attach(att: Attachment, opts: TerminalOptions) -> Ended {
+    let Attachment {
+        tty,
+        mut output,
+        mut errors,
+        control,
+        ..
+    } = att;
+    let _raw = if tty && opts.stdin && std::io::stdin().is_terminal() {
         Some(RawTerminal::enter())
     } else {
         None
     };
-    let mut err_reader = ch.stderr();
-    let (mut reader, writer) = ch.split();
-    if opts.tty {
+    if tty {
         if let Some(ws) = terminal_size() {
-            let _ = writer.request(req::REQ_WINDOW_CHANGE, &ws.payload()).await;
+            control.resize(ws).await;
         }
     }
     if opts.unblock {
-        let _ = writer.request(req::REQ_UNBLOCK, req::UNBLOCK_PAYLOAD).await;
+        control.unblock().await;
     }
-    let writer = std::sync::Arc::new(tokio::sync::Mutex::new(writer));
 
     let (detach_tx, mut detach_rx) = tokio::sync::oneshot::channel::<()>();
-    let input = if opts.stdin {
-        let w = writer.clone();
-        let detach_keys = opts.detach_keys && opts.tty;
-        Some(tokio::spawn(async move {
-            let mut stdin = tokio::io::stdin();
-            let mut buf = vec![0u8; 16 * 1024];
-            let mut saw_ctrl_p = false;
-            loop {
-                let n = match stdin.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
+    let input = opts.stdin.then(|| {
+        let c = control.clone();
+        let mut keys = opts.detach_keys.clone().filter(|_| tty);
+        tokio::spawn(async move {
+            let mut chunks = stdin_chunks();
+            while let Some(chunk) = chunks.recv().await {
+                let (pass, detached) = match keys.as_mut() {
+                    Some(k) => k.scan(&chunk),
+                    None => (chunk, false),
                 };
-                let mut chunk = &buf[..n];
-                if detach_keys {
-                    for (i, b) in chunk.iter().enumerate() {
-                        if saw_ctrl_p && *b == 0x11 {
-                            let _ = detach_tx.send(());
-                            return;
-                        }
-                        saw_ctrl_p = *b == 0x10;
-                        if saw_ctrl_p && i + 1 == chunk.len() {
-                            // Hold a trailing ctrl-p until we know whether ctrl-q follows.
-                            chunk = &chunk[..i];
-                            break;
-                        }
-                    }
+                if c.write(&pass).await.is_err() {
+                    return;
                 }
-                if w.lock().await.write_all(chunk).await.is_err() {
+                if detached {
+                    let _ = detach_tx.send(());
                     return;
                 }
             }
-            // Our input ended: ask the tether to close the process's stdin once every
-            // attached input has ended, then end ours.
-            let w = w.lock().await;
-            let _ = w.request(req::REQ_CLOSE_STDIN, &[]).await;
-            let _ = w.eof();
-        }))
-    } else {
-        None
-    };
-    let resize = if opts.tty {
-        let w = writer.clone();
-        Some(tokio::spawn(async move {
+            c.close_stdin().await;
+        })
+    });
+    let resize = tty.then(|| {
+        let c = control.clone();
+        tokio::spawn(async move {
             let Ok(mut winch) =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
             else {
@@ -166,42 +161,33 @@ pub async fn attach(conn: &Connection, id: &str, opts: AttachOptions) -> Result<
             };
             while winch.recv().await.is_some() {
                 if let Some(ws) = terminal_size() {
-                    let _ = w
-                        .lock()
-                        .await
-                        .request(req::REQ_WINDOW_CHANGE, &ws.payload())
-                        .await;
+                    c.resize(ws).await;
                 }
             }
-        }))
-    } else {
-        None
-    };
+        })
+    });
 
-    let output = async {
-        let out = async {
-            let mut stdout = tokio::io::stdout();
-            let mut buf = vec![0u8; 32 * 1024];
-            while let Ok(n) = reader.read(&mut buf).await {
-                if n == 0 || stdout.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-                let _ = stdout.flush().await;
+    let out = async {
+        let mut stdout = tokio::io::stdout();
+        let mut buf = vec![0u8; 32 * 1024];
+        while let Ok(n) = output.read(&mut buf).await {
+            if n == 0 || stdout.write_all(&buf[..n]).await.is_err() {
+                break;
             }
-        };
-        let err = async {
-            let mut stderr = tokio::io::stderr();
-            let mut buf = vec![0u8; 32 * 1024];
-            while let Ok(n) = err_reader.read(&mut buf).await {
-                if n == 0 || stderr.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
+            let _ = stdout.flush().await;
+        }
+    };
+    let err = async {
+        let mut stderr = tokio::io::stderr();
+        let mut buf = vec![0u8; 32 * 1024];
+        while let Ok(n) = errors.read(&mut buf).await {
+            if n == 0 || stderr.write_all(&buf[..n]).await.is_err() {
+                break;
             }
-        };
-        tokio::join!(out, err);
+        }
     };
     let detached = tokio::select! {
-        _ = output => false,
+        _ = async { tokio::join!(out, err) } => false,
         Ok(()) = &mut detach_rx => true,
     };
     if let Some(t) = input {
@@ -210,48 +196,9 @@ pub async fn attach(conn: &Connection, id: &str, opts: AttachOptions) -> Result<
     if let Some(t) = resize {
         t.abort();
     }
-    let w = writer.lock().await;
     if detached {
-        w.close();
-        return Ok(Ended::Detached);
+        control.detach().await;
+        return Ended::Detached;
     }
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), w.wait_closed()).await;
-    Ok(match w.exit_status() {
-        Some(s) => Ended::Exited(i64::from(s)),
-        None => Ended::Closed,
-    })
-}
-
-/// Runs an exec through a keeper's control connection and collects its output (no
-/// terminal involved): (exit status, stdout bytes, time from the first to the last byte).
-pub async fn exec_collect(
-    conn: &Connection,
-    spec: &crate::control::ExecSpec,
-) -> Result<(i64, Vec<u8>, std::time::Duration), String> {
-    let payload = serde_json::to_vec(spec).map_err(|e| e.to_string())?;
-    let id = crate::control::request(conn, crate::control::REQ_EXEC, &payload).await?;
-    let ch = conn
-        .open_channel(req::CHANNEL_ATTACH, &id)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut reader, writer) = ch.split();
-    let _ = writer.request(req::REQ_UNBLOCK, req::UNBLOCK_PAYLOAD).await;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut first = None;
-    loop {
-        let n = reader.read(&mut buf).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            break;
-        }
-        first.get_or_insert_with(std::time::Instant::now);
-        out.extend_from_slice(&buf[..n]);
-    }
-    let span = first.map(|f| f.elapsed()).unwrap_or_default();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer.wait_closed()).await;
-    let code = writer
-        .exit_status()
-        .map(i64::from)
-        .ok_or("no exit status")?;
-    Ok((code, out, span))
+    control.finish().await
 }

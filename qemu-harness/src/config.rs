@@ -27,6 +27,9 @@ pub struct ContainerSpec {
     pub restart: bool,
     /// Hold the launch until a client attaches and unblocks it.
     pub run_block: bool,
+    /// The signal that stops the container (`TERM` when empty).
+    pub stop_signal: String,
+    pub domainname: String,
 }
 
 /// The container config for a spec: one primary session whose ID is the container ID.
@@ -35,6 +38,7 @@ pub fn compose(spec: &ContainerSpec) -> ContainerConfig {
     cfg.common.id = spec.id.clone();
     cfg.common.name = spec.name.clone();
     cfg.hostname = spec.hostname.clone();
+    cfg.domainname = spec.domainname.clone();
 
     let mut s = SessionConfig::default();
     s.common.id = spec.id.clone();
@@ -66,7 +70,11 @@ pub fn compose(spec: &ContainerSpec) -> ContainerConfig {
     s.run_block = spec.run_block;
     s.restart = spec.restart;
     s.active = true;
-    s.stop_signal = "TERM".into();
+    s.stop_signal = if spec.stop_signal.is_empty() {
+        "TERM".into()
+    } else {
+        spec.stop_signal.clone()
+    };
     cfg.sessions.insert(spec.id.clone(), s);
     cfg
 }

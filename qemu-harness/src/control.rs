@@ -36,12 +36,18 @@ const BACKCHANNEL_WAIT: Duration = Duration::from_secs(60);
 /// What `vch exec` asks for.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ExecSpec {
+    /// The exec's ID (the session ID in the guest); a new one when empty.
+    #[serde(default)]
+    pub id: String,
     pub command: Vec<String>,
     pub env: Vec<String>,
     pub user: String,
     pub workdir: String,
     pub tty: bool,
     pub stdin: bool,
+    /// Runs on its own: nothing will attach, so the launch is not held for an attachment.
+    #[serde(default)]
+    pub detach: bool,
 }
 
 /// What the control server works with.
@@ -228,7 +234,13 @@ async fn create_exec(k: &Keeper, payload: &[u8]) -> Result<String, String> {
     }
     let cfg = guestinfo::store::read_config(&*k.store).map_err(|e| e.to_string())?;
     let primary = cfg.sessions.get(&k.id).cloned().unwrap_or_default();
-    let eid = crate::state::new_id();
+    let eid = if spec.id.is_empty() {
+        crate::state::new_id()
+    } else if spec.id.len() <= 64 && spec.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        spec.id.clone()
+    } else {
+        return Err(format!("bad exec ID {:?}", spec.id));
+    };
     let mut env = primary.cmd.env.clone();
     for e in &spec.env {
         let key = e.split('=').next().unwrap_or(e);
@@ -255,9 +267,9 @@ async fn create_exec(k: &Keeper, payload: &[u8]) -> Result<String, String> {
     exec.group = group;
     exec.tty = spec.tty;
     exec.open_stdin = spec.stdin;
-    exec.attach = true;
+    exec.attach = !spec.detach;
     // Held until the client's channel is bound, so no output is lost.
-    exec.run_block = true;
+    exec.run_block = !spec.detach;
     exec.active = true;
     exec.stop_signal = "TERM".into();
     let mut with = cfg.clone();
@@ -273,6 +285,9 @@ async fn create_exec(k: &Keeper, payload: &[u8]) -> Result<String, String> {
     k.guestinfo
         .push(HostCommand::Reload)
         .map_err(|e| e.to_string())?;
+    if spec.detach {
+        return Ok(eid);
+    }
     if !k.portlayer.wait_for_id(&eid, BACKCHANNEL_WAIT).await {
         return Err("the container did not start the exec (is it running?)".into());
     }

@@ -41,10 +41,57 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> I
     }
 }
 
+/// The built-in image's name.
+pub const BUSYBOX: &str = "busybox";
+
+/// An image name as docker normalises it for comparison: `busybox`, `busybox:latest`,
+/// `library/busybox` and `docker.io/library/busybox:latest` are one image. A path (a rootfs
+/// directory) is left alone.
+pub fn normalize(name: &str) -> String {
+    if name.starts_with('/') || name.starts_with('.') {
+        return name.to_owned();
+    }
+    let n = name.strip_prefix("docker.io/").unwrap_or(name);
+    let n = n.strip_prefix("library/").unwrap_or(n);
+    n.strip_suffix(":latest").unwrap_or(n).to_owned()
+}
+
+/// The built-in image as an image list shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltinImage {
+    /// `sha256:` and the digest of its busybox binary.
+    pub id: String,
+    /// Unix seconds: when the cached root was built.
+    pub created: i64,
+    pub size: u64,
+}
+
+/// The built-in busybox image (its root built into the cache if need be).
+pub fn builtin(cache: &Path) -> Result<BuiltinImage, ImageError> {
+    use sha2::{Digest, Sha256};
+    let root = busybox_rootfs(cache)?;
+    let bin = fs::read(root.join("bin/busybox")).map_err(io_err("read", &root))?;
+    let digest: String = Sha256::digest(&bin)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let created = fs::metadata(root.join(".complete"))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Ok(BuiltinImage {
+        id: format!("sha256:{digest}"),
+        created,
+        size: bin.len() as u64,
+    })
+}
+
 /// The root filesystem directory of an image: the directory itself, or the built-in busybox
 /// image (built once into the cache).
 pub fn rootfs(image: &str, cache: &Path) -> Result<PathBuf, ImageError> {
-    if image == "busybox" {
+    if normalize(image) == BUSYBOX {
         return busybox_rootfs(cache);
     }
     let p = PathBuf::from(image);
@@ -55,12 +102,12 @@ pub fn rootfs(image: &str, cache: &Path) -> Result<PathBuf, ImageError> {
     }
 }
 
-const BUSYBOX: &str = "/bin/busybox";
+const BUSYBOX_BIN: &str = "/bin/busybox";
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:Unprivileged User:/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
 const GROUP: &str = "root:x:0:\ntty:x:5:\nwheel:x:10:user\nuser:x:1000:\nnogroup:x:65534:\n";
 
 fn busybox_rootfs(cache: &Path) -> Result<PathBuf, ImageError> {
-    let bin = fs::read(BUSYBOX).map_err(|_| ImageError::NoBusybox)?;
+    let bin = fs::read(BUSYBOX_BIN).map_err(|_| ImageError::NoBusybox)?;
     // Keyed by the binary's size and a cheap checksum, so a busybox upgrade rebuilds it.
     let key = format!("{:x}-{:08x}", bin.len(), crc32fast::hash(&bin));
     let dir = cache.join("images").join(format!("busybox-{key}"));
@@ -94,7 +141,7 @@ fn busybox_rootfs(cache: &Path) -> Result<PathBuf, ImageError> {
     fs::write(tmp.join("bin/busybox"), &bin).map_err(io_err("write", &tmp))?;
     fs::set_permissions(tmp.join("bin/busybox"), fs::Permissions::from_mode(0o755))
         .map_err(io_err("chmod", &tmp))?;
-    let list = Command::new(BUSYBOX)
+    let list = Command::new(BUSYBOX_BIN)
         .arg("--list-full")
         .output()
         .map_err(|_| ImageError::NoBusybox)?;
@@ -136,7 +183,7 @@ pub fn container_disk(
     size_mb: u64,
 ) -> Result<Disk, ImageError> {
     let root = rootfs(image, cache)?;
-    if image != "busybox" {
+    if normalize(image) != BUSYBOX {
         let path = dir.join("disk.img");
         make_disk(&root, &path, size_mb)?;
         return Ok(Disk {

@@ -18,6 +18,7 @@ pub mod artifacts;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod engine;
 pub mod image;
 pub mod inspect;
 pub mod keys;

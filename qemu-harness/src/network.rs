@@ -1002,6 +1002,8 @@ pub struct NetworkRequest {
     /// Ports published on the first network.
     pub ports: Vec<PortSpec>,
     pub model: NicModel,
+    /// Nameservers for the container (`--dns`): replace every network's own.
+    pub dns: Vec<Ipv4Addr>,
 }
 
 /// Resolves a run's networks into NICs (no side effects): unknown networks, duplicates,
@@ -1040,7 +1042,10 @@ pub fn attach(
         if req.networks[..i].contains(name) {
             return Err(invalid(format!("network {name} given twice")));
         }
-        let network = store.get(name)?;
+        let mut network = store.get(name)?;
+        if !req.dns.is_empty() {
+            network.dns = req.dns.clone();
+        }
         let slot = nic_slot(i).ok_or(NetworkError::TooMany)?;
         let (ip, ports) = if i == 0 {
             (req.ip, req.ports.clone())
@@ -1354,6 +1359,7 @@ mod tests {
             ip: Some(ip("172.16.0.10")),
             ports: vec![parse_port_spec("8080:80").unwrap()],
             model: NicModel::Virtio,
+            dns: Vec::new(),
         };
         let nics = attach(&store, &req, "abcdef").unwrap();
         assert_eq!(nics.len(), 2);

@@ -60,6 +60,53 @@ pub struct Meta {
     /// NICs, in slot order (the first is the default network).
     #[serde(default)]
     pub nics: Vec<crate::network::AttachedNic>,
+    /// What docker's API keeps about a container besides the guest's config.
+    #[serde(default)]
+    pub settings: Settings,
+    /// How often the container was started (the first start included).
+    #[serde(default)]
+    pub starts: u32,
+}
+
+/// A container's settings that only the host uses: the guest never sees them, but `docker
+/// inspect` shows them and the engine acts on them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Settings {
+    /// The image's (or `--entrypoint`'s) part of `command`; the rest is the CMD.
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Remove the container when it stops (`--rm`).
+    #[serde(default)]
+    pub auto_remove: bool,
+    /// docker's restart policy name (`no`, `always`, `unless-stopped`, `on-failure`).
+    #[serde(default)]
+    pub restart_policy: String,
+    /// Seconds between the stop signal and SIGKILL when no `-t` is given.
+    #[serde(default)]
+    pub stop_timeout: Option<u64>,
+    #[serde(default)]
+    pub stop_signal: String,
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default)]
+    pub open_stdin: bool,
+    #[serde(default)]
+    pub stdin_once: bool,
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub domainname: String,
+    #[serde(default)]
+    pub dns: Vec<std::net::Ipv4Addr>,
+    #[serde(default)]
+    pub extra_hosts: Vec<String>,
+    #[serde(default)]
+    pub cpus: u32,
+    /// The network mode as asked (`bridge`, `none`, a network name).
+    #[serde(default)]
+    pub network_mode: String,
 }
 
 /// State directory errors.
@@ -151,6 +198,30 @@ impl State {
             source,
         })?;
         Ok(State { root })
+    }
+
+    /// Takes the state directory's lock: held by whoever checks and then changes names,
+    /// volumes or networks, so that `vch` and the daemon used at the same time cannot both
+    /// take the same name. Released when the guard is dropped.
+    pub fn lock(&self) -> Result<StateLock, StateError> {
+        let path = self.root.join(".lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| StateError::Io {
+                what: "open",
+                path: path.clone(),
+                source,
+            })?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map(StateLock)
+            .map_err(|(_, errno)| StateError::Io {
+                what: "lock",
+                path,
+                source: errno.into(),
+            })
     }
 
     /// The state directory itself.
@@ -249,6 +320,10 @@ impl State {
         })
     }
 }
+
+/// The state directory's lock, held while alive (see [`State::lock`]).
+#[derive(Debug)]
+pub struct StateLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
 
 /// A random 64-hex-digit container ID, like the port layer's.
 pub fn new_id() -> String {

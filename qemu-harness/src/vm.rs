@@ -150,6 +150,8 @@ pub struct RunOptions {
     /// (what the tests and benchmarks have always booted); `vch run` asks for `bridge`
     /// unless told `--network none`.
     pub network: NetworkRequest,
+    /// Host-side settings (labels, `--rm`, restart policy, stop timeout, ...).
+    pub settings: state::Settings,
 }
 
 impl RunOptions {
@@ -173,6 +175,7 @@ impl RunOptions {
             extra_config: Vec::new(),
             volumes: Vec::new(),
             network: NetworkRequest::default(),
+            settings: state::Settings::default(),
         }
     }
 }
@@ -289,7 +292,20 @@ pub fn create(state: &State, mut opts: RunOptions) -> Result<Created, VmError> {
     }
 
     let dir = state.vm_dir(&opts.spec.id);
-    fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+    {
+        // The name is taken under the state's lock: the folder with a first meta.json
+        // reserves it against every other `vch` or daemon creating at the same time.
+        let _lock = state.lock()?;
+        state.check_name(&opts.spec.name)?;
+        state.save(&Meta {
+            id: opts.spec.id.clone(),
+            name: opts.spec.name.clone(),
+            image: opts.image.clone(),
+            command: opts.spec.command.clone(),
+            created: now_secs(),
+            ..Default::default()
+        })?;
+    }
     let attached = match volume::realize(&volumes, &plan) {
         Ok(a) => a,
         Err(e) => {
@@ -371,6 +387,8 @@ fn prepare(
         bench_port: opts.bench_port,
         volumes,
         nics,
+        settings: opts.settings.clone(),
+        starts: 0,
     };
     state.save(&meta)?;
     Ok(meta)
@@ -464,6 +482,7 @@ pub async fn keep(
     let mut child = cmd.spawn().map_err(|e| VmError::Qemu(qemu_binary(), e))?;
     meta.qemu_pid = child.id();
     meta.keeper_pid = Some(std::process::id());
+    meta.starts += 1;
     state.save(&meta)?;
 
     // guestinfo: QEMU connects once at start; serve it on a thread (the server is blocking).
@@ -653,7 +672,12 @@ fn qemu_command(
         "-nographic",
         "-no-reboot",
     ])
-    .args(["-m", &meta.memory_mb.to_string(), "-smp", "1"])
+    .args([
+        "-m",
+        &meta.memory_mb.to_string(),
+        "-smp",
+        &meta.settings.cpus.max(1).to_string(),
+    ])
     // The NICs' root ports take fixed root-bus slots: before any device QEMU places itself.
     .args(nic_args)
     .args(["-device", "virtio-rng-pci"])

@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use qemu_harness::control::{self, ExecSpec};
+use qemu_harness::control;
+use qemu_harness::engine::{Engine, ExecCreate};
 use qemu_harness::state::State;
 use qemu_harness::vm::{self, Captured, RunOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -154,6 +155,8 @@ fn boot(state: &State, runs: usize) -> Result<()> {
 /// A VM with one sleeping session, kept by an in-process keeper.
 struct Running {
     rt: tokio::runtime::Runtime,
+    engine: Engine,
+    id: String,
     /// The raw bench port's listener (bound before QEMU starts: QEMU dials it once).
     bench: Option<std::os::unix::net::UnixListener>,
     ctl: PathBuf,
@@ -177,9 +180,12 @@ fn start(state: &State, bench_port: bool) -> Result<Running> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let id = created.meta.id.clone();
     let keeper = rt.spawn(vm::keep(state.clone(), created, None, None));
     Ok(Running {
         rt,
+        engine: Engine::new(state.clone(), std::env::current_exe()?),
+        id,
         bench,
         ctl: dir.join("ctl.sock"),
         keeper,
@@ -197,31 +203,38 @@ impl Running {
     }
 }
 
-async fn connect(ctl: &std::path::Path) -> Result<sshproto::Connection> {
+async fn connect(ctl: &std::path::Path) -> Result<()> {
     for _ in 0..600 {
-        if let Ok(c) = control::connect(ctl).await {
-            return Ok(c);
+        if control::connect(ctl).await.is_ok() {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("keeper did not come up")
 }
 
-fn sh(script: &str) -> ExecSpec {
-    ExecSpec {
+fn sh(script: &str) -> ExecCreate {
+    ExecCreate {
         command: vec!["sh".into(), "-c".into(), script.into()],
         ..Default::default()
     }
 }
 
+/// An exec's (exit status, stdout, time from its first to its last byte).
+async fn exec_collect(
+    engine: &Engine,
+    id: &str,
+    spec: ExecCreate,
+) -> Result<(i64, Vec<u8>, Duration)> {
+    Ok(engine.exec_collect(id, spec).await?)
+}
+
 fn idle_rss(state: &State) -> Result<String> {
     let vm = start(state, false)?;
     let out = vm.rt.block_on(async {
-        let conn = connect(&vm.ctl).await?;
+        connect(&vm.ctl).await?;
         let (_, out, _) =
-            qemu_harness::client::exec_collect(&conn, &sh("grep -E 'VmRSS' /proc/1/status"))
-                .await
-                .map_err(anyhow::Error::msg)?;
+            exec_collect(&vm.engine, &vm.id, sh("grep -E 'VmRSS' /proc/1/status")).await?;
         anyhow::Ok(String::from_utf8_lossy(&out).trim().to_owned())
     });
     vm.stop();
@@ -237,36 +250,34 @@ fn backchannel(state: &State, execs: usize, mib: u64) -> Result<()> {
     listener.set_nonblocking(true)?;
     let result = vm.rt.block_on(async {
         let listener = tokio::net::UnixListener::from_std(listener)?;
-        let conn = connect(&vm.ctl).await?;
+        connect(&vm.ctl).await?;
+        let (engine, id) = (&vm.engine, vm.id.as_str());
         let (mut raw, _) = tokio::time::timeout(Duration::from_secs(120), listener.accept())
             .await
             .context("bench port")??;
         // Warm-up exec: the first one also waits for the back-channel to connect.
-        qemu_harness::client::exec_collect(&conn, &sh("true"))
-            .await
-            .map_err(anyhow::Error::msg)?;
+        exec_collect(engine, id, sh("true")).await?;
 
         // Exec round trip of `true`.
         let mut exec_ms = Vec::new();
         for _ in 0..execs {
             let t = Instant::now();
-            let (code, _, _) = qemu_harness::client::exec_collect(
-                &conn,
-                &ExecSpec {
+            let (code, _, _) = exec_collect(
+                engine,
+                id,
+                ExecCreate {
                     command: vec!["true".into()],
                     ..Default::default()
                 },
             )
-            .await
-            .map_err(anyhow::Error::msg)?;
+            .await?;
             anyhow::ensure!(code == 0, "true exited {code}");
             exec_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         // Raw port round trip: an echo loop in the guest, one byte at a time.
-        let conn2 = conn.clone();
+        let (e2, id2) = (engine.clone(), id.to_owned());
         let echo = tokio::spawn(async move {
-            qemu_harness::client::exec_collect(&conn2, &sh(&format!("{FIND_PORT} cat <&3 >&3")))
-                .await
+            exec_collect(&e2, &id2, sh(&format!("{FIND_PORT} cat <&3 >&3"))).await
         });
         let mut rtt_ms = Vec::new();
         let mut b = [0u8; 1];
@@ -278,14 +289,15 @@ fn backchannel(state: &State, execs: usize, mib: u64) -> Result<()> {
             rtt_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         echo.abort();
-        let _ = qemu_harness::client::exec_collect(&conn, &sh("killall cat")).await;
+        let _ = exec_collect(engine, id, sh("killall cat")).await;
         // Raw bulk: the guest writes M MiB to the port.
         let bytes = mib * 1024 * 1024;
-        let conn3 = conn.clone();
+        let (e3, id3) = (engine.clone(), id.to_owned());
         let writer = tokio::spawn(async move {
-            qemu_harness::client::exec_collect(
-                &conn3,
-                &sh(&format!("{FIND_PORT} head -c {bytes} /dev/zero >&3")),
+            exec_collect(
+                &e3,
+                &id3,
+                sh(&format!("{FIND_PORT} head -c {bytes} /dev/zero >&3")),
             )
             .await
         });
@@ -302,9 +314,7 @@ fn backchannel(state: &State, execs: usize, mib: u64) -> Result<()> {
         let _ = writer.await;
         // Attach: the same bytes as an exec's stdout through SSH on the back-channel.
         let (code, out, span) =
-            qemu_harness::client::exec_collect(&conn, &sh(&format!("head -c {bytes} /dev/zero")))
-                .await
-                .map_err(anyhow::Error::msg)?;
+            exec_collect(engine, id, sh(&format!("head -c {bytes} /dev/zero"))).await?;
         anyhow::ensure!(
             code == 0 && out.len() as u64 == bytes,
             "attach transfer: code {code}, {} bytes",

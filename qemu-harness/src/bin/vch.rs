@@ -9,10 +9,14 @@ use std::io::Write;
 
 use iolog::Stream;
 use qemu_harness::config::ContainerSpec;
-use qemu_harness::network::{self, NetworkRequest, NetworkStore};
+use qemu_harness::engine::{
+    self, ContainerStatus, ContainerView, CreateRequest, DetachKeys, Ended, Engine, EngineError,
+    ExecCreate, ListOptions, LogItem, LogOptions, RemoveOptions, WaitCondition,
+};
+use qemu_harness::network::{self, NetworkRequest};
 use qemu_harness::state::{self, State};
 use qemu_harness::vm::{self, Passthrough, RunOptions};
-use qemu_harness::volume::{self, VolumeStore};
+use qemu_harness::volume;
 use qemu_harness::{client, control, inspect, logs};
 
 #[derive(Debug, Parser)]
@@ -61,6 +65,27 @@ enum Cmd {
         /// Restart policy: "no" or "always" (relaunch the process when it exits)
         #[arg(long, default_value = "no")]
         restart: String,
+        /// Remove the container when it exits
+        #[arg(long)]
+        rm: bool,
+        /// Overwrite the image's entrypoint (the command's first word)
+        #[arg(long)]
+        entrypoint: Option<String>,
+        /// Signal that stops the container [default: TERM]
+        #[arg(long = "stop-signal")]
+        stop_signal: Option<String>,
+        /// Seconds between the stop signal and SIGKILL [default: 10]
+        #[arg(long = "stop-timeout")]
+        stop_timeout: Option<u64>,
+        /// Set metadata on the container (KEY=VALUE)
+        #[arg(short = 'l', long = "label")]
+        labels: Vec<String>,
+        /// Nameserver for the container (repeatable) [default: the network's]
+        #[arg(long)]
+        dns: Vec<std::net::Ipv4Addr>,
+        /// Virtual CPUs of the VM
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
         /// Where the VM's back-channel goes: virtio (default), uart (the 16550 serial port,
         /// as on vSphere) or tcp://HOST:PORT (an external port layer)
         #[arg(long = "vch", default_value = "virtio")]
@@ -132,6 +157,26 @@ enum Cmd {
         /// Name or ID
         name: String,
     },
+    /// Start stopped containers
+    Start {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Restart containers
+    Restart {
+        /// Seconds to wait for the stop before killing
+        #[arg(short = 't', long)]
+        time: Option<u64>,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Rename a container
+    Rename { name: String, new_name: String },
+    /// Block until containers stop, then print their exit codes
+    Wait {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
     /// Send a signal to a container's primary process
     Kill {
         /// Signal (name or number)
@@ -141,9 +186,9 @@ enum Cmd {
     },
     /// Stop containers: the stop signal, then SIGKILL after the grace period
     Stop {
-        /// Seconds to wait before killing
-        #[arg(short = 't', long, default_value_t = 10)]
-        time: u64,
+        /// Seconds to wait before killing [default: the container's stop timeout, else 10]
+        #[arg(short = 't', long)]
+        time: Option<u64>,
         names: Vec<String>,
     },
     /// Drops a running VM's back-channel connection, as a VCH restart would (it reconnects)
@@ -163,6 +208,9 @@ enum Cmd {
         /// Show logs since a time (RFC 3339, Unix seconds) or for a duration ago (10m, 2h)
         #[arg(long)]
         since: Option<String>,
+        /// Show logs before a time (same forms as --since)
+        #[arg(long)]
+        until: Option<String>,
         /// Number of lines to show from the end of the logs ("all" for every line)
         #[arg(short = 'n', long, default_value = "all")]
         tail: String,
@@ -299,9 +347,37 @@ fn main() -> ExitCode {
     }
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn exit_code(code: i64) -> ExitCode {
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn short(id: &str) -> &str {
+    &id[..12.min(id.len())]
+}
+
 fn real_main(cli: Cli) -> Result<ExitCode> {
     let state = State::open(cli.state.clone().unwrap_or_else(State::default_dir))?;
-    match cli.cmd {
+    let exe = std::env::current_exe().context("locate vch")?;
+    let rt = runtime()?;
+    let engine = {
+        let _guard = rt.enter();
+        Engine::new(state.clone(), exe)
+    };
+    let code = rt.block_on(command(&engine, cli.cmd));
+    // Whatever still waits (a stdin reader blocked on the terminal) must not hold the exit.
+    rt.shutdown_background();
+    code
+}
+
+async fn command(engine: &Engine, cmd: Cmd) -> Result<ExitCode> {
+    match cmd {
         Cmd::Run {
             name,
             detach,
@@ -312,6 +388,13 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             user,
             hostname,
             restart,
+            rm,
+            entrypoint,
+            stop_signal,
+            stop_timeout,
+            labels,
+            dns,
+            cpus,
             backchannel,
             vic_compat,
             log_format,
@@ -331,6 +414,10 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 .iter()
                 .map(|v| volume::parse_volume_spec(v))
                 .collect::<Result<_, _>>()?;
+            let network_mode = networks
+                .first()
+                .cloned()
+                .unwrap_or_else(|| network::BRIDGE.into());
             opts.network = NetworkRequest {
                 networks: match networks.as_slice() {
                     [] => vec![network::BRIDGE.to_owned()],
@@ -343,6 +430,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     .map(|p| network::parse_port_spec(p))
                     .collect::<Result<_, _>>()?,
                 model: nic_model.parse()?,
+                dns: dns.clone(),
             };
             opts.spec = ContainerSpec {
                 name: name.unwrap_or_default(),
@@ -350,14 +438,30 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 env,
                 workdir: workdir.unwrap_or_default(),
                 user: user.unwrap_or_default(),
-                hostname: hostname.unwrap_or_default(),
+                hostname: hostname.clone().unwrap_or_default(),
                 tty,
                 open_stdin: interactive,
-                restart: match restart.as_str() {
-                    "no" => false,
-                    "always" | "unless-stopped" | "on-failure" => true,
-                    other => bail!("unknown restart policy {other:?} (no, always)"),
-                },
+                ..Default::default()
+            };
+            opts.settings = state::Settings {
+                labels: labels
+                    .iter()
+                    .map(|l| match l.split_once('=') {
+                        Some((k, v)) => (k.to_owned(), v.to_owned()),
+                        None => (l.clone(), String::new()),
+                    })
+                    .collect(),
+                auto_remove: rm,
+                restart_policy: restart,
+                stop_timeout,
+                stop_signal: stop_signal.unwrap_or_default(),
+                tty,
+                open_stdin: interactive,
+                stdin_once: interactive,
+                hostname: hostname.unwrap_or_default(),
+                dns,
+                cpus,
+                network_mode,
                 ..Default::default()
             };
             opts.timeout = Duration::from_secs(timeout);
@@ -370,10 +474,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 "vic" => "vic".into(),
                 other => bail!("unknown log format {other:?} (tether, vic)"),
             };
+            let mut req = CreateRequest::new(opts);
+            req.entrypoint = entrypoint.map(|e| vec![e]);
             if detach || interactive || tty {
-                return run_background(&state, opts, detach);
+                return run_background(engine, req, detach).await;
             }
-            let outcome = vm::run(&state, opts, &mut Passthrough)?;
+            let outcome = engine.run_foreground(req, &mut Passthrough).await?;
             finish_run(&outcome, timeout)
         }
         Cmd::Exec {
@@ -385,270 +491,87 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             name,
             command,
         } => {
-            let meta = running(&state, &name)?;
-            let spec = control::ExecSpec {
-                command,
-                env,
-                user: user.unwrap_or_default(),
-                workdir: workdir.unwrap_or_default(),
-                tty,
-                stdin: interactive,
-            };
-            let rt = runtime()?;
-            rt.block_on(async {
-                let conn = control::connect(&state.vm_dir(&meta.id).join("ctl.sock"))
-                    .await
-                    .context("connect to the container")?;
-                let payload = serde_json::to_vec(&spec)?;
-                let id = control::request(&conn, control::REQ_EXEC, &payload)
-                    .await
-                    .map_err(anyhow::Error::msg)?;
-                let id = String::from_utf8_lossy(&id).into_owned();
-                let opts = client::AttachOptions {
+            let id = engine.exec_create(
+                &name,
+                ExecCreate {
+                    command,
+                    env,
+                    user: user.unwrap_or_default(),
+                    workdir: workdir.unwrap_or_default(),
                     tty,
                     stdin: interactive,
+                    stdout: true,
+                    stderr: true,
+                    detach_keys: None,
+                },
+            )?;
+            let Some(att) = engine.exec_start(&id, false).await? else {
+                bail!("the exec did not attach");
+            };
+            let ended = client::attach(
+                att,
+                client::TerminalOptions {
+                    stdin: interactive,
                     unblock: true,
-                    detach_keys: tty,
-                };
-                let ended = client::attach(&conn, &id, opts)
-                    .await
-                    .map_err(anyhow::Error::msg)?;
-                if ended == client::Ended::Detached {
-                    return Ok(ExitCode::SUCCESS);
-                }
-                // What the tether wrote back is authoritative (and says why a launch failed).
-                let cfg = vm::load_config(&state.vm_dir(&meta.id))?;
-                let exec = cfg.execs.get(&id).cloned().unwrap_or_default();
-                if exec.started != "true" && !exec.started.is_empty() {
-                    eprintln!("vch: exec failed: {}", exec.started);
-                }
-                let code = match ended {
-                    client::Ended::Exited(code) => code,
-                    _ => exec.exit_status,
-                };
-                Ok(ExitCode::from(code.clamp(0, 255) as u8))
-            })
+                    detach_keys: tty.then(DetachKeys::default),
+                },
+            )
+            .await;
+            if ended == Ended::Detached {
+                return Ok(ExitCode::SUCCESS);
+            }
+            // What the tether wrote back is authoritative (and says why a launch failed).
+            let view = engine.exec_inspect(&id)?;
+            if let Some(e) = &view.launch_error {
+                eprintln!("vch: exec failed: {e}");
+            }
+            let code = match ended {
+                Ended::Exited(code) => code,
+                _ => view.exit_code.unwrap_or(0),
+            };
+            Ok(exit_code(code))
         }
         Cmd::Attach { name } => {
-            let meta = running(&state, &name)?;
-            let cfg = vm::load_config(&state.vm_dir(&meta.id))?;
-            let primary = cfg.sessions.get(&meta.id).cloned().unwrap_or_default();
-            let rt = runtime()?;
-            let ended = rt.block_on(async {
-                let conn = control::connect(&state.vm_dir(&meta.id).join("ctl.sock"))
-                    .await
-                    .context("connect to the container")?;
-                let opts = client::AttachOptions {
-                    tty: primary.tty,
-                    stdin: primary.open_stdin,
+            let view = engine.inspect(&name)?;
+            if !view.running() {
+                bail!(EngineError::NotRunning(name));
+            }
+            let stdin = view.primary().map(|s| s.open_stdin).unwrap_or(false);
+            let att = engine
+                .attach(&name, engine::AttachOptions { stdin })?
+                .bind()
+                .await?;
+            match client::attach(
+                att,
+                client::TerminalOptions {
+                    stdin,
                     unblock: true,
-                    detach_keys: true,
-                };
-                client::attach(&conn, &meta.id, opts)
-                    .await
-                    .map_err(anyhow::Error::msg)
-            })?;
-            match ended {
-                client::Ended::Exited(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
+                    detach_keys: Some(DetachKeys::default()),
+                },
+            )
+            .await
+            {
+                Ended::Exited(code) => Ok(exit_code(code)),
                 _ => Ok(ExitCode::SUCCESS),
             }
         }
-        Cmd::Kill { signal, names } => for_each(&state, &names, |meta| {
-            control_request(&state, meta, control::REQ_KILL, signal.as_bytes())
-        }),
-        Cmd::Stop { time, names } => for_each(&state, &names, |meta| {
-            if control_request(&state, meta, control::REQ_STOP, time.to_string().as_bytes())
-                .is_err()
-            {
-                // The keeper could not be reached: power the VM off hard.
-                kill_qemu(meta);
-            }
-            // The port layer's own limit: the grace period plus time to power off, then a
-            // hard power-off.
-            if !wait_stopped(&state, &meta.id, Duration::from_secs(time + 15)) {
-                kill_qemu(meta);
-                wait_stopped(&state, &meta.id, Duration::from_secs(10));
-            }
-            Ok(())
-        }),
-        Cmd::DropBackchannel { name } => for_each(&state, &[name], |meta| {
-            control_request(&state, meta, control::REQ_DROP, &[])
-        }),
-        Cmd::Keeper { id } => {
-            let meta = state.meta(&id)?;
-            let created = vm::Created {
-                dir: state.vm_dir(&meta.id),
-                meta,
-            };
-            let rt = runtime()?;
-            rt.block_on(vm::keep(state.clone(), created, None, None))?;
+        Cmd::Start { names } => for_each(&names, |n| async move { engine.start(&n).await }).await,
+        Cmd::Restart { time, names } => {
+            for_each(&names, |n| async move { engine.restart(&n, time).await }).await
+        }
+        Cmd::Rename { name, new_name } => {
+            engine.rename(&name, &new_name)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Logs {
-            follow,
-            timestamps,
-            since,
-            tail,
-            stdout,
-            stderr,
-            name,
-        } => {
-            let meta = state.resolve(&name)?;
-            let path = state.vm_dir(&meta.id).join("output.log");
-            let now_ns = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            let since_ns = match since {
-                Some(s) => logs::parse_since(&s, now_ns).map_err(anyhow::Error::msg)?,
-                None => 0,
-            };
-            let tail: Option<usize> = match tail.as_str() {
-                "all" => None,
-                n => Some(n.parse().with_context(|| format!("invalid --tail {n:?}"))?),
-            };
-            let want = |l: &logs::LogLine| {
-                let stream_ok = match (stdout, stderr) {
-                    (true, false) => l.stream == Stream::Stdout,
-                    (false, true) => l.stream == Stream::Stderr,
-                    _ => true,
-                };
-                stream_ok && l.time_ns >= since_ns
-            };
-            let print = |lines: Vec<logs::LogLine>| -> Result<()> {
-                let mut out = std::io::stdout().lock();
-                let mut err = std::io::stderr().lock();
-                for l in lines {
-                    let w: &mut dyn Write = if l.stream == Stream::Stderr {
-                        &mut err
-                    } else {
-                        &mut out
-                    };
-                    if timestamps {
-                        write!(w, "{} ", logs::format_time(l.time_ns))?;
-                    }
-                    w.write_all(&l.bytes)?;
-                }
-                out.flush()?;
-                Ok(())
-            };
-            let running = |id: &str| state.meta(id).map(|m| is_running(&m)).unwrap_or(false);
-            if !(path.exists() || follow && running(&meta.id)) {
-                return Ok(ExitCode::SUCCESS);
-            }
-            while !path.exists() {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let mut reader = logs::LogReader::open(&path, &meta.id)?;
-            if meta.log_format == "vic" {
-                reader = reader.vic();
-            }
-            let mut lines: Vec<logs::LogLine> =
-                reader.poll()?.into_iter().filter(|l| want(l)).collect();
-            let live = follow && running(&meta.id);
-            if !live {
-                lines.extend(reader.finish().into_iter().filter(|l| want(l)));
-            }
-            if let Some(n) = tail {
-                let skip = lines.len().saturating_sub(n);
-                lines.drain(..skip);
-            }
-            print(lines)?;
-            if live {
-                loop {
-                    std::thread::sleep(Duration::from_millis(100));
-                    let alive = running(&meta.id);
-                    print(reader.poll()?.into_iter().filter(|l| want(l)).collect())?;
-                    if !alive {
-                        print(reader.finish().into_iter().filter(|l| want(l)).collect())?;
-                        break;
-                    }
-                }
-            }
-            if reader.damaged > 0 || reader.lost > 0 {
-                eprintln!(
-                    "vch: the log had {} damaged stretches; {} records were lost to damage",
-                    reader.damaged, reader.lost
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Inspect { name } => {
-            let meta = state.resolve(&name)?;
-            let cfg = vm::load_config(&state.vm_dir(&meta.id))?;
-            let doc = serde_json::json!({
-                "Id": meta.id,
-                "Name": meta.name,
-                "Image": meta.image,
-                "Created": meta.created,
-                "State": state_text(&meta, &cfg),
-                "Mounts": inspect::mounts(&meta),
-                "NetworkSettings": inspect::network_settings(&meta, &cfg),
-                "Boot": inspect::boot(&cfg),
-                "Config": cfg,
-            });
-            println!("{}", serde_json::to_string_pretty(&doc)?);
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Ps { all, quiet } => {
-            if quiet {
-                for meta in state.list().into_iter().filter(|m| all || is_running(m)) {
-                    println!("{}", meta.id);
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
-            println!(
-                "{:<14}{:<16}{:<10}{:<30}STATUS",
-                "CONTAINER ID", "NAME", "IMAGE", "COMMAND"
-            );
-            for meta in state.list() {
-                let cfg = vm::load_config(&state.vm_dir(&meta.id)).ok();
-                if !all && !is_running(&meta) {
-                    continue;
-                }
-                let status = cfg
-                    .as_ref()
-                    .map(|c| state_text(&meta, c))
-                    .unwrap_or_else(|| "unknown".into());
-                let mut cmd = meta.command.join(" ");
-                if cmd.len() > 28 {
-                    cmd.truncate(25);
-                    cmd.push_str("...");
-                }
-                println!(
-                    "{:<14}{:<16}{:<10}{:<30}{}",
-                    &meta.id[..12.min(meta.id.len())],
-                    meta.name,
-                    meta.image,
-                    format!("\"{cmd}\""),
-                    status
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Volume(cmd) => volume_cmd(&state, cmd),
-        Cmd::Network(cmd) => network_cmd(&state, cmd),
-        Cmd::Rm { force, names } => {
+        Cmd::Wait { names } => {
             let mut failed = false;
             for n in names {
-                let r = (|| -> Result<()> {
-                    let meta = state.resolve(&n)?;
-                    if is_running(&meta) {
-                        if !force {
-                            bail!("container {n} is running: stop it first or use rm -f");
-                        }
-                        kill_qemu(&meta);
-                        wait_stopped(&state, &meta.id, Duration::from_secs(10));
+                match engine.wait(&n, WaitCondition::NotRunning).await {
+                    Ok(code) => println!("{code}"),
+                    Err(e) => {
+                        eprintln!("vch: {e}");
+                        failed = true;
                     }
-                    state.remove(&meta.id)?;
-                    // Anonymous volumes belong to the container (docker's `rm -v`).
-                    volume::release(&VolumeStore::new(state.root()), &meta.volumes);
-                    println!("{n}");
-                    Ok(())
-                })();
-                if let Err(e) = r {
-                    eprintln!("vch: {e:#}");
-                    failed = true;
                 }
             }
             Ok(if failed {
@@ -657,11 +580,221 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Cmd::Kill { signal, names } => {
+            let signal = &signal;
+            for_each(&names, |n| async move { engine.kill(&n, signal).await }).await
+        }
+        Cmd::Stop { time, names } => {
+            for_each(&names, |n| async move {
+                match engine.stop(&n, time).await {
+                    // Stopping a stopped container is no failure (docker says nothing).
+                    Err(EngineError::AlreadyStopped(_)) => Ok(()),
+                    other => other,
+                }
+            })
+            .await
+        }
+        Cmd::DropBackchannel { name } => {
+            let meta = engine.resolve(&name)?;
+            let conn = control::connect(&engine.state().vm_dir(&meta.id).join("ctl.sock"))
+                .await
+                .context("connect to the container")?;
+            control::request(&conn, control::REQ_DROP, &[])
+                .await
+                .map_err(anyhow::Error::msg)?;
+            println!("{name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Keeper { id } => {
+            let state = engine.state().clone();
+            let meta = state.meta(&id)?;
+            let created = vm::Created {
+                dir: state.vm_dir(&meta.id),
+                meta,
+            };
+            vm::keep(state, created, None, None).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Logs {
+            follow,
+            timestamps,
+            since,
+            until,
+            tail,
+            stdout,
+            stderr,
+            name,
+        } => {
+            let now_ns = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            let time = |t: Option<String>| -> Result<u64> {
+                Ok(match t {
+                    Some(s) => logs::parse_since(&s, now_ns).map_err(anyhow::Error::msg)?,
+                    None => 0,
+                })
+            };
+            let opts = LogOptions {
+                follow,
+                stdout,
+                stderr,
+                since_ns: time(since)?,
+                until_ns: time(until)?,
+                tail: match tail.as_str() {
+                    "all" => None,
+                    n => Some(n.parse().with_context(|| format!("invalid --tail {n:?}"))?),
+                },
+            };
+            let (_, mut lines) = engine.logs(&name, opts)?;
+            while let Some(item) = lines.recv().await {
+                match item {
+                    LogItem::Line(l) => {
+                        let r = if l.stream == Stream::Stderr {
+                            print_line(&mut std::io::stderr().lock(), &l, timestamps)
+                        } else {
+                            print_line(&mut std::io::stdout().lock(), &l, timestamps)
+                        };
+                        if r.is_err() {
+                            // The reader went away (`| head`): nothing more to show.
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                    }
+                    LogItem::End { damaged, lost } => {
+                        if damaged > 0 || lost > 0 {
+                            eprintln!(
+                                "vch: the log had {damaged} damaged stretches; {lost} records were lost to damage"
+                            );
+                        }
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Inspect { name } => {
+            let view = engine.inspect(&name)?;
+            let cfg = view.config.clone().unwrap_or_default();
+            let doc = serde_json::json!({
+                "Id": view.meta.id,
+                "Name": view.meta.name,
+                "Image": view.meta.image,
+                "Created": view.meta.created,
+                "State": state_text(&view),
+                "Mounts": inspect::mounts(&view.meta),
+                "NetworkSettings": inspect::network_settings(&view.meta, &cfg),
+                "Boot": inspect::boot(&cfg),
+                "Config": cfg,
+            });
+            print_out(&format!("{}\n", serde_json::to_string_pretty(&doc)?));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ps { all, quiet } => {
+            // Oldest first, as vch always listed them.
+            let mut views = engine.list(&ListOptions {
+                all,
+                ..Default::default()
+            });
+            views.reverse();
+            if quiet {
+                let ids: String = views.iter().map(|v| format!("{}\n", v.meta.id)).collect();
+                print_out(&ids);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows: Vec<[String; 5]> = views
+                .iter()
+                .map(|v| {
+                    [
+                        short(&v.meta.id).to_owned(),
+                        v.meta.name.clone(),
+                        v.meta.image.clone(),
+                        format!("\"{}\"", ellipsize(&v.meta.command.join(" "), 30)),
+                        state_text(v),
+                    ]
+                })
+                .collect();
+            print_out(&table(
+                &["CONTAINER ID", "NAME", "IMAGE", "COMMAND", "STATUS"],
+                &rows,
+            ));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Volume(cmd) => volume_cmd(engine, cmd),
+        Cmd::Network(cmd) => network_cmd(engine, cmd),
+        Cmd::Rm { force, names } => {
+            for_each(&names, |n| async move {
+                match engine
+                    .remove(
+                        &n,
+                        RemoveOptions {
+                            force,
+                            volumes: true,
+                        },
+                    )
+                    .await
+                {
+                    Err(EngineError::RemoveRunning(_)) => Err(EngineError::Conflict(format!(
+                        "container {n} is running: stop it first or use rm -f"
+                    ))),
+                    other => other,
+                }
+            })
+            .await
+        }
     }
 }
 
-fn volume_cmd(state: &State, cmd: VolumeCmd) -> Result<ExitCode> {
-    let store = VolumeStore::new(state.root());
+/// Writes to stdout; a reader that went away (`vch ps | head`) ends the output quietly.
+fn print_out(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+}
+
+fn print_line(w: &mut dyn Write, l: &logs::LogLine, timestamps: bool) -> std::io::Result<()> {
+    if timestamps {
+        write!(w, "{} ", logs::format_time(l.time_ns))?;
+    }
+    w.write_all(&l.bytes)?;
+    w.flush()
+}
+
+/// A text cut to `max` characters with `...`.
+fn ellipsize(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(3)).collect();
+    out.push_str("...");
+    out
+}
+
+/// Columns as wide as their widest cell, three spaces apart.
+fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut width = header.map(|h| h.chars().count());
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == N {
+                l.push_str(c);
+            } else {
+                l.push_str(&format!("{c:<w$}   ", w = width[i]));
+            }
+        }
+        l.push('\n');
+        l
+    };
+    let mut out = line(header.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn volume_cmd(engine: &Engine, cmd: VolumeCmd) -> Result<ExitCode> {
     match cmd {
         VolumeCmd::Create {
             size,
@@ -670,7 +803,7 @@ fn volume_cmd(state: &State, cmd: VolumeCmd) -> Result<ExitCode> {
             nfs_opts,
             name,
         } => {
-            let v = store.create(&volume::CreateVolume {
+            let v = engine.volume_create(&volume::CreateVolume {
                 name,
                 size: size.as_deref().map(volume::parse_size).transpose()?,
                 label,
@@ -678,92 +811,66 @@ fn volume_cmd(state: &State, cmd: VolumeCmd) -> Result<ExitCode> {
                 nfs_options: nfs_opts,
                 anonymous: false,
             })?;
-            println!("{}", v.name);
+            println!("{}", v.volume.name);
             Ok(ExitCode::SUCCESS)
         }
         VolumeCmd::Ls { quiet } => {
-            let all = store.list();
+            let all = engine.volumes();
             if quiet {
-                all.iter().for_each(|v| println!("{}", v.name));
+                print_out(
+                    &all.iter()
+                        .map(|v| format!("{}\n", v.volume.name))
+                        .collect::<String>(),
+                );
                 return Ok(ExitCode::SUCCESS);
             }
-            let w = all
+            let rows: Vec<[String; 4]> = all
                 .iter()
-                .map(|v| v.name.len() + 2)
-                .max()
-                .unwrap_or(0)
-                .max(24);
-            println!("{:<10}{:<w$}{:<8}SOURCE", "DRIVER", "VOLUME NAME", "SIZE");
-            for v in all {
-                let (size, source) = match &v.backing {
-                    volume::Backing::Disk { label, size } => {
-                        (volume::format_size(*size), format!("label={label}"))
-                    }
-                    volume::Backing::Nfs { host, path, .. } => {
-                        ("-".to_owned(), format!("{host}:{path}"))
-                    }
-                };
-                println!("{:<10}{:<w$}{:<8}{source}", v.driver(), v.name, size);
-            }
+                .map(|v| {
+                    let (size, source) = match &v.volume.backing {
+                        volume::Backing::Disk { label, size } => {
+                            (volume::format_size(*size), format!("label={label}"))
+                        }
+                        volume::Backing::Nfs { host, path, .. } => {
+                            ("-".to_owned(), format!("{host}:{path}"))
+                        }
+                    };
+                    [
+                        v.volume.driver().to_owned(),
+                        v.volume.name.clone(),
+                        size,
+                        source,
+                    ]
+                })
+                .collect();
+            print_out(&table(&["DRIVER", "VOLUME NAME", "SIZE", "SOURCE"], &rows));
             Ok(ExitCode::SUCCESS)
         }
         VolumeCmd::Rm { force, names } => each_name(&names, |name| {
-            store.get(name)?;
-            let users: Vec<state::Meta> = state
-                .list()
-                .into_iter()
-                .filter(|m| m.volumes.iter().any(|v| v.volume.name == name))
-                .collect();
-            let list = |ms: &[&state::Meta]| {
-                ms.iter()
-                    .map(|m| m.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            let running: Vec<&state::Meta> = users.iter().filter(|m| is_running(m)).collect();
-            if !running.is_empty() {
-                bail!(volume::VolumeError::InUse {
-                    name: name.into(),
-                    containers: format!("{} (running)", list(&running)),
-                });
-            }
-            if !force && !users.is_empty() {
-                let all: Vec<&state::Meta> = users.iter().collect();
-                bail!(volume::VolumeError::InUse {
-                    name: name.into(),
-                    containers: format!("{} (stopped; rm -f removes it anyway)", list(&all)),
-                });
-            }
-            store.remove(name)?;
+            engine.volume_remove(name, force)?;
             Ok(())
         }),
         VolumeCmd::Inspect { names } => {
             let mut out = Vec::new();
             for n in &names {
-                let v = store.get(n)?;
+                let v = engine.volume(n)?;
                 out.push(serde_json::json!({
-                    "Name": v.name,
-                    "Driver": v.driver(),
-                    "Mountpoint": match v.backing {
-                        volume::Backing::Disk { .. } => store.disk_path(&v.name).display().to_string(),
-                        volume::Backing::Nfs { ref host, ref path, .. } => format!("{host}:{path}"),
-                    },
-                    "CreatedAt": v.created,
-                    "Anonymous": v.anonymous,
-                    "Options": v.backing,
-                    "UsedBy": state.list().into_iter()
-                        .filter(|m| m.volumes.iter().any(|a| a.volume.name == v.name))
-                        .map(|m| m.name).collect::<Vec<_>>(),
+                    "Name": v.volume.name,
+                    "Driver": v.volume.driver(),
+                    "Mountpoint": v.mountpoint,
+                    "CreatedAt": v.volume.created,
+                    "Anonymous": v.volume.anonymous,
+                    "Options": v.volume.backing,
+                    "UsedBy": v.used_by.iter().map(|(n, _)| n).collect::<Vec<_>>(),
                 }));
             }
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            print_out(&format!("{}\n", serde_json::to_string_pretty(&out)?));
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn network_cmd(state: &State, cmd: NetworkCmd) -> Result<ExitCode> {
-    let store = NetworkStore::new(state.root());
+fn network_cmd(engine: &Engine, cmd: NetworkCmd) -> Result<ExitCode> {
     match cmd {
         NetworkCmd::Create {
             subnet,
@@ -774,7 +881,7 @@ fn network_cmd(state: &State, cmd: NetworkCmd) -> Result<ExitCode> {
             trust,
             name,
         } => {
-            let n = store.create(&network::CreateNetwork {
+            let n = engine.network_create(&network::CreateNetwork {
                 name,
                 kind: kind.parse()?,
                 subnet: subnet.as_deref().map(str::parse).transpose()?,
@@ -786,65 +893,56 @@ fn network_cmd(state: &State, cmd: NetworkCmd) -> Result<ExitCode> {
                     .collect::<Result<_, network::NetworkError>>()?,
                 trust: trust.as_deref().map(network::parse_trust).transpose()?,
             })?;
-            println!("{}", n.name);
+            println!("{}", n.network.name);
             Ok(ExitCode::SUCCESS)
         }
         NetworkCmd::Ls { quiet } => {
-            let all = store.list();
+            let all = engine.networks();
             if quiet {
-                all.iter().for_each(|n| println!("{}", n.name));
+                print_out(
+                    &all.iter()
+                        .map(|n| format!("{}\n", n.network.name))
+                        .collect::<String>(),
+                );
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
-                "{:<16}{:<10}{:<20}{:<16}DNS",
-                "NAME", "TYPE", "SUBNET", "GATEWAY"
-            );
-            for n in all {
-                let dns = if n.dns.is_empty() {
-                    "(DHCP)".to_owned()
-                } else {
-                    n.dns
-                        .iter()
-                        .map(|d| d.to_string())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                };
-                println!(
-                    "{:<16}{:<10}{:<20}{:<16}{dns}",
-                    n.name,
-                    n.kind.as_str(),
-                    n.subnet.to_string(),
-                    n.gateway.to_string()
-                );
-            }
+            let rows: Vec<[String; 5]> = all
+                .iter()
+                .map(|v| {
+                    let n = &v.network;
+                    let dns = if n.dns.is_empty() {
+                        "(DHCP)".to_owned()
+                    } else {
+                        n.dns
+                            .iter()
+                            .map(|d| d.to_string())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    };
+                    [
+                        n.name.clone(),
+                        n.kind.as_str().to_owned(),
+                        n.subnet.to_string(),
+                        n.gateway.to_string(),
+                        dns,
+                    ]
+                })
+                .collect();
+            print_out(&table(&["NAME", "TYPE", "SUBNET", "GATEWAY", "DNS"], &rows));
             Ok(ExitCode::SUCCESS)
         }
         NetworkCmd::Rm { names } => each_name(&names, |name| {
-            let n = store.get(name)?;
-            if n.is_builtin() {
-                bail!(network::NetworkError::Builtin(name.into()));
-            }
-            let running: Vec<String> = state
-                .list()
-                .into_iter()
-                .filter(|m| is_running(m) && m.nics.iter().any(|n| n.network.name == name))
-                .map(|m| m.name)
-                .collect();
-            if !running.is_empty() {
-                bail!(network::NetworkError::InUse {
-                    name: name.into(),
-                    containers: running.join(", "),
-                });
-            }
-            store.remove(name)?;
+            engine.network_remove(name)?;
             Ok(())
         }),
         NetworkCmd::Inspect { names } => {
             let mut out = Vec::new();
             for name in &names {
-                let n = store.get(name)?;
+                let v = engine.network(name)?;
+                let n = &v.network;
                 out.push(serde_json::json!({
                     "Name": n.name,
+                    "Id": v.id,
                     "Type": n.kind.as_str(),
                     "Subnet": n.subnet.to_string(),
                     "Gateway": n.gateway,
@@ -858,12 +956,10 @@ fn network_cmd(state: &State, cmd: NetworkCmd) -> Result<ExitCode> {
                         "DNS": n.slirp_dns(),
                         "DHCPStart": n.dhcp_start(),
                     },
-                    "Containers": state.list().into_iter()
-                        .filter(|m| m.nics.iter().any(|c| c.network.name == n.name))
-                        .map(|m| m.name).collect::<Vec<_>>(),
+                    "Containers": v.containers.iter().map(|(_, name, _)| name).collect::<Vec<_>>(),
                 }));
             }
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            print_out(&format!("{}\n", serde_json::to_string_pretty(&out)?));
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -888,84 +984,38 @@ fn each_name(names: &[String], mut f: impl FnMut(&str) -> Result<()>) -> Result<
     })
 }
 
-fn state_text(meta: &state::Meta, cfg: &guestinfo::ContainerConfig) -> String {
-    let running = is_running(meta);
-    let (started, code) = vm::session_result(cfg, &meta.id);
-    match (running, started.as_str()) {
-        (true, "true") => "Up".into(),
-        (true, _) => "Starting".into(),
-        (false, "true") => format!("Exited ({code})"),
-        (false, "") => "Created".into(),
-        (false, _) => format!("Failed ({code})"),
+/// [`each_name`] for engine operations.
+async fn for_each<F, Fut>(names: &[String], f: F) -> Result<ExitCode>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), EngineError>>,
+{
+    let mut failed = false;
+    for n in names {
+        match f(n.clone()).await {
+            Ok(()) => println!("{n}"),
+            Err(e) => {
+                eprintln!("vch: {e}");
+                failed = true;
+            }
+        }
     }
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?)
-}
-
-fn is_running(meta: &state::Meta) -> bool {
-    meta.qemu_pid.map(state::pid_alive).unwrap_or(false)
-}
-
-fn running(state: &State, name: &str) -> Result<state::Meta> {
-    let meta = state.resolve(name)?;
-    if !is_running(&meta) {
-        bail!("container {name} is not running");
-    }
-    if meta.backchannel.starts_with("tcp://") {
-        bail!(
-            "container {name}'s back-channel goes to an external port layer ({})",
-            meta.backchannel
-        );
-    }
-    Ok(meta)
-}
-
-fn for_each(
-    state: &State,
-    names: &[String],
-    mut f: impl FnMut(&state::Meta) -> Result<()>,
-) -> Result<ExitCode> {
-    each_name(names, |n| running(state, n).and_then(|m| f(&m)))
-}
-
-fn control_request(state: &State, meta: &state::Meta, name: &str, data: &[u8]) -> Result<()> {
-    let rt = runtime()?;
-    rt.block_on(async {
-        let conn = control::connect(&state.vm_dir(&meta.id).join("ctl.sock"))
-            .await
-            .context("connect to the container")?;
-        control::request(&conn, name, data)
-            .await
-            .map_err(anyhow::Error::msg)?;
-        Ok(())
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     })
 }
 
-fn kill_qemu(meta: &state::Meta) {
-    if let Some(pid) = meta.qemu_pid {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+fn state_text(view: &ContainerView) -> String {
+    match (view.status, view.started.as_str()) {
+        (ContainerStatus::Running, "true") => "Up".into(),
+        (ContainerStatus::Running, _) => "Starting".into(),
+        (ContainerStatus::Created, _) => "Created".into(),
+        (ContainerStatus::Exited, "true") => format!("Exited ({})", view.exit_code),
+        (ContainerStatus::Exited, "") => "Created".into(),
+        (ContainerStatus::Exited, _) => format!("Failed ({})", view.exit_code),
     }
-}
-
-/// Waits until the VM's keeper has finished (QEMU gone, state saved).
-fn wait_stopped(state: &State, id: &str, limit: Duration) -> bool {
-    let deadline = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < deadline {
-        match state.meta(id) {
-            Ok(m) if m.keeper_pid.map(state::pid_alive).unwrap_or(false) || is_running(&m) => {}
-            _ => return true,
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 fn finish_run(outcome: &vm::RunOutcome, timeout: u64) -> Result<ExitCode> {
@@ -987,14 +1037,14 @@ fn finish_run(outcome: &vm::RunOutcome, timeout: u64) -> Result<ExitCode> {
         };
         eprintln!(
             "vch: container {} failed to start: {why}",
-            &outcome.id[..12.min(outcome.id.len())]
+            short(&outcome.id)
         );
         let code = if outcome.exit_code > 0 {
             outcome.exit_code
         } else {
             125
         };
-        return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+        return Ok(exit_code(code));
     }
     if outcome.damaged_records > 0 {
         eprintln!(
@@ -1002,98 +1052,76 @@ fn finish_run(outcome: &vm::RunOutcome, timeout: u64) -> Result<ExitCode> {
             outcome.damaged_records
         );
     }
-    Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
+    Ok(exit_code(outcome.exit_code))
 }
 
-/// `run -d` and `run -it`: the VM is kept by a background `vch keeper`, so it outlives this
-/// command (detach) and other commands can reach it.
-fn run_background(state: &State, mut opts: RunOptions, detach: bool) -> Result<ExitCode> {
-    let interactive = opts.spec.open_stdin || opts.spec.tty;
-    if !detach {
-        // Hold the launch until our terminal is bound, so not a byte of output is lost.
-        opts.spec.run_block = true;
-    }
-    let created = vm::create(state, opts.clone())?;
-    let id = created.meta.id.clone();
-    let exe = std::env::current_exe().context("locate vch")?;
-    let log = std::fs::File::create(created.dir.join("keeper.log"))?;
-    {
-        use std::os::unix::process::CommandExt;
-        std::process::Command::new(exe)
-            .arg("--state")
-            .arg(state.root())
-            .arg("keeper")
-            .arg(&id)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            // Its own process group: ctrl-c in this terminal must not reach the VM's keeper.
-            .process_group(0)
-            .spawn()
-            .context("start the VM keeper")?;
-    }
+/// `run -d`, `run -i` and `run -t`: the VM is kept by a `vch keeper` process, so it
+/// outlives this command (detach) and other commands can reach it. Attached runs bind
+/// before the start, as docker's client does, so not a byte of output is lost.
+async fn run_background(engine: &Engine, req: CreateRequest, detach: bool) -> Result<ExitCode> {
+    let stdin = req.run.spec.open_stdin;
+    let id = engine.create(req).await?.id;
     if detach {
-        // docker run -d returns once the container started (or failed to).
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            let cfg = vm::load_config(&created.dir)?;
-            let (started, code) = vm::session_result(&cfg, &id);
-            if started == "true" {
+        return match engine.start(&id).await {
+            Ok(()) => {
                 println!("{id}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(EngineError::StartFailed(_)) => {
+                let view = engine.inspect(&id)?;
+                eprintln!(
+                    "vch: container {} failed to start: {}",
+                    short(&id),
+                    view.started
+                );
+                Ok(exit_code(view.exit_code.clamp(1, 255)))
+            }
+            Err(e) => Err(e.into()),
+        };
+    }
+    let pending = engine.attach(&id, engine::AttachOptions { stdin })?;
+    // The terminal is bound while the start runs: the start waits for the launch, which
+    // waits for this attachment's unblock.
+    let session = async {
+        let att = pending.bind().await?;
+        Ok::<_, EngineError>(
+            client::attach(
+                att,
+                client::TerminalOptions {
+                    stdin,
+                    unblock: true,
+                    detach_keys: Some(DetachKeys::default()),
+                },
+            )
+            .await,
+        )
+    };
+    let (started, ended) = tokio::join!(engine.start(&id), session);
+    match (started, ended) {
+        (Ok(()) | Err(EngineError::StartFailed(_)), Ok(ended)) => {
+            if ended == Ended::Detached {
                 return Ok(ExitCode::SUCCESS);
             }
-            if !started.is_empty() {
-                eprintln!("vch: container {} failed to start: {started}", &id[..12]);
-                return Ok(ExitCode::from(code.clamp(1, 255) as u8));
-            }
-            let meta = state.meta(&id)?;
-            if std::time::Instant::now() > deadline
-                || (meta.keeper_pid.is_some()
-                    && !is_running(&meta)
-                    && !meta.keeper_pid.map(state::pid_alive).unwrap_or(false))
-            {
-                bail!(
-                    "container {} did not start (debug log: {})",
-                    &id[..12],
-                    created.dir.join("tether.debug").display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
         }
-    }
-    let rt = runtime()?;
-    let ctl = created.dir.join("ctl.sock");
-    let ended = rt.block_on(async {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let conn = loop {
-            match control::connect(&ctl).await {
-                Ok(c) => break c,
-                Err(e) if tokio::time::Instant::now() > deadline => {
-                    return Err(anyhow::anyhow!("the VM keeper did not come up: {e}"))
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        };
-        let opts = client::AttachOptions {
-            tty: opts.spec.tty,
-            stdin: interactive && opts.spec.open_stdin,
-            unblock: true,
-            detach_keys: true,
-        };
-        client::attach(&conn, &id, opts)
-            .await
-            .map_err(anyhow::Error::msg)
-    })?;
-    if ended == client::Ended::Detached {
-        return Ok(ExitCode::SUCCESS);
+        (Err(EngineError::StartFailed(_)), Err(_)) => {}
+        (Err(e), _) | (_, Err(e)) => return Err(e.into()),
     }
     // The session ended: the VM powers off; report what the tether wrote back.
-    wait_stopped(state, &id, Duration::from_secs(30));
-    let cfg = vm::load_config(&created.dir)?;
-    let (started, code) = vm::session_result(&cfg, &id);
-    if started != "true" {
-        eprintln!("vch: container {} failed to start: {started}", &id[..12]);
-        return Ok(ExitCode::from(code.clamp(1, 255) as u8));
+    let code = tokio::time::timeout(
+        Duration::from_secs(30),
+        engine.wait(&id, WaitCondition::NotRunning),
+    )
+    .await
+    .ok()
+    .and_then(|r| r.ok());
+    let view = engine.inspect(&id)?;
+    if view.launch_failed() {
+        eprintln!(
+            "vch: container {} failed to start: {}",
+            short(&id),
+            view.started
+        );
+        return Ok(exit_code(view.exit_code.clamp(1, 255)));
     }
-    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+    Ok(exit_code(code.unwrap_or(view.exit_code)))
 }

@@ -1,0 +1,85 @@
+//! What happened to containers, volumes, networks and images, as docker's events report it:
+//! the engine publishes, subscribers (the `events` endpoint, waits) receive.
+
+use std::collections::BTreeMap;
+
+use super::{now_ns, Engine};
+
+/// The kind of object an event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Container,
+    Volume,
+    Network,
+    Image,
+}
+
+impl EventKind {
+    /// docker's `Type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Container => "container",
+            EventKind::Volume => "volume",
+            EventKind::Network => "network",
+            EventKind::Image => "image",
+        }
+    }
+}
+
+/// One event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    /// `create`, `start`, `die`, `destroy`, `kill`, `stop`, `rename`, `attach`, ...
+    pub action: String,
+    /// The object's ID (a volume's or network's name for those).
+    pub id: String,
+    /// docker's `Actor.Attributes` (`name`, `image`, `exitCode`, `signal`, ...).
+    pub attributes: BTreeMap<String, String>,
+    /// When, in ns since the epoch.
+    pub time_ns: u64,
+}
+
+impl Event {
+    /// An event happening now.
+    pub fn new(kind: EventKind, action: &str, id: &str) -> Event {
+        Event {
+            kind,
+            action: action.into(),
+            id: id.into(),
+            attributes: BTreeMap::new(),
+            time_ns: now_ns(),
+        }
+    }
+
+    /// Adds an attribute.
+    pub fn with(mut self, key: &str, value: impl Into<String>) -> Event {
+        self.attributes.insert(key.into(), value.into());
+        self
+    }
+}
+
+impl Engine {
+    /// Subscribes to every event from now on.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    pub(super) fn publish(&self, event: Event) {
+        tracing::debug!(kind = event.kind.as_str(), action = %event.action, id = %event.id, "event");
+        // No subscriber is not an error: events are for whoever listens now.
+        let _ = self.inner.events.send(event);
+    }
+
+    /// A container event with docker's usual attributes (name, image) and the container's
+    /// labels.
+    pub(super) fn container_event(&self, action: &str, meta: &crate::state::Meta) -> Event {
+        let mut e = Event::new(EventKind::Container, action, &meta.id)
+            .with("name", meta.name.clone())
+            .with("image", meta.image.clone());
+        for (k, v) in &meta.settings.labels {
+            e.attributes.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        e
+    }
+}

@@ -1,0 +1,109 @@
+//! The VCH's engine: every operation on containers, execs, volumes, networks and images, in
+//! one place. `vch` and the Docker Engine API daemon are front ends over it: they parse a
+//! request, call one of these methods and print the typed result in their own format; no
+//! container operation is written twice.
+//!
+//! What the VCH can do (the methods of [`Engine`]):
+//!
+//! | operation | method | notes |
+//! |---|---|---|
+//! | create a container | [`Engine::create`] | VM folder, disk, config; nothing runs |
+//! | run one in the foreground | [`Engine::run_foreground`] | create + keep in this process (`vch run`, tests, bench) |
+//! | start | [`Engine::start`] | a `vch keeper` process keeps the VM; returns once the tether reported the launch |
+//! | attach | [`Engine::attach`] | an [`Attachment`] to the primary session (before or after start) |
+//! | wait | [`Engine::wait`] | `not-running`, `next-exit`, `removed` |
+//! | stop / kill / restart | [`Engine::stop`], [`Engine::kill`], [`Engine::restart`] | |
+//! | rename / remove | [`Engine::rename`], [`Engine::remove`] | |
+//! | list / inspect | [`Engine::list`], [`Engine::inspect`] | typed [`ContainerView`] |
+//! | logs | [`Engine::logs`] | lines, optionally followed |
+//! | resize | [`Engine::resize`] | the primary session's terminal |
+//! | exec | [`Engine::exec_create`], [`Engine::exec_start`], [`Engine::exec_inspect`], [`Engine::exec_resize`] | |
+//! | volumes | [`Engine::volume_create`] … [`Engine::volume_prune`] | over [`crate::volume::VolumeStore`] |
+//! | networks | [`Engine::network_create`] … [`Engine::network_prune`] | over [`crate::network::NetworkStore`] |
+//! | images | [`Engine::images`], [`Engine::image`] | what can be run |
+//! | events | [`Engine::events`] | create, start, die, destroy, … |
+//!
+//! Containers live in the state directory ([`crate::state`]) and are kept by `vch keeper`
+//! processes, so they outlive the front end that started them; an engine opened later (a
+//! restarted daemon) finds them there and serves them again.
+
+mod attach;
+mod containers;
+mod error;
+mod events;
+mod exec;
+mod objects;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+pub use attach::{
+    AttachOptions, Attachment, AttachmentControl, DetachKeys, Ended, PendingAttachment,
+};
+pub use containers::{
+    ContainerStatus, ContainerView, CreateRequest, CreateResponse, ListOptions, LogItem,
+    LogOptions, RemoveOptions, WaitCondition,
+};
+pub use error::{EngineError, ErrorKind};
+pub use events::{Event, EventKind};
+pub use exec::{ExecCreate, ExecView};
+pub use objects::{ImageView, NetworkView, VolumeView};
+
+use crate::state::State;
+
+/// The engine over one state directory.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: State,
+    /// The `vch` binary that keeps VMs (`vch keeper ID`).
+    vch_exe: PathBuf,
+    events: tokio::sync::broadcast::Sender<Event>,
+    /// Execs created here, by ID (docker keeps them in the daemon's memory, too).
+    execs: Mutex<HashMap<String, exec::ExecRecord>>,
+    /// Per session ID: attachments waiting for the session to start, and live ones (for
+    /// resizes that arrive on another request).
+    attachments: Mutex<HashMap<String, attach::Registry>>,
+    /// Containers whose keeper a task watches (for `die` events, `--rm` and waits).
+    watched: Mutex<HashMap<String, u32>>,
+}
+
+impl Engine {
+    /// An engine over `state`, starting keepers with `vch_exe`.
+    pub fn new(state: State, vch_exe: PathBuf) -> Engine {
+        Engine {
+            inner: Arc::new(Inner {
+                state,
+                vch_exe,
+                events: tokio::sync::broadcast::channel(1024).0,
+                execs: Mutex::new(HashMap::new()),
+                attachments: Mutex::new(HashMap::new()),
+                watched: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The state directory.
+    pub fn state(&self) -> &State {
+        &self.inner.state
+    }
+}
+
+/// Locks a mutex, taking the data of a poisoned one: every critical section here leaves its
+/// map consistent, so a panic elsewhere must not take the engine down with it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Now, in ns since the epoch.
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
