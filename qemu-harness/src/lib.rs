@@ -14,6 +14,10 @@
 //!   stores do; [`network`] defines networks (QEMU user networking) and places NICs at the
 //!   PCI slots the tether expects.
 
+// docker's JSON documents (`/info`, `inspect`) are large `json!` literals.
+#![recursion_limit = "256"]
+
+pub mod api;
 pub mod artifacts;
 pub mod client;
 pub mod config;

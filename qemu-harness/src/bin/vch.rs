@@ -28,6 +28,9 @@ struct Cli {
     /// State directory (default: $VCH_STATE or ~/.local/state/tether-vch)
     #[arg(long, global = true)]
     state: Option<std::path::PathBuf>,
+    /// Log what vch does to stderr (RUST_LOG filters override the level)
+    #[arg(short = 'D', long, global = true)]
+    debug: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -194,6 +197,30 @@ enum Cmd {
     /// Drops a running VM's back-channel connection, as a VCH restart would (it reconnects)
     #[command(hide = true, name = "debug-drop-backchannel")]
     DropBackchannel { name: String },
+    /// Serve the Docker Engine API, so that the docker client drives container VMs
+    /// (DOCKER_HOST=unix://STATE/docker.sock)
+    Daemon {
+        /// Where to listen: unix:///PATH or tcp://HOST:PORT (repeatable)
+        /// [default: unix://STATE/docker.sock]
+        #[arg(short = 'H', long = "host")]
+        hosts: Vec<String>,
+        /// Require TLS with client certificates signed by --tlscacert (needed for TCP on an
+        /// address other than loopback)
+        #[arg(long)]
+        tlsverify: bool,
+        /// CA certificate that signs the clients' certificates
+        #[arg(long)]
+        tlscacert: Option<std::path::PathBuf>,
+        /// The daemon's certificate
+        #[arg(long)]
+        tlscert: Option<std::path::PathBuf>,
+        /// The daemon's private key
+        #[arg(long)]
+        tlskey: Option<std::path::PathBuf>,
+        /// Hard limit on each container VM's life, in seconds
+        #[arg(long, default_value_t = 3600)]
+        container_timeout: u64,
+    },
     /// Keeps a VM running (started by `run -d` and `run -it`; not for direct use)
     #[command(hide = true)]
     Keeper { id: String },
@@ -362,7 +389,27 @@ fn short(id: &str) -> &str {
     &id[..12.min(id.len())]
 }
 
+/// The harness's own log on stderr: `--debug`, `RUST_LOG`, or warnings only (info for the
+/// daemon, whose log is its output).
+fn init_log(debug: bool, daemon: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if debug {
+        "debug"
+    } else if daemon {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
 fn real_main(cli: Cli) -> Result<ExitCode> {
+    init_log(cli.debug, matches!(cli.cmd, Cmd::Daemon { .. }));
     let state = State::open(cli.state.clone().unwrap_or_else(State::default_dir))?;
     let exe = std::env::current_exe().context("locate vch")?;
     let rt = runtime()?;
@@ -604,6 +651,25 @@ async fn command(engine: &Engine, cmd: Cmd) -> Result<ExitCode> {
                 .map_err(anyhow::Error::msg)?;
             println!("{name}");
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Daemon {
+            hosts,
+            tlsverify,
+            tlscacert,
+            tlscert,
+            tlskey,
+            container_timeout,
+        } => {
+            daemon(
+                engine,
+                hosts,
+                tlsverify,
+                tlscacert,
+                tlscert,
+                tlskey,
+                container_timeout,
+            )
+            .await
         }
         Cmd::Keeper { id } => {
             let state = engine.state().clone();
@@ -1124,4 +1190,71 @@ async fn run_background(engine: &Engine, req: CreateRequest, detach: bool) -> Re
         return Ok(exit_code(view.exit_code.clamp(1, 255)));
     }
     Ok(exit_code(code.unwrap_or(view.exit_code)))
+}
+
+/// `vch daemon`: the Docker Engine API over this state directory until SIGTERM or SIGINT.
+async fn daemon(
+    engine: &Engine,
+    hosts: Vec<String>,
+    tlsverify: bool,
+    ca: Option<std::path::PathBuf>,
+    cert: Option<std::path::PathBuf>,
+    key: Option<std::path::PathBuf>,
+    container_timeout: u64,
+) -> Result<ExitCode> {
+    use qemu_harness::api;
+    let root = engine.state().root().to_owned();
+    let _lock = api::daemon_lock(&root)?;
+    let addresses = if hosts.is_empty() {
+        vec![api::Address::Unix(root.join("docker.sock"))]
+    } else {
+        hosts
+            .iter()
+            .map(|h| api::Address::parse(h))
+            .collect::<Result<_, _>>()?
+    };
+    let tls = match (tlsverify, ca, cert, key) {
+        (false, None, None, None) => None,
+        (true, Some(ca), Some(cert), Some(key)) => Some(api::tls::TlsFiles { ca, cert, key }),
+        _ => bail!("TLS needs all of --tlsverify, --tlscacert, --tlscert and --tlskey"),
+    };
+    let opts = api::DaemonOptions {
+        addresses,
+        tls,
+        container_timeout: Duration::from_secs(container_timeout),
+    };
+    let listeners = api::bind(&opts).await?;
+    for l in &listeners {
+        eprintln!("vch daemon: listening on {}", l.docker_host());
+    }
+    if let Some(l) = listeners.first() {
+        eprintln!("vch daemon: export DOCKER_HOST={}", l.docker_host());
+    }
+    let state = std::sync::Arc::new(api::ApiState {
+        engine: engine.clone(),
+        container_timeout: opts.container_timeout,
+    });
+    let shutdown = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+            }
+            _ => std::future::pending::<()>().await,
+        }
+    };
+    api::serve(state, listeners, shutdown).await;
+    for a in &opts.addresses {
+        if let api::Address::Unix(p) = a {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    eprintln!("vch daemon: stopped (containers keep running)");
+    Ok(ExitCode::SUCCESS)
 }

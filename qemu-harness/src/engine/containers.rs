@@ -358,7 +358,10 @@ impl Engine {
         }
         let image = crate::image::normalize(&run.image);
         crate::image::rootfs(&image, &crate::artifacts::cache_dir()).map_err(|e| match e {
-            crate::image::ImageError::NotFound(_) => EngineError::NoSuchImage(run.image.clone()),
+            // A name (docker's client pulls on a 404); a path keeps the harness's hint.
+            crate::image::ImageError::NotFound(_) if !run.image.contains('/') => {
+                EngineError::NoSuchImage(run.image.clone())
+            }
             other => EngineError::Vm(other.into()),
         })?;
         run.image = image;

@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 
 use super::{now_ns, Engine};
 
+/// Events remembered for `events --since`.
+const HISTORY: usize = 1000;
+
 /// The kind of object an event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -65,8 +68,31 @@ impl Engine {
         self.inner.events.subscribe()
     }
 
+    /// The remembered events at or after `since_ns` (this engine's latest ones), and a
+    /// subscription to the later ones: nothing falls between the two.
+    pub fn events_since(
+        &self,
+        since_ns: u64,
+    ) -> (Vec<Event>, tokio::sync::broadcast::Receiver<Event>) {
+        let history = super::lock(&self.inner.history);
+        let rx = self.inner.events.subscribe();
+        let past = history
+            .iter()
+            .filter(|e| e.time_ns >= since_ns)
+            .cloned()
+            .collect();
+        (past, rx)
+    }
+
     pub(super) fn publish(&self, event: Event) {
         tracing::debug!(kind = event.kind.as_str(), action = %event.action, id = %event.id, "event");
+        // Sent under the history's lock, so that `events_since` sees each event either in
+        // the history or on its subscription.
+        let mut history = super::lock(&self.inner.history);
+        if history.len() >= HISTORY {
+            history.pop_front();
+        }
+        history.push_back(event.clone());
         // No subscriber is not an error: events are for whoever listens now.
         let _ = self.inner.events.send(event);
     }

@@ -48,7 +48,7 @@ pub use containers::{
 pub use error::{EngineError, ErrorKind};
 pub use events::{Event, EventKind};
 pub use exec::{ExecCreate, ExecView};
-pub use objects::{ImageView, NetworkView, VolumeView};
+pub use objects::{network_id, ImageView, NetworkView, VolumeView};
 
 use crate::state::State;
 
@@ -64,6 +64,8 @@ struct Inner {
     /// The `vch` binary that keeps VMs (`vch keeper ID`).
     vch_exe: PathBuf,
     events: tokio::sync::broadcast::Sender<Event>,
+    /// The latest events, for subscribers that ask for the past (`events --since`).
+    history: Mutex<std::collections::VecDeque<Event>>,
     /// Execs created here, by ID (docker keeps them in the daemon's memory, too).
     execs: Mutex<HashMap<String, exec::ExecRecord>>,
     /// Per session ID: attachments waiting for the session to start, and live ones (for
@@ -81,6 +83,7 @@ impl Engine {
                 state,
                 vch_exe,
                 events: tokio::sync::broadcast::channel(1024).0,
+                history: Mutex::new(std::collections::VecDeque::new()),
                 execs: Mutex::new(HashMap::new()),
                 attachments: Mutex::new(HashMap::new()),
                 watched: Mutex::new(HashMap::new()),
@@ -101,7 +104,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Now, in ns since the epoch.
-fn now_ns() -> u64 {
+pub fn now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
