@@ -762,7 +762,9 @@ pub fn wait(state: &ApiState, id: &str, req: &Request<Incoming>) -> ApiResult {
     let (resp, tx) = streaming(StatusCode::OK, "application/json");
     let engine = state.engine.clone();
     let id = id.to_owned();
+    let guard = state.stream_guard();
     tokio::spawn(async move {
+        let _guard = guard;
         let result = tokio::select! {
             r = engine.wait(&id, condition) => r,
             // The client went away: nobody waits any more.
@@ -816,7 +818,9 @@ pub async fn attach(state: &ApiState, id: &str, req: Request<Incoming>) -> ApiRe
     } else {
         None
     };
+    let guard = state.stream_guard();
     stream::hijack(req, move |io| async move {
+        let _guard = guard;
         stream::attach_session(
             io,
             history.map(|(_, rx)| rx),
@@ -876,7 +880,9 @@ pub fn logs(state: &ApiState, id: &str, req: &Request<Incoming>) -> ApiResult {
             "application/vnd.docker.multiplexed-stream"
         },
     );
+    let guard = state.stream_guard();
     tokio::spawn(async move {
+        let _guard = guard;
         while let Some(item) = lines.recv().await {
             let LogItem::Line(l) = item else { break };
             let mut payload = Vec::new();

@@ -95,7 +95,9 @@ pub async fn start(state: &ApiState, id: &str, req: Request<Incoming>) -> ApiRes
     };
     let engine = state.engine.clone();
     let exec_id = id.to_owned();
+    let guard = state.stream_guard();
     stream::hijack_parts(&parts.headers, on, move |io| async move {
+        let _guard = guard;
         let (rd, wr) = tokio::io::split(io);
         let wr = Arc::new(Mutex::new(wr));
         let att = match engine.exec_start(&exec_id, false).await {

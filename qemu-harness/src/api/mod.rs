@@ -115,6 +115,36 @@ pub struct DaemonOptions {
 pub struct ApiState {
     pub engine: Engine,
     pub container_timeout: Duration,
+    /// Tasks serving a client after its handler returned (waits, logs, events, hijacked
+    /// streams): `/info` reports them as `NGoroutines`, so that a leak shows.
+    pub streams: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ApiState {
+    pub fn new(engine: Engine, container_timeout: Duration) -> ApiState {
+        ApiState {
+            engine,
+            container_timeout,
+            streams: Arc::default(),
+        }
+    }
+
+    /// Counts a streaming task while the guard lives.
+    pub fn stream_guard(&self) -> StreamGuard {
+        self.streams
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        StreamGuard(self.streams.clone())
+    }
+}
+
+/// See [`ApiState::stream_guard`].
+#[derive(Debug)]
+pub struct StreamGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Holds the state directory's daemon lock while alive.

@@ -122,7 +122,7 @@ pub fn info(state: &ApiState) -> ApiResult {
             "Debug": false,
             "NFd": 0,
             "OomKillDisable": false,
-            "NGoroutines": 0,
+            "NGoroutines": state.streams.load(std::sync::atomic::Ordering::Relaxed),
             "SystemTime": super::http::rfc3339(
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -249,7 +249,9 @@ pub fn events(state: &ApiState, req: &Request<Incoming>) -> ApiResult {
     let now = crate::engine::now_ns();
     let (past, mut rx) = state.engine.events_since(since.unwrap_or(now));
     let (resp, tx) = streaming(StatusCode::OK, "application/json");
+    let guard = state.stream_guard();
     tokio::spawn(async move {
+        let _guard = guard;
         let send = |e: &Event| {
             let mut line = serde_json::to_vec(&event_json(e)).unwrap_or_default();
             line.push(b'\n');
