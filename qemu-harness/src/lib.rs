@@ -19,6 +19,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod image;
+pub mod images;
 pub mod inspect;
 pub mod keys;
 pub mod logs;
