@@ -116,7 +116,7 @@ pub(crate) fn spool(
             spool.links.insert(name, target);
         }
     }
-    drop(archive);
+    let _ = archive.into_inner();
     if input.hit_eof {
         return Err(StoreError::Tar {
             what: "reading the archive".into(),

@@ -111,19 +111,22 @@ pub(crate) fn sparse_copy(src: &Path, dst: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Bytes a file or tree really occupies (allocated blocks), for measurements.
+/// Bytes the files of a tree really occupy (allocated blocks; directories themselves are
+/// not counted), for measurements.
 pub fn disk_usage(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let Ok(md) = fs::symlink_metadata(path) else {
         return 0;
     };
-    let mut total = md.blocks() * 512;
-    if md.is_dir() {
-        for e in fs::read_dir(path).into_iter().flatten().flatten() {
-            total += disk_usage(&e.path());
-        }
+    if !md.is_dir() {
+        return md.blocks() * 512;
     }
-    total
+    fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| disk_usage(&e.path()))
+        .sum()
 }
 
 /// How a stream is compressed, from its first bytes.

@@ -233,7 +233,7 @@ pub(crate) fn apply(
         let mut entry = entry.map_err(tar_err(format!("layer {layer}")))?;
         applier.entry(&mut entry)?;
     }
-    drop(archive);
+    let _ = archive.into_inner();
     if input.hit_eof {
         return Err(StoreError::Tar {
             what: format!("layer {layer}"),
@@ -246,6 +246,9 @@ pub(crate) fn apply(
     applier.finish()
 }
 
+/// Extended attributes of an entry: name and value.
+type Xattrs = Vec<(String, Vec<u8>)>;
+
 struct Applier<'a> {
     tree: &'a mut Tree,
     sink: &'a mut dyn Sink,
@@ -253,7 +256,7 @@ struct Applier<'a> {
     /// Paths this layer made, and their parents: what an opaque directory keeps.
     here: HashSet<RelPath>,
     /// Directory metadata, applied at the end so that adding entries cannot disturb it.
-    dir_meta: Vec<(RelPath, Meta, Vec<(String, Vec<u8>)>)>,
+    dir_meta: Vec<(RelPath, Meta, Xattrs)>,
 }
 
 impl Applier<'_> {
