@@ -15,11 +15,15 @@
 //!   holding those are refused; lines are read into an 8 KiB buffer.
 //! - `ln` does not count links: `sif <target> links_count N` follows it.
 //! - debugfs exits 0 even when a command fails; any message on stderr is an error.
+//!
+//! The commands go to a running `debugfs -f -` through a pipe as they are made, so debugfs
+//! writes the disk while the applier unpacks the next files.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::thread::JoinHandle;
 
 use super::error::{io_err, StoreError};
 use super::layer::{Kind, Meta, Sink, Special, S_IFLNK};
@@ -32,16 +36,17 @@ pub(crate) fn tool(name: &str) -> PathBuf {
 
 const MAX_LINE: usize = 8000;
 
-/// A debugfs script being written, with the host files its `write` and `ea_set` commands
-/// read.
+/// A running `debugfs -w -f -` on one disk, fed commands as the layer is applied, with the
+/// host files its `write` and `ea_set` commands read.
 #[derive(Debug)]
 pub(crate) struct Script {
-    path: PathBuf,
-    out: BufWriter<File>,
+    child: Option<Child>,
+    out: Option<BufWriter<ChildStdin>>,
+    errors: Option<JoinHandle<String>>,
     files: PathBuf,
     n: u64,
     cwd: Option<Vec<u8>>,
-    /// Commands written.
+    /// Commands sent.
     pub commands: u64,
 }
 
@@ -51,15 +56,36 @@ enum Arg<'a> {
 }
 
 impl Script {
-    /// A script in `dir` (which must be private to this build).
-    pub fn new(dir: &Path) -> Result<Script, StoreError> {
-        let files = dir.join("files");
-        fs::create_dir_all(&files).map_err(io_err("create", &files))?;
-        let path = dir.join("script");
-        let out = BufWriter::new(File::create(&path).map_err(io_err("create", &path))?);
+    /// Starts debugfs on `disk`; host files go into `files` (a private directory).
+    pub fn start(files: &Path, disk: &Path) -> Result<Script, StoreError> {
+        let files = files.to_owned();
+        let mut child = Command::new(tool("debugfs"))
+            .arg("-w")
+            .arg("-f")
+            .arg("-")
+            .arg(disk)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| StoreError::Tool {
+                tool: "debugfs",
+                message: format!("{e} (apt-get install e2fsprogs)"),
+            })?;
+        let stdin = child.stdin.take();
+        let stderr = child.stderr.take();
+        // Read stderr as it comes, so that a flood of messages cannot block debugfs.
+        let errors = stderr.map(|mut e| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = e.read_to_string(&mut text);
+                text
+            })
+        });
         Ok(Script {
-            path,
-            out,
+            child: Some(child),
+            out: stdin.map(|i| BufWriter::with_capacity(1 << 16, i)),
+            errors,
             files,
             n: 0,
             cwd: None,
@@ -83,9 +109,15 @@ impl Script {
         }
         line.push(b'\n');
         self.commands += 1;
-        self.out
-            .write_all(&line)
-            .map_err(io_err("write", &self.path))
+        let out = self.out.as_mut().ok_or_else(|| StoreError::Tool {
+            tool: "debugfs",
+            message: "its input is closed".into(),
+        })?;
+        if out.write_all(&line).is_err() {
+            // debugfs is gone: its own words say why.
+            return Err(self.fail());
+        }
+        Ok(())
     }
 
     fn abs(path: &[u8]) -> Vec<u8> {
@@ -128,10 +160,74 @@ impl Script {
         Ok(p)
     }
 
-    /// Flushes the script; returns its path.
-    pub fn finish(mut self) -> Result<PathBuf, StoreError> {
-        self.out.flush().map_err(io_err("write", &self.path))?;
-        Ok(self.path)
+    /// Ends the input, waits for debugfs and checks that every command succeeded.
+    pub fn finish(mut self) -> Result<(), StoreError> {
+        let flushed = self.out.take().map(|mut o| o.flush());
+        let status = self.child.take().map(|mut c| c.wait());
+        let errors = self.stderr_text();
+        let errors: Vec<&str> = errors
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
+            .take(5)
+            .collect();
+        if !errors.is_empty() {
+            return Err(StoreError::Tool {
+                tool: "debugfs",
+                message: errors.join("; "),
+            });
+        }
+        match (flushed, status) {
+            (Some(Ok(())), Some(Ok(st))) if st.success() => Ok(()),
+            (_, Some(Ok(st))) => Err(StoreError::Tool {
+                tool: "debugfs",
+                message: format!("exit status {st}"),
+            }),
+            _ => Err(StoreError::Tool {
+                tool: "debugfs",
+                message: "it could not be waited for".into(),
+            }),
+        }
+    }
+
+    fn stderr_text(&mut self) -> String {
+        self.errors
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+
+    /// The error of a debugfs that stopped reading.
+    fn fail(&mut self) -> StoreError {
+        self.out = None;
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let text = self.stderr_text();
+        let first: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with("debugfs "))
+            .take(5)
+            .collect();
+        StoreError::Tool {
+            tool: "debugfs",
+            message: if first.is_empty() {
+                "it stopped reading commands".into()
+            } else {
+                first.join("; ")
+            },
+        }
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        // An abandoned build (a bad entry): stop debugfs; its disk is thrown away.
+        self.out = None;
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -266,40 +362,6 @@ impl Sink for Script {
             Arg::Quoted(name.as_bytes()),
         ])
     }
-}
-
-/// Runs a script against a raw ext4 image.
-pub(crate) fn run(script: &Path, disk: &Path) -> Result<(), StoreError> {
-    let out = Command::new(tool("debugfs"))
-        .arg("-w")
-        .arg("-f")
-        .arg(script)
-        .arg(disk)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| StoreError::Tool {
-            tool: "debugfs",
-            message: format!("{e} (apt-get install e2fsprogs)"),
-        })?;
-    let errors: Vec<String> = String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
-        .take(5)
-        .map(str::to_owned)
-        .collect();
-    if !out.status.success() || !errors.is_empty() {
-        return Err(StoreError::Tool {
-            tool: "debugfs",
-            message: if errors.is_empty() {
-                format!("exit status {}", out.status)
-            } else {
-                errors.join("; ")
-            },
-        });
-    }
-    Ok(())
 }
 
 /// Runs one debugfs request (`-R`) read-only and returns its output (tests, inspection).

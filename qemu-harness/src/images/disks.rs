@@ -18,7 +18,7 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-use super::debugfs::{self, tool, Script};
+use super::debugfs::{tool, Script};
 use super::digest::{Digest, Hasher, ImageId};
 use super::error::{io_err, StoreError};
 use super::fsutil::{self, decompressed, link_or_copy, sparse_copy, staging_dir, Cleanup};
@@ -68,6 +68,9 @@ fn qemu_img(args: &[&std::ffi::OsStr]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A layer blob of this operation: path, name for messages, uncompressed size.
+pub(crate) type StagedBlob = (PathBuf, String, u64);
+
 /// Disks made by one operation, waiting in its staging directory.
 #[derive(Debug)]
 pub(crate) struct Build<'a> {
@@ -76,7 +79,7 @@ pub(crate) struct Build<'a> {
     /// In build order (parents first): key and parent key.
     staged: Vec<(String, Option<String>)>,
     /// Layer blobs of this operation not yet in the store.
-    pub blobs: HashMap<Digest, (PathBuf, String)>,
+    pub blobs: HashMap<Digest, StagedBlob>,
 }
 
 impl<'a> Build<'a> {
@@ -102,13 +105,14 @@ impl<'a> Build<'a> {
         stored.is_file().then_some(stored)
     }
 
-    fn blob(&self, diff_id: &Digest) -> Result<(PathBuf, String), StoreError> {
+    fn blob(&self, diff_id: &Digest) -> Result<StagedBlob, StoreError> {
         if let Some(b) = self.blobs.get(diff_id) {
             return Ok(b.clone());
         }
         let p = self.store.layer_dir(diff_id).join("blob");
         if p.is_file() {
-            return Ok((p, format!("{diff_id}")));
+            let size = self.store.layer_record(diff_id)?.size;
+            return Ok((p, format!("{diff_id}"), size));
         }
         Err(StoreError::MissingFile {
             path: p.display().to_string(),
@@ -144,7 +148,7 @@ impl<'a> Build<'a> {
             Some(j) => {
                 progress.start("Reading the base layers", None);
                 for d in &diff_ids[..=j] {
-                    let (blob, name) = self.blob(d)?;
+                    let (blob, name, _) = self.blob(d)?;
                     let f = File::open(&blob).map_err(io_err("open", &blob))?;
                     let (r, _) = decompressed(f, &format!("layer {name}"))?;
                     apply(&mut tree, r, &mut ModelOnly, &name)?;
@@ -194,7 +198,7 @@ impl<'a> Build<'a> {
             if parent.is_some() {
                 sparse_copy(&work, &old)?;
             }
-            let (blob, name) = self.blob(d)?;
+            let (blob, name, unpacked) = self.blob(d)?;
             let total = fs::metadata(&blob).map_err(io_err("stat", &blob))?.len();
             progress.start(
                 &format!(
@@ -205,9 +209,9 @@ impl<'a> Build<'a> {
                 ),
                 Some(total),
             );
-            let dir = self.stage.join(format!("layer-{i}"));
-            let _dir_cleanup = Cleanup(Some(dir.clone()));
-            let mut script = Script::new(&dir)?;
+            let files = fsutil::scratch_dir(&self.stage, unpacked)?;
+            let _files_cleanup = Cleanup(Some(files.clone()));
+            let mut script = Script::start(&files, &work)?;
             let f = File::open(&blob).map_err(io_err("open", &blob))?;
             let counted = Counting {
                 inner: f,
@@ -215,9 +219,12 @@ impl<'a> Build<'a> {
                 done: 0,
             };
             let (r, _) = decompressed(counted, &format!("layer {name}"))?;
+            let t0 = std::time::Instant::now();
             apply(&mut tree, r, &mut script, &name)?;
-            let script = script.finish()?;
-            debugfs::run(&script, &work)?;
+            let commands = script.commands;
+            let t1 = std::time::Instant::now();
+            script.finish()?;
+            let t2 = std::time::Instant::now();
             let old_ref = parent.as_ref().map(|_| old.as_path());
             self.write_disk(
                 &keys[i],
@@ -227,6 +234,23 @@ impl<'a> Build<'a> {
                 &work,
                 old_ref,
             )?;
+            tracing::debug!(
+                layer = %d,
+                commands,
+                unpack_ms = (t1 - t0).as_millis() as u64,
+                debugfs_ms = (t2 - t1).as_millis() as u64,
+                qcow2_ms = t2.elapsed().as_millis() as u64,
+                "layer disk built"
+            );
+            if std::env::var_os("TETHER_IMAGES_TIMING").is_some() {
+                eprintln!(
+                    "layer {}: unpack {:?}, debugfs {:?} ({commands} commands), qcow2 {:?}",
+                    d.short(),
+                    t1 - t0,
+                    t2 - t1,
+                    t2.elapsed()
+                );
+            }
             progress.finish();
         }
         Ok(())

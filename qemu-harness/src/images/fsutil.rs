@@ -236,10 +236,46 @@ pub(crate) fn staging_dir(tmp_root: &Path, what: &str) -> Result<PathBuf, StoreE
     Ok(dir)
 }
 
-/// Removes staging directories whose process is gone.
+const SHM: &str = "/dev/shm";
+const SCRATCH_PREFIX: &str = "tether-images";
+
+/// A private directory for the host copies of a layer's files while debugfs writes them in:
+/// in memory (`/dev/shm`) when `need` bytes fit easily there, else under `stage` on disk.
+/// Creating thousands of small files is what costs: unpacking Debian's minbase (7000
+/// files, 170 MB) took 7.8 s on the disk's ext4 here and 0.8 s in tmpfs.
+pub(crate) fn scratch_dir(stage: &Path, need: u64) -> Result<PathBuf, StoreError> {
+    let shm = Path::new(SHM);
+    let roomy = nix::sys::statvfs::statvfs(shm)
+        .map(|v| v.blocks_available() as u64 * v.fragment_size() as u64)
+        .is_ok_and(|free| need <= (1 << 30) && need.saturating_mul(4) <= free);
+    if roomy {
+        if let Ok(dir) = staging_dir(shm, SCRATCH_PREFIX) {
+            use std::os::unix::fs::PermissionsExt;
+            if fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).is_ok() {
+                return Ok(dir);
+            }
+            let _ = fs::remove_dir_all(&dir);
+        }
+    }
+    staging_dir(stage, "files")
+}
+
+/// Removes staging directories whose process is gone (also its scratch in `/dev/shm`).
 pub(crate) fn remove_stale_staging(tmp_root: &Path) {
-    for e in fs::read_dir(tmp_root).into_iter().flatten().flatten() {
+    let shm: Vec<_> = fs::read_dir(SHM)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(SCRATCH_PREFIX))
+        .collect();
+    let ours: Vec<_> = fs::read_dir(tmp_root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect();
+    for e in ours.into_iter().chain(shm) {
         let name = e.file_name().to_string_lossy().into_owned();
+        let name = name.strip_prefix("tether-").unwrap_or(&name);
         let pid = name.split('-').nth(1).and_then(|p| p.parse::<u32>().ok());
         if let Some(pid) = pid {
             if pid != std::process::id() && !crate::state::pid_alive(pid) {

@@ -173,7 +173,7 @@ impl ImageStore {
             if !self.layer_dir(d).join("blob").is_file() {
                 build
                     .blobs
-                    .insert(d.clone(), (l.blob.clone(), d.to_string()));
+                    .insert(d.clone(), (l.blob.clone(), d.to_string(), l.record.size));
             }
         }
         for img in &images {
