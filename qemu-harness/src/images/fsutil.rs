@@ -246,7 +246,7 @@ const SCRATCH_PREFIX: &str = "tether-images";
 pub(crate) fn scratch_dir(stage: &Path, need: u64) -> Result<PathBuf, StoreError> {
     let shm = Path::new(SHM);
     let roomy = nix::sys::statvfs::statvfs(shm)
-        .map(|v| v.blocks_available() as u64 * v.fragment_size() as u64)
+        .map(|v| v.blocks_available().saturating_mul(v.fragment_size()))
         .is_ok_and(|free| need <= (1 << 30) && need.saturating_mul(4) <= free);
     if roomy {
         if let Ok(dir) = staging_dir(shm, SCRATCH_PREFIX) {
