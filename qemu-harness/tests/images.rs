@@ -458,6 +458,13 @@ fn docker_save_archive_loads_with_names_and_config() {
         "{label}"
     );
 
+    // Disks lost from the store are built again from the layers when a container needs them.
+    fs::remove_dir_all(store.root().join("disks")).unwrap();
+    fs::create_dir_all(store.root().join("disks")).unwrap();
+    let rebuilt = Raw::of(&store, &id, &s.0);
+    rebuilt.fsck_clean();
+    assert_eq!(rebuilt.cat("/bin/hello"), "#!/bin/sh\necho hello\n");
+
     // A container's disk is an overlay: it copies nothing.
     let vm = s.0.join("vm1");
     let disk = store.container_disk(&id, &vm, &Silent).unwrap();

@@ -95,13 +95,14 @@ pub(crate) fn sparse_copy(src: &Path, dst: &Path) -> Result<(), StoreError> {
     let size = from.metadata().map_err(io_err("stat", src))?.len();
     to.set_len(size).map_err(io_err("truncate", dst))?;
     let mut buf = vec![0u8; CHUNK];
+    let zeros = vec![0u8; CHUNK];
     for (start, len) in data_extents(&from).map_err(io_err("read", src))? {
         let mut off = start;
         while off < start + len {
             let n = ((start + len - off) as usize).min(CHUNK);
             from.read_exact_at(&mut buf[..n], off)
                 .map_err(io_err("read", src))?;
-            if buf[..n].iter().any(|&b| b != 0) {
+            if buf[..n] != zeros[..n] {
                 to.write_all_at(&buf[..n], off)
                     .map_err(io_err("write", dst))?;
             }
@@ -184,15 +185,21 @@ pub(crate) fn decompressed<'a, R: Read + 'a>(
 }
 
 fn wrap<'a, R: BufRead + 'a>(r: R, kind: Compression) -> Result<Box<dyn Read + 'a>, StoreError> {
+    // A tar reader asks for 512-byte headers and small files: a buffer in front of the
+    // decoder keeps those from becoming one decoder call each.
     Ok(match kind {
         Compression::None => Box::new(r),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r).map_err(
-            |e| StoreError::Tool {
+        Compression::Gzip => Box::new(BufReader::with_capacity(
+            CHUNK,
+            flate2::bufread::MultiGzDecoder::new(r),
+        )),
+        Compression::Zstd => Box::new(BufReader::with_capacity(
+            CHUNK,
+            zstd::stream::read::Decoder::with_buffer(r).map_err(|e| StoreError::Tool {
                 tool: "zstd",
                 message: e.to_string(),
-            },
-        )?),
+            })?,
+        )),
     })
 }
 

@@ -84,6 +84,7 @@ pub(crate) fn write_diff(
     let mut l2: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     let mut a = vec![0u8; CLUSTER as usize];
     let mut b = vec![0u8; CLUSTER as usize];
+    let zeros = vec![0u8; CLUSTER as usize];
     let mut done_to: u64 = 0;
     for (start, end) in ranges {
         for c in start.max(done_to)..end {
@@ -100,7 +101,7 @@ pub(crate) fn write_diff(
                     continue;
                 }
             }
-            let entry = if a.iter().all(|&x| x == 0) {
+            let entry = if a == zeros {
                 if oldf.is_none() {
                     continue;
                 }
