@@ -100,6 +100,14 @@ impl Layer {
         self
     }
 
+    fn symlink_owned(mut self, path: &str, target: &str, uid: u64) -> Layer {
+        let mut h = header(tar::EntryType::Symlink, 0o777);
+        h.set_uid(uid);
+        h.set_gid(uid);
+        self.b.append_link(&mut h, path, target).unwrap();
+        self
+    }
+
     fn hardlink(mut self, path: &str, target: &str) -> Layer {
         let mut h = header(tar::EntryType::Link, 0o644);
         self.b.append_link(&mut h, path, target).unwrap();
@@ -532,6 +540,7 @@ fn spec_image() -> (Vec<u8>, Digest) {
             &[],
         )
         .symlink("link", "etc/passwd")
+        .symlink_owned("ulink", "etc/passwd", 1000)
         .dir("dev", 0o755)
         .device("dev/null", tar::EntryType::Char, 1, 3, 0o666)
         .device("dev/sda", tar::EntryType::Block, 8, 0, 0o660)
@@ -636,6 +645,10 @@ fn check_spec_disk(store: &ImageStore, id: &Digest, scratch: &Path) {
     let l = raw.stat("/link");
     assert!(l.contains("Type: symlink"), "{l}");
     assert!(l.contains("Fast link dest: \"etc/passwd\""), "{l}");
+    // Metadata of a symlink is the link's own, not its target's.
+    let l = raw.stat("/ulink");
+    assert_eq!((field(&l, "User:"), field(&l, "Group:")), ("1000", "1000"));
+    assert_eq!(field(&raw.stat("/etc/passwd"), "User:"), "0");
     let l = raw.stat("/etc2");
     assert!(l.contains("Fast link dest: \"/etc\""), "{l}");
     let null = raw.stat("/dev/null");
