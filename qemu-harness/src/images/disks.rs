@@ -51,6 +51,32 @@ fn disk_key(chain: Option<&Digest>, size: u64) -> String {
         .to_owned()
 }
 
+/// The chain IDs of every prefix of a layer list; `[None]` (the empty filesystem) for an
+/// image without layers.
+pub(crate) fn chain_ids(diff_ids: &[Digest]) -> Vec<Option<Digest>> {
+    if diff_ids.is_empty() {
+        return vec![None];
+    }
+    let mut chain: Option<Digest> = None;
+    diff_ids
+        .iter()
+        .map(|d| {
+            let c = match &chain {
+                None => d.clone(),
+                Some(p) => p.chain(d),
+            };
+            chain = Some(c.clone());
+            Some(c)
+        })
+        .collect()
+}
+
+/// The chain a stored disk holds (`Some(None)`: the empty filesystem), from its record.
+pub(crate) fn disk_chain(dir: &Path) -> Option<Option<Digest>> {
+    let rec: DiskRecord = crate::state::read_json(&dir.join("disk.json")).ok()??;
+    Some(rec.chain_id)
+}
+
 fn qemu_img(args: &[&std::ffi::OsStr]) -> Result<(), StoreError> {
     let out = Command::new(tool("qemu-img"))
         .args(args)
@@ -310,20 +336,9 @@ impl ImageStore {
     /// The disk keys of every prefix of a layer list (an image without layers has the one
     /// disk of an empty filesystem).
     pub(crate) fn chain_keys(&self, diff_ids: &[Digest]) -> Vec<String> {
-        if diff_ids.is_empty() {
-            return vec![disk_key(None, self.disk_size())];
-        }
-        let mut chain: Option<Digest> = None;
-        diff_ids
+        chain_ids(diff_ids)
             .iter()
-            .map(|d| {
-                let c = match &chain {
-                    None => d.clone(),
-                    Some(p) => p.chain(d),
-                };
-                chain = Some(c.clone());
-                disk_key(Some(&c), self.disk_size())
-            })
+            .map(|c| disk_key(c.as_ref(), self.disk_size()))
             .collect()
     }
 

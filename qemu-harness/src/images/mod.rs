@@ -666,25 +666,35 @@ impl ImageStore {
             return;
         };
         let mut layers = BTreeSet::new();
-        let mut disks = BTreeSet::new();
+        let mut chains = BTreeSet::new();
         for id in self.all_ids() {
             let Ok(cfg) = self.config(&id) else {
-                continue; // unreadable: keep everything rather than guess
+                return; // an unreadable image: free nothing rather than guess what it uses
             };
-            for k in self.chain_keys(&cfg.rootfs.diff_ids) {
-                disks.insert(k);
-            }
+            chains.extend(disks::chain_ids(&cfg.rootfs.diff_ids));
             layers.extend(cfg.rootfs.diff_ids.iter().map(|d| d.hex().to_owned()));
         }
-        for (dir, keep) in [
-            (self.root.join("layers"), &layers),
-            (self.disks_dir(), &disks),
-        ] {
-            for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if !keep.contains(&name) {
+        for e in fs::read_dir(self.root.join("layers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if !layers.contains(&*e.file_name().to_string_lossy()) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+        // By chain, not by key: a disk built at another filesystem size (another store
+        // setting) for a chain still in use may back a container.
+        for e in fs::read_dir(self.disks_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            match disks::disk_chain(&e.path()) {
+                Some(chain) if !chains.contains(&chain) => {
                     let _ = fs::remove_dir_all(e.path());
                 }
+                _ => {}
             }
         }
     }
