@@ -47,7 +47,7 @@ mod fsutil;
 mod layer;
 mod load;
 pub mod progress;
-pub mod qcow2;
+mod qcow2;
 pub mod reference;
 mod save;
 
