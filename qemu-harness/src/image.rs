@@ -218,16 +218,23 @@ pub fn container_disk(
 /// Creates the container's disk: an ext4 filesystem labelled `containerfs` holding a copy of
 /// `rootfs`, as a sparse raw image of `size_mb` megabytes.
 pub fn make_disk(rootfs: &Path, disk: &Path, size_mb: u64) -> Result<(), ImageError> {
-    let out = Command::new("mkfs.ext4")
-        .args([
-            "-q",
-            "-F",
-            "-L",
-            CONTAINERFS_LABEL,
-            "-E",
-            "root_owner=0:0",
-            "-d",
-        ])
+    make_disk_with(rootfs, disk, size_mb, "")
+}
+
+/// [`make_disk`] with more `mke2fs -E` options (`extended`, comma-separated, may be empty).
+pub fn make_disk_with(
+    rootfs: &Path,
+    disk: &Path,
+    size_mb: u64,
+    extended: &str,
+) -> Result<(), ImageError> {
+    let mut ext = String::from("root_owner=0:0");
+    if !extended.is_empty() {
+        ext.push(',');
+        ext.push_str(extended);
+    }
+    let out = Command::new(sbin_tool("mkfs.ext4"))
+        .args(["-q", "-F", "-L", CONTAINERFS_LABEL, "-E", &ext, "-d"])
         .arg(rootfs)
         .arg(disk)
         .arg(format!("{size_mb}M"))
@@ -239,4 +246,16 @@ pub fn make_disk(rootfs: &Path, disk: &Path, size_mb: u64) -> Result<(), ImageEr
         ));
     }
     Ok(())
+}
+
+/// A system tool by name: found on `$PATH`, else in the sbin directories that an ordinary
+/// user's `$PATH` lacks on Debian (mkfs.ext4, debugfs), else the bare name (so that the
+/// error names it).
+pub fn sbin_tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
 }

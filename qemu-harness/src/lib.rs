@@ -24,6 +24,7 @@ pub mod config;
 pub mod control;
 pub mod engine;
 pub mod image;
+pub mod images;
 pub mod inspect;
 pub mod keys;
 pub mod logs;
