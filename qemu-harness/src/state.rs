@@ -116,7 +116,7 @@ pub enum StateError {
     #[error("no such container: {0}")]
     NoSuch(String),
     /// the name is taken
-    #[error("the container name {0:?} is already in use by container {1}")]
+    #[error("Conflict. The container name \"/{0}\" is already in use by container \"{1}\". You have to remove (or rename) that container to be able to reuse that name.")]
     NameInUse(String, String),
     /// a file operation failed
     #[error("{what} {path}: {source}")]

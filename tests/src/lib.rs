@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+pub mod docker;
+
 use qemu_harness::state::State;
 use qemu_harness::vm::{self, Captured};
 pub use qemu_harness::vm::{RunOptions, RunOutcome};
@@ -232,6 +234,11 @@ pub struct Attached {
 }
 
 impl Attached {
+    /// Reads a started process's stdout line by line.
+    pub fn from_child(child: std::process::Child) -> Attached {
+        Attached::new(child)
+    }
+
     fn new(mut child: std::process::Child) -> Attached {
         use std::io::BufRead;
         let stdout = child.stdout.take().expect("stdout");

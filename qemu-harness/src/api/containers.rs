@@ -883,8 +883,13 @@ pub fn logs(state: &ApiState, id: &str, req: &Request<Incoming>) -> ApiResult {
     let guard = state.stream_guard();
     tokio::spawn(async move {
         let _guard = guard;
-        while let Some(item) = lines.recv().await {
-            let LogItem::Line(l) = item else { break };
+        loop {
+            let item = tokio::select! {
+                item = lines.recv() => item,
+                // The client went away while no line came: stop the reader.
+                _ = tx.closed() => return,
+            };
+            let Some(LogItem::Line(l)) = item else { break };
             let mut payload = Vec::new();
             if timestamps {
                 payload.extend_from_slice(crate::logs::format_time(l.time_ns).as_bytes());

@@ -123,12 +123,7 @@ pub fn info(state: &ApiState) -> ApiResult {
             "NFd": 0,
             "OomKillDisable": false,
             "NGoroutines": state.streams.load(std::sync::atomic::Ordering::Relaxed),
-            "SystemTime": super::http::rfc3339(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs() as i64)
-                    .unwrap_or(0)
-            ),
+            "SystemTime": humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
             "LoggingDriver": "tether",
             "CgroupDriver": "none",
             "CgroupVersion": "",

@@ -1230,10 +1230,7 @@ async fn daemon(
     if let Some(l) = listeners.first() {
         eprintln!("vch daemon: export DOCKER_HOST={}", l.docker_host());
     }
-    let state = std::sync::Arc::new(api::ApiState::new(
-        engine.clone(),
-        opts.container_timeout,
-    ));
+    let state = std::sync::Arc::new(api::ApiState::new(engine.clone(), opts.container_timeout));
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};
         match (
