@@ -205,22 +205,12 @@ impl State {
     /// take the same name. Released when the guard is dropped.
     pub fn lock(&self) -> Result<StateLock, StateError> {
         let path = self.root.join(".lock");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| StateError::Io {
-                what: "open",
-                path: path.clone(),
-                source,
-            })?;
-        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        flock(&path, true)
             .map(StateLock)
-            .map_err(|(_, errno)| StateError::Io {
+            .map_err(|source| StateError::Io {
                 what: "lock",
                 path,
-                source: errno.into(),
+                source,
             })
     }
 
@@ -319,6 +309,22 @@ impl State {
             source,
         })
     }
+}
+
+/// An exclusive `flock` on `path` (created if need be), held until the returned value is
+/// dropped; `wait` blocks until it is free, else a held lock is an error at once.
+pub fn flock(path: &Path, wait: bool) -> io::Result<nix::fcntl::Flock<fs::File>> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    let how = if wait {
+        nix::fcntl::FlockArg::LockExclusive
+    } else {
+        nix::fcntl::FlockArg::LockExclusiveNonblock
+    };
+    nix::fcntl::Flock::lock(file, how).map_err(|(_, errno)| errno.into())
 }
 
 /// The state directory's lock, held while alive (see [`State::lock`]).

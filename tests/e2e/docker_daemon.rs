@@ -3,20 +3,9 @@
 //! behind, TCP only on loopback unless TLS with client certificates is on.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use e2e::docker::Daemon;
-
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
+use e2e::docker::{eventually, Daemon};
 
 #[test]
 fn a_restarted_daemon_serves_the_running_containers_again() {

@@ -11,11 +11,12 @@ fn docker_events_report_a_containers_life() {
     ]);
     assert_eq!(code, 5, "{err}");
     // The removal happens after the exit; wait until it did.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !d.ok(&["ps", "-aq"]).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "not removed");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    assert!(
+        e2e::docker::eventually(std::time::Duration::from_secs(30), || d
+            .ok(&["ps", "-aq"])
+            .is_empty()),
+        "not removed"
+    );
     let until = d.ok(&["info", "--format", "{{.SystemTime}}"]);
     let out = d.ok(&[
         "events",

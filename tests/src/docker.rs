@@ -274,6 +274,18 @@ impl Drop for Daemon {
     }
 }
 
+/// Polls `check` every 100 ms until it holds or `limit` passes; whether it held.
+pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
 fn wait_output(mut child: Child, limit: Duration) -> std::process::Output {
     let deadline = Instant::now() + limit;
     // Read both pipes on threads so a chatty command cannot block on a full pipe.

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::http::{
     self, empty, json, read_json, rfc3339, streaming, ApiError, ApiResult, Body, Query,
 };
+use super::http::{nullable, strslice};
 use super::{stream, ApiState};
 use crate::config::ContainerSpec;
 use crate::engine::{
@@ -23,30 +24,6 @@ use crate::network::{self, NetworkRequest};
 use crate::state::Settings;
 use crate::vm::RunOptions;
 use crate::volume::{self, VolumeSource, VolumeSpec};
-
-/// docker's "strslice": absent, `null`, a string or a list of strings.
-fn strslice<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum S {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match Option::<S>::deserialize(d)? {
-        None => None,
-        Some(S::One(s)) => Some(vec![s]),
-        Some(S::Many(v)) => Some(v),
-    })
-}
-
-/// `null` as the type's default (Go clients send `null` for empty lists and maps).
-fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
 
 /// The body of `POST /containers/create`: the fields `docker run` sends (others are
 /// ignored, as dockerd ignores what it does not know).

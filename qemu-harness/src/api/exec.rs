@@ -10,6 +10,7 @@ use tokio::sync::Mutex;
 
 use super::http::{empty, json, read_json, ApiResult};
 
+use super::http::nullable;
 use super::stream::{self, Streams};
 use super::ApiState;
 use crate::engine::{DetachKeys, ExecCreate};
@@ -40,14 +41,6 @@ struct CreateBody {
 struct StartBody {
     detach: bool,
     tty: bool,
-}
-
-fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// `POST /containers/{id}/exec`.

@@ -215,6 +215,30 @@ impl Query {
     }
 }
 
+/// docker's "strslice": absent, `null`, a string or a list of strings.
+pub fn strslice<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum S {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match <Option<S> as serde::Deserialize>::deserialize(d)? {
+        None => None,
+        Some(S::One(s)) => Some(vec![s]),
+        Some(S::Many(v)) => Some(v),
+    })
+}
+
+/// `null` as the type's default (Go clients send `null` for empty lists and maps).
+pub fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de> + Default,
+{
+    Ok(<Option<T> as serde::Deserialize>::deserialize(d)?.unwrap_or_default())
+}
+
 /// Reads and parses a JSON request body (an empty body is `T::default()` where docker
 /// allows none).
 pub async fn read_json<T: serde::de::DeserializeOwned + Default>(

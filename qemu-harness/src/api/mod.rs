@@ -154,19 +154,17 @@ pub struct DaemonLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
 /// Takes `<state>/daemon.lock`: one daemon per state directory.
 pub fn daemon_lock(state_root: &Path) -> Result<DaemonLock, DaemonError> {
     let path = state_root.join("daemon.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| DaemonError::Io {
-            what: "open",
-            path: path.clone(),
+    match crate::state::flock(&path, false) {
+        Ok(l) => Ok(DaemonLock(l)),
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+            Err(DaemonError::AlreadyRunning(state_root.to_owned(), path))
+        }
+        Err(source) => Err(DaemonError::Io {
+            what: "lock",
+            path,
             source,
-        })?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .map(DaemonLock)
-        .map_err(|_| DaemonError::AlreadyRunning(state_root.to_owned(), path))
+        }),
+    }
 }
 
 /// A listening socket of the daemon.

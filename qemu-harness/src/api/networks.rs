@@ -6,6 +6,7 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::Deserialize;
 
+use super::http::nullable;
 use super::http::{empty, json, read_json, rfc3339, ApiError, ApiResult, Query};
 use super::ApiState;
 use crate::engine::NetworkView;
@@ -40,14 +41,6 @@ struct IpamConfig {
     gateway: String,
     #[serde(rename = "IPRange")]
     ip_range: String,
-}
-
-fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 fn network_json(v: &NetworkView) -> serde_json::Value {

@@ -6,6 +6,7 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::Deserialize;
 
+use super::http::nullable;
 use super::http::{empty, json, read_json, rfc3339, ApiError, ApiResult, Query};
 use super::ApiState;
 use crate::engine::VolumeView;
@@ -20,14 +21,6 @@ struct CreateBody {
     driver_opts: BTreeMap<String, String>,
     #[serde(deserialize_with = "nullable")]
     labels: BTreeMap<String, String>,
-}
-
-fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 fn volume_json(v: &VolumeView) -> serde_json::Value {

@@ -784,8 +784,8 @@ async fn command(engine: &Engine, cmd: Cmd) -> Result<ExitCode> {
             ));
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Volume(cmd) => volume_cmd(engine, cmd),
-        Cmd::Network(cmd) => network_cmd(engine, cmd),
+        Cmd::Volume(cmd) => volume_cmd(engine, cmd).await,
+        Cmd::Network(cmd) => network_cmd(engine, cmd).await,
         Cmd::Rm { force, names } => {
             for_each(&names, |n| async move {
                 match engine
@@ -860,7 +860,7 @@ fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
     out
 }
 
-fn volume_cmd(engine: &Engine, cmd: VolumeCmd) -> Result<ExitCode> {
+async fn volume_cmd(engine: &Engine, cmd: VolumeCmd) -> Result<ExitCode> {
     match cmd {
         VolumeCmd::Create {
             size,
@@ -912,10 +912,9 @@ fn volume_cmd(engine: &Engine, cmd: VolumeCmd) -> Result<ExitCode> {
             print_out(&table(&["DRIVER", "VOLUME NAME", "SIZE", "SOURCE"], &rows));
             Ok(ExitCode::SUCCESS)
         }
-        VolumeCmd::Rm { force, names } => each_name(&names, |name| {
-            engine.volume_remove(name, force)?;
-            Ok(())
-        }),
+        VolumeCmd::Rm { force, names } => {
+            for_each(&names, |n| async move { engine.volume_remove(&n, force) }).await
+        }
         VolumeCmd::Inspect { names } => {
             let mut out = Vec::new();
             for n in &names {
@@ -936,7 +935,7 @@ fn volume_cmd(engine: &Engine, cmd: VolumeCmd) -> Result<ExitCode> {
     }
 }
 
-fn network_cmd(engine: &Engine, cmd: NetworkCmd) -> Result<ExitCode> {
+async fn network_cmd(engine: &Engine, cmd: NetworkCmd) -> Result<ExitCode> {
     match cmd {
         NetworkCmd::Create {
             subnet,
@@ -997,10 +996,9 @@ fn network_cmd(engine: &Engine, cmd: NetworkCmd) -> Result<ExitCode> {
             print_out(&table(&["NAME", "TYPE", "SUBNET", "GATEWAY", "DNS"], &rows));
             Ok(ExitCode::SUCCESS)
         }
-        NetworkCmd::Rm { names } => each_name(&names, |name| {
-            engine.network_remove(name)?;
-            Ok(())
-        }),
+        NetworkCmd::Rm { names } => {
+            for_each(&names, |n| async move { engine.network_remove(&n) }).await
+        }
         NetworkCmd::Inspect { names } => {
             let mut out = Vec::new();
             for name in &names {
@@ -1031,26 +1029,8 @@ fn network_cmd(engine: &Engine, cmd: NetworkCmd) -> Result<ExitCode> {
     }
 }
 
-/// Runs `f` for each name, printing the name on success and the error otherwise.
-fn each_name(names: &[String], mut f: impl FnMut(&str) -> Result<()>) -> Result<ExitCode> {
-    let mut failed = false;
-    for n in names {
-        match f(n) {
-            Ok(()) => println!("{n}"),
-            Err(e) => {
-                eprintln!("vch: {e:#}");
-                failed = true;
-            }
-        }
-    }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
-/// [`each_name`] for engine operations.
+/// Runs an engine operation for each name, printing the name on success and the error
+/// otherwise; fails if any failed.
 async fn for_each<F, Fut>(names: &[String], f: F) -> Result<ExitCode>
 where
     F: Fn(String) -> Fut,
