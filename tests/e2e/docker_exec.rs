@@ -43,18 +43,12 @@ fn docker_exec_codes_stdin_tty_and_detach() {
     );
     // -d: runs on its own.
     d.ok(&["exec", "-d", "box", "sh", "-c", "echo detached > /tmp/mark"]);
-    let start = std::time::Instant::now();
-    loop {
-        let (_, out, _) = d.docker(&["exec", "box", "cat", "/tmp/mark"]);
-        if out == "detached\n" {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "detached exec did not run"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    assert!(
+        e2e::docker::eventually(Duration::from_secs(30), || {
+            d.docker(&["exec", "box", "cat", "/tmp/mark"]).1 == "detached\n"
+        }),
+        "detached exec did not run"
+    );
     // A command that does not exist: docker's 127 and words; a stopped container: 1.
     let (code, _, err) = d.docker(&["exec", "box", "nosuchcmd"]);
     assert_eq!(code, 127, "{err}");
