@@ -5,6 +5,10 @@
 //! output byte, their ratio, the tether's own PID 1 → exec time, its binary size and its
 //! resident memory while idle with one running session.
 //!
+//! `bench docker [--runs N] [--client PATH]`: wall time of `docker run --rm busybox true` and
+//! `docker exec NAME true` through `vch daemon`, beside `vch run busybox true` and
+//! `vch exec NAME true` on the same state directory, alternating: what the API layer adds.
+//!
 //! `bench backchannel [--execs N] [--mib M]`: exec round-trip latency of `true` and attach
 //! throughput of `head -c M MiB /dev/zero`, beside a raw virtio-serial baseline measured in
 //! the same VM and run (round trip of one byte, bulk transfer).
@@ -54,7 +58,8 @@ fn main() -> Result<()> {
             arg(&args, "--execs", 50)? as usize,
             arg(&args, "--mib", 64)?,
         ),
-        _ => bail!("usage: bench boot [--runs N] | bench backchannel [--execs N] [--mib M]"),
+        Some("docker") => docker(&state, arg(&args, "--runs", 10)? as usize, &args),
+        _ => bail!("usage: bench boot [--runs N] | bench backchannel [--execs N] [--mib M] | bench docker [--runs N] [--client PATH]"),
     };
     if r.is_ok() {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -331,4 +336,116 @@ fn backchannel(state: &State, execs: usize, mib: u64) -> Result<()> {
     println!("  exec round trip of `true` (median of {execs}): {e:.1} ms; raw virtio-serial byte round trip (median of {execs}): {r:.2} ms; ratio {:.0}", e / r);
     println!("  {mib} MiB of /dev/zero: attach (exec stdout over SSH) {att_mbs:.2} MB/s; raw virtio-serial {raw_mbs:.2} MB/s; ratio {:.2}", att_mbs / raw_mbs);
     Ok(())
+}
+
+/// The `vch` binary built beside this one (`cargo build --release -p qemu-harness`).
+fn sibling_vch() -> Result<PathBuf> {
+    let p = std::env::current_exe()?
+        .parent()
+        .context("bench has no folder")?
+        .join("vch");
+    if !p.is_file() {
+        bail!(
+            "{} missing: build it with `cargo build --release -p qemu-harness`",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// Runs a command to its end: its wall time in ms, after checking it succeeded.
+fn timed(cmd: &mut std::process::Command) -> Result<f64> {
+    let t = Instant::now();
+    let out = cmd.output()?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(ms)
+}
+
+fn docker(state: &State, runs: usize, args: &[String]) -> Result<()> {
+    let vch = sibling_vch()?;
+    let client = args
+        .iter()
+        .position(|a| a == "--client")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/docker"));
+    let sock = state.root().join("docker.sock");
+    let mut daemon = std::process::Command::new(&vch)
+        .arg("--state")
+        .arg(state.root())
+        .arg("daemon")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let config = state.root().join("docker-config");
+    std::fs::create_dir_all(&config)?;
+    let docker = |args: &[&str]| {
+        let mut c = std::process::Command::new(&client);
+        c.env("DOCKER_HOST", format!("unix://{}", sock.display()))
+            .env("DOCKER_CONFIG", &config)
+            .env_remove("DOCKER_CONTEXT")
+            .args(args);
+        c
+    };
+    let vch_cmd = |args: &[&str]| {
+        let mut c = std::process::Command::new(&vch);
+        c.arg("--state").arg(state.root()).args(args);
+        c
+    };
+    let result = (|| -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while timed(&mut docker(&["version"])).is_err() {
+            if Instant::now() > deadline {
+                bail!("vch daemon did not come up");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (mut d_run, mut v_run, mut d_exec, mut v_exec) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for i in 0..2 * runs {
+            if i % 2 == 0 {
+                d_run.push(timed(&mut docker(&["run", "--rm", "busybox", "true"]))?);
+            } else {
+                v_run.push(timed(&mut vch_cmd(&["run", "busybox", "true"]))?);
+            }
+        }
+        timed(&mut docker(&[
+            "run", "-d", "--name", "bench", "busybox", "sleep", "900",
+        ]))?;
+        // A first exec also waits for the back-channel.
+        timed(&mut docker(&["exec", "bench", "true"]))?;
+        for i in 0..2 * runs {
+            if i % 2 == 0 {
+                d_exec.push(timed(&mut docker(&["exec", "bench", "true"]))?);
+            } else {
+                v_exec.push(timed(&mut vch_cmd(&["exec", "bench", "true"]))?);
+            }
+        }
+        let _ = docker(&["rm", "-f", "bench"]).output();
+        let (dr, vr, de, ve) = (
+            median(&mut d_run),
+            median(&mut v_run),
+            median(&mut d_exec),
+            median(&mut v_exec),
+        );
+        println!(
+            "docker endpoint benchmark: {runs} runs each, alternating, QEMU TCG q35, client {}",
+            client.display()
+        );
+        println!("  docker run --rm busybox true: {dr:.0} ms; vch run busybox true: {vr:.0} ms; ratio {:.3}", dr / vr);
+        println!("  docker exec NAME true: {de:.0} ms; vch exec NAME true: {ve:.0} ms; ratio {:.3}", de / ve);
+        Ok(())
+    })();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = daemon.wait();
+    result
 }
