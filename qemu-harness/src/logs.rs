@@ -34,6 +34,8 @@ pub struct LogReader {
     pub lost: u64,
     /// Streams of the session that reached EOF.
     pub ended: Vec<Stream>,
+    /// Records' data as it came (chunks), not split into lines.
+    raw: bool,
 }
 
 impl LogReader {
@@ -51,7 +53,20 @@ impl LogReader {
             damaged: 0,
             lost: 0,
             ended: Vec::new(),
+            raw: false,
         })
+    }
+
+    /// Returns each record's data as it came (an attached client's stream), not lines.
+    pub fn raw(mut self) -> LogReader {
+        self.raw = true;
+        self
+    }
+
+    /// Starts reading at byte `offset` (what came before is skipped).
+    pub fn seek_to(&mut self, offset: u64) -> io::Result<()> {
+        use std::io::Seek;
+        self.file.seek(io::SeekFrom::Start(offset)).map(|_| ())
     }
 
     /// Reads the original VIC format instead (it carries only the primary's output).
@@ -150,6 +165,11 @@ impl LogReader {
                 }
                 self.ended.push(record.stream);
             }
+            Body::Data(data) if self.raw => lines.push(LogLine {
+                stream: record.stream,
+                time_ns: record.time_ns,
+                bytes: data,
+            }),
             Body::Data(data) => {
                 let mut rest = &data[..];
                 while !rest.is_empty() {

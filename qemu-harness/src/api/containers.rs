@@ -463,6 +463,18 @@ fn mounts_json(v: &ContainerView) -> serde_json::Value {
     m
 }
 
+/// The built-in image's ID, computed once: hashing its binary on every inspect would cost
+/// `docker exec` (which inspects first) milliseconds each time.
+fn builtin_id() -> Option<String> {
+    static ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        crate::image::builtin(&crate::artifacts::cache_dir())
+            .ok()
+            .map(|b| b.id)
+    })
+    .clone()
+}
+
 /// docker's `ContainerJSON` (`docker inspect`).
 fn inspect_json(v: &ContainerView) -> serde_json::Value {
     let cfg = v.config.clone().unwrap_or_default();
@@ -602,10 +614,8 @@ fn inspect_json(v: &ContainerView) -> serde_json::Value {
         "MacAddress": mac,
         "Networks": networks_json(v),
     });
-    let image = crate::image::builtin(&crate::artifacts::cache_dir())
-        .ok()
+    let image = builtin_id()
         .filter(|_| v.meta.image == crate::image::BUSYBOX)
-        .map(|b| b.id)
         .unwrap_or_else(|| v.meta.image.clone());
     serde_json::json!({
         "Id": v.meta.id,
@@ -786,6 +796,22 @@ pub async fn attach(state: &ApiState, id: &str, req: Request<Incoming>) -> ApiRe
     } else {
         None
     };
+    let guard = state.stream_guard();
+    let streams = stream::Streams {
+        tty,
+        stdin,
+        stdout,
+        stderr,
+        detach_keys,
+    };
+    if stream_on && !stdin {
+        // Output only: read from the output log, so the launch is not held for it.
+        let (_, output) = state.engine.output(id)?;
+        return stream::hijack(req, move |io| async move {
+            let _guard = guard;
+            stream::output_session(io, history.map(|(_, rx)| rx), output, streams).await
+        });
+    }
     let pending = if stream_on {
         Some(
             state
@@ -795,22 +821,9 @@ pub async fn attach(state: &ApiState, id: &str, req: Request<Incoming>) -> ApiRe
     } else {
         None
     };
-    let guard = state.stream_guard();
     stream::hijack(req, move |io| async move {
         let _guard = guard;
-        stream::attach_session(
-            io,
-            history.map(|(_, rx)| rx),
-            pending,
-            stream::Streams {
-                tty,
-                stdin,
-                stdout,
-                stderr,
-                detach_keys,
-            },
-        )
-        .await
+        stream::attach_session(io, history.map(|(_, rx)| rx), pending, streams).await
     })
 }
 

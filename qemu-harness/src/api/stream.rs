@@ -79,22 +79,8 @@ pub async fn attach_session(
     let (rd, wr) = tokio::io::split(io);
     let wr = Arc::new(Mutex::new(wr));
     if let Some(mut rx) = history {
-        while let Some(LogItem::Line(l)) = rx.recv().await {
-            let chunk = if streams.tty {
-                bytes::Bytes::from(l.bytes)
-            } else {
-                frame(
-                    if l.stream == iolog::Stream::Stderr {
-                        2
-                    } else {
-                        1
-                    },
-                    &l.bytes,
-                )
-            };
-            if wr.lock().await.write_all(&chunk).await.is_err() {
-                return;
-            }
+        if !write_items(&wr, &mut rx, &streams).await {
+            return;
         }
     }
     let Some(pending) = pending else {
@@ -107,6 +93,61 @@ pub async fn attach_session(
             bridge(rd, wr, att, streams).await;
         }
         Err(e) => fail(&wr, streams.tty, &e.to_string()).await,
+    }
+}
+
+/// Writes log items to the connection (framed without a terminal); false when the client
+/// is gone.
+async fn write_items<W: AsyncWrite + Unpin>(
+    wr: &Mutex<W>,
+    rx: &mut mpsc::Receiver<LogItem>,
+    streams: &Streams,
+) -> bool {
+    while let Some(LogItem::Line(l)) = rx.recv().await {
+        let wanted = match l.stream {
+            iolog::Stream::Stdout => streams.stdout,
+            iolog::Stream::Stderr => streams.stderr,
+        };
+        if !wanted {
+            continue;
+        }
+        let chunk = if streams.tty {
+            bytes::Bytes::from(l.bytes)
+        } else {
+            frame(
+                if l.stream == iolog::Stream::Stderr {
+                    2
+                } else {
+                    1
+                },
+                &l.bytes,
+            )
+        };
+        let mut w = wr.lock().await;
+        if w.write_all(&chunk).await.is_err() || w.flush().await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Serves an `attach` without stdin from the container's output log: the log so far (with
+/// `logs=1`), then what the primary process writes until its streams end.
+pub async fn output_session(
+    io: Io,
+    history: Option<mpsc::Receiver<LogItem>>,
+    mut output: mpsc::Receiver<LogItem>,
+    streams: Streams,
+) {
+    let (_rd, wr) = tokio::io::split(io);
+    let wr = Mutex::new(wr);
+    if let Some(mut rx) = history {
+        if !write_items(&wr, &mut rx, &streams).await {
+            return;
+        }
+    }
+    if write_items(&wr, &mut output, &streams).await {
+        let _ = tokio::time::timeout(Duration::from_secs(5), wr.lock().await.shutdown()).await;
     }
 }
 

@@ -428,18 +428,38 @@ fn docker(state: &State, runs: usize, args: &[String]) -> Result<()> {
             }
         }
         let _ = docker(&["rm", "-f", "bench"]).output();
+        // What each client costs by itself: a request that reads one directory.
+        let (mut d_ps, mut v_ps) = (Vec::new(), Vec::new());
+        for i in 0..4 * runs {
+            if i % 2 == 0 {
+                d_ps.push(timed(&mut docker(&["ps", "-q"]))?);
+            } else {
+                v_ps.push(timed(&mut vch_cmd(&["ps", "-q"]))?);
+            }
+        }
         let (dr, vr, de, ve) = (
             median(&mut d_run),
             median(&mut v_run),
             median(&mut d_exec),
             median(&mut v_exec),
         );
+        let (dp, vp) = (median(&mut d_ps), median(&mut v_ps));
         println!(
             "docker endpoint benchmark: {runs} runs each, alternating, QEMU TCG q35, client {}",
             client.display()
         );
         println!("  docker run --rm busybox true: {dr:.0} ms; vch run busybox true: {vr:.0} ms; ratio {:.3}", dr / vr);
-        println!("  docker exec NAME true: {de:.0} ms; vch exec NAME true: {ve:.0} ms; ratio {:.3}", de / ve);
+        println!(
+            "  docker exec NAME true: {de:.0} ms; vch exec NAME true: {ve:.0} ms; ratio {:.3}",
+            de / ve
+        );
+        println!("  the clients alone (ps -q): docker {dp:.1} ms, vch {vp:.1} ms");
+        let (ar, ae) = (dr - vr - (dp - vp), de - ve - (dp - vp));
+        println!(
+            "  added by the API layer beyond the client's own start: run {ar:.0} ms ({:.1} %), exec {ae:.0} ms ({:.1} %)",
+            100.0 * ar / vr,
+            100.0 * ae / ve
+        );
         Ok(())
     })();
     let _ = nix::sys::signal::kill(

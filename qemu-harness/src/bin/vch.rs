@@ -17,7 +17,7 @@ use qemu_harness::network::{self, NetworkRequest};
 use qemu_harness::state::{self, State};
 use qemu_harness::vm::{self, Passthrough, RunOptions};
 use qemu_harness::volume;
-use qemu_harness::{client, control, inspect, logs};
+use qemu_harness::{client, inspect, logs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -363,7 +363,27 @@ enum NetworkCmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // docker's code for a usage error; help and version are no error.
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(125),
+            };
+        }
+    };
+    if !matches!(cli.cmd, Cmd::Daemon { .. } | Cmd::Keeper { .. }) {
+        // A command whose reader went away (`vch inspect x | head`) ends quietly, as Unix
+        // tools do. Not the daemon and the keeper: they write to sockets whose peers may
+        // vanish at any time.
+        // SAFETY: setting a signal's disposition to the default is async-signal-safe and
+        // happens before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -642,13 +662,7 @@ async fn command(engine: &Engine, cmd: Cmd) -> Result<ExitCode> {
             .await
         }
         Cmd::DropBackchannel { name } => {
-            let meta = engine.resolve(&name)?;
-            let conn = control::connect(&engine.state().vm_dir(&meta.id).join("ctl.sock"))
-                .await
-                .context("connect to the container")?;
-            control::request(&conn, control::REQ_DROP, &[])
-                .await
-                .map_err(anyhow::Error::msg)?;
+            engine.drop_backchannel(&name).await?;
             println!("{name}");
             Ok(ExitCode::SUCCESS)
         }

@@ -482,8 +482,13 @@ impl Engine {
             if !state::pid_alive(keeper) {
                 let now = self.state().meta(&meta.id).unwrap_or(now);
                 if !keeper_alive(&now) && !qemu_alive(&now) {
+                    let keeper_log =
+                        std::fs::read_to_string(dir.join("keeper.log")).unwrap_or_default();
+                    let why = keeper_log.lines().last().unwrap_or("").trim().to_owned();
                     return Err(EngineError::StartFailed(format!(
-                        "the container's VM stopped before the process started (see {})",
+                        "the container's VM stopped before the process started{}{} (see {})",
+                        if why.is_empty() { "" } else { ": " },
+                        why,
                         dir.join("tether.debug").display()
                     )));
                 }
@@ -588,6 +593,17 @@ impl Engine {
         self.start(name).await?;
         let meta = self.resolve(name)?;
         self.publish(self.container_event("restart", &meta));
+        Ok(())
+    }
+
+    /// Drops a running container's back-channel connection, as a VCH restart would (the
+    /// VM redials; a test and demo aid).
+    pub async fn drop_backchannel(&self, name: &str) -> Result<(), EngineError> {
+        let meta = self.resolve(name)?;
+        if !qemu_alive(&meta) {
+            return Err(EngineError::NotRunning(name.to_owned()));
+        }
+        self.control(&meta, control::REQ_DROP, &[]).await?;
         Ok(())
     }
 
@@ -874,6 +890,115 @@ impl Engine {
         std::thread::spawn(move || follow_log(&state, &id, &path, vic, &opts, &tx));
         Ok((view, rx))
     }
+}
+
+impl Engine {
+    /// A container's output from now on, as an attached client without stdin sees it:
+    /// read from the output log the tether sends (so the launch is not held for it, and a
+    /// dropped back-channel loses nothing), chunk by chunk as written. Made before the
+    /// start, it waits for the next start. It ends when the primary process's streams end
+    /// or the VM stops; dropping the receiver stops it.
+    pub fn output(
+        &self,
+        name: &str,
+    ) -> Result<(ContainerView, mpsc::Receiver<LogItem>), EngineError> {
+        let view = self.inspect(name)?;
+        let (tx, rx) = mpsc::channel(256);
+        let state = self.state().clone();
+        let id = view.meta.id.clone();
+        let path = view.dir.join("output.log");
+        let vic = view.meta.log_format == "vic";
+        let tty = view.tty();
+        // What the log holds now is past: this stream starts at its end.
+        let start_at = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let starts = if view.running() {
+            view.meta.starts.saturating_sub(1)
+        } else {
+            view.meta.starts
+        };
+        std::thread::spawn(move || {
+            follow_output(&state, &id, &path, start_at, starts, vic, tty, &tx)
+        });
+        Ok((view, rx))
+    }
+}
+
+/// How often a follower looks for new output: an attached client should see output about
+/// as soon as it is written.
+const OUTPUT_POLL: Duration = Duration::from_millis(10);
+/// How long an output stream made before the start waits for it.
+const OUTPUT_BEFORE_START: Duration = Duration::from_secs(600);
+
+/// The reading side of [`Engine::output`].
+#[allow(clippy::too_many_arguments)]
+fn follow_output(
+    state: &state::State,
+    id: &str,
+    path: &Path,
+    start_at: u64,
+    starts: u32,
+    vic: bool,
+    tty: bool,
+    tx: &mpsc::Sender<LogItem>,
+) {
+    let end = |damaged, lost| {
+        let _ = tx.blocking_send(LogItem::End { damaged, lost });
+    };
+    // Until the run this stream is for has started (a start after `starts`).
+    let deadline = std::time::Instant::now() + OUTPUT_BEFORE_START;
+    let running = || {
+        state
+            .meta(id)
+            .map(|m| (m.starts > starts, qemu_alive(&m) || keeper_alive(&m)))
+            .unwrap_or((true, false))
+    };
+    loop {
+        match running() {
+            (true, _) if path.exists() => break,
+            (true, false) => return end(0, 0),
+            _ => {}
+        }
+        if tx.is_closed() || std::time::Instant::now() > deadline {
+            return end(0, 0);
+        }
+        std::thread::sleep(OUTPUT_POLL);
+    }
+    let reader = LogReader::open(path, id).and_then(|mut r| {
+        // The file may have been cut and rewritten since (a new container): start at its
+        // start then.
+        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if start_at <= len {
+            r.seek_to(start_at)?;
+        }
+        Ok(r.raw())
+    });
+    let mut reader = match reader {
+        Ok(r) if vic => r.vic(),
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "attach output");
+            return end(0, 0);
+        }
+    };
+    loop {
+        let alive = running().1;
+        let lines = reader.poll().unwrap_or_default();
+        for l in lines {
+            if tx.blocking_send(LogItem::Line(l)).is_err() {
+                return;
+            }
+        }
+        let ended = reader.ended.contains(&Stream::Stdout)
+            && (tty || reader.ended.contains(&Stream::Stderr));
+        if ended || !alive {
+            break;
+        }
+        if tx.is_closed() {
+            return;
+        }
+        std::thread::sleep(OUTPUT_POLL);
+    }
+    end(reader.damaged, reader.lost);
 }
 
 fn matches_filters(v: &ContainerView, filters: &BTreeMap<String, Vec<String>>) -> bool {
