@@ -211,6 +211,11 @@ pub fn parse_since(s: &str, now_ns: u64) -> Result<u64, String> {
     if let Ok(d) = humantime::parse_duration(s) {
         return Ok(now_ns.saturating_sub(d.as_nanos() as u64));
     }
+    // With a zone offset (`+01:00`) or `Z`.
+    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return Ok(u64::try_from(t.unix_timestamp_nanos()).unwrap_or(0));
+    }
+    // Without one (taken as UTC), or a date alone.
     if let Ok(t) = humantime::parse_rfc3339_weak(s) {
         return Ok(t
             .duration_since(std::time::UNIX_EPOCH)
@@ -218,7 +223,7 @@ pub fn parse_since(s: &str, now_ns: u64) -> Result<u64, String> {
             .unwrap_or(0));
     }
     Err(format!(
-        "invalid --since {s:?}: give an RFC 3339 time, Unix seconds or a duration like 10m"
+        "invalid time {s:?}: give an RFC 3339 time (with or without an offset), Unix seconds or a duration like 10m"
     ))
 }
 
@@ -337,6 +342,15 @@ mod tests {
             1_700_000_000_000_000_000
         );
         assert!(parse_since("yesterday-ish", 0).is_err());
+        // Offsets move the instant: 23:13:20+01:00 is 22:13:20Z.
+        assert_eq!(
+            parse_since("2023-11-14T23:13:20+01:00", 0).unwrap(),
+            1_700_000_000_000_000_000
+        );
+        assert_eq!(
+            parse_since("2023-11-14T22:13:20.5Z", 0).unwrap(),
+            1_700_000_000_500_000_000
+        );
         assert_eq!(
             format_time(1_700_000_000_000_000_001),
             "2023-11-14T22:13:20.000000001Z"

@@ -34,6 +34,7 @@ mod run_shell_pipeline;
 mod run_with_env_and_workdir;
 mod signals_and_stop;
 mod use_named_volume;
+mod vch_cli;
 mod volume_bad_input;
 mod volume_copy_up;
 mod volumes_clean_at_shutdown;

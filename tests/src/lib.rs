@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 pub mod docker;
+pub mod pty;
 
 use qemu_harness::state::State;
 use qemu_harness::vm::{self, Captured};
