@@ -301,7 +301,6 @@ impl Transport for WriteBack {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
     /// Records writes; each one takes a while, like a host round trip, and none happens
     /// while a test holds `gate` (a host that does not answer).
