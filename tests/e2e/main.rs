@@ -2,6 +2,7 @@
 //! VMs under QEMU (TCG) from the bootstrap ISO and checks what the user would see.
 
 mod attach_to_running;
+mod backchannel_auth;
 mod backchannel_robustness;
 mod bad_config;
 mod container_logs;
@@ -26,7 +27,9 @@ mod run_interactive;
 mod run_shell_pipeline;
 mod run_with_env_and_workdir;
 mod signals_and_stop;
+mod terminal_detach;
 mod use_named_volume;
 mod volume_bad_input;
 mod volume_copy_up;
+mod volume_in_use;
 mod volumes_clean_at_shutdown;
