@@ -961,7 +961,11 @@ mod tests {
             |_| None,
         );
         assert!(matches!(r, Ok(None)));
-        assert_eq!(clock.get() - t0, Duration::from_millis(400), "gave up early");
+        assert_eq!(
+            clock.get() - t0,
+            Duration::from_millis(400),
+            "gave up early"
+        );
         // Sent at 0, 50, 150 and 350 ms: the waits double, the last one cut at the timeout.
         let ms = |v: u64| Duration::from_millis(v);
         assert_eq!(sent, [ms(0), ms(50), ms(150), ms(350)]);
