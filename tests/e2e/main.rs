@@ -28,6 +28,7 @@ mod run_shell_pipeline;
 mod run_with_env_and_workdir;
 mod signals_and_stop;
 mod terminal_detach;
+mod terminal_session_end;
 mod use_named_volume;
 mod volume_bad_input;
 mod volume_copy_up;
