@@ -180,9 +180,9 @@ impl Vch {
         Attached::new(child)
     }
 
-    /// `vch run -d ARGS`: the container ID.
+    /// `vch run -d ARGS` (with a `--timeout` unless ARGS give one): the container ID.
     pub fn run_detached(&self, args: &[&str]) -> String {
-        let mut full = vec!["run", "-d", "--timeout", "300"];
+        let mut full = vec!["run", "-d"];
         full.extend_from_slice(args);
         let (code, out, err) = self.cmd(&full);
         assert_eq!(code, 0, "vch run -d failed: {err}");
