@@ -25,6 +25,7 @@ mod run_as_user;
 mod run_hello;
 mod run_interactive;
 mod run_shell_pipeline;
+mod run_timeout;
 mod run_with_env_and_workdir;
 mod signals_and_stop;
 mod terminal_detach;
