@@ -313,16 +313,24 @@ pub struct NfsServer {
     pub export: PathBuf,
     dir: tempfile::TempDir,
     child: std::process::Child,
+    /// Held while the server runs: its ports are fixed, so scenarios take turns.
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 /// Ports the test server listens on (fixed: NFSv3 clients learn them from rpcbind, and only
 /// one scenario runs a server at a time).
 pub const NFS_PORT: u16 = 20490;
 
+/// Whose turn it is to run the NFS server.
+static NFS_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl NfsServer {
     /// Starts rpcbind if it is not running (ganesha registers its v3 services there), then
     /// ganesha in the foreground, and waits until it accepts connections.
     pub fn start() -> NfsServer {
+        // A scenario that failed while holding the turn poisons it; the server is gone all
+        // the same.
+        let turn = NFS_TURN.lock().unwrap_or_else(|p| p.into_inner());
         let rpcbind_up = std::process::Command::new("rpcinfo")
             .arg("-p")
             .output()
@@ -384,7 +392,12 @@ LOG {{ Default_Log_Level = WARN; }}
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("ganesha.nfsd (apt packages nfs-ganesha nfs-ganesha-vfs) must be installed");
-        let server = NfsServer { export, dir, child };
+        let server = NfsServer {
+            export,
+            dir,
+            child,
+            _turn: turn,
+        };
         let start = std::time::Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", NFS_PORT)).is_err() {
             assert!(

@@ -357,6 +357,22 @@ impl Tether {
                 tracing::info!(session = %id, "still running {grace:?} after its stop signal: SIGKILL");
                 let _ = me.signal(&id, "KILL", true);
                 let _ = me.signal(&id, "KILL", false);
+                // A process in uninterruptible sleep dies only when it wakes (never, for a
+                // write to an NFS server that is gone), and a grandchild may hold the
+                // output open: the VM powers off all the same.
+                let pid = me.lock().sessions.get(&id).and_then(|s| s.pid);
+                let stuck =
+                    || pid.is_some_and(|p| crate::shutdown::in_uninterruptible_sleep(p.as_raw()));
+                let ended = crate::shutdown::wait_unless_stuck(
+                    crate::shutdown::KILL_WAIT,
+                    || *done.borrow(),
+                    stuck,
+                )
+                .await;
+                if !ended {
+                    tracing::warn!(session = %id, "not gone after SIGKILL: shutting down without it");
+                    me.begin_shutdown();
+                }
             }
         });
     }
