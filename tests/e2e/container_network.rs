@@ -9,6 +9,8 @@ fn dhcp_lease_is_configured_and_written_back() {
     let vch = Vch::new();
     let (code, out, err) = vch.cmd(&[
         "run",
+        "--timeout",
+        "120",
         "--name",
         "dhcp1",
         "--hostname",
@@ -72,6 +74,8 @@ fn static_address_and_routes_of_a_second_network() {
     assert_eq!(code, 0, "network create: {err}");
     let (code, out, err) = vch.cmd(&[
         "run",
+        "--timeout",
+        "120",
         "--name",
         "st1",
         "--ip",

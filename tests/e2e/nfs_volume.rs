@@ -16,6 +16,8 @@ fn container_reads_and_writes_an_nfs_export() {
     assert_eq!(code, 0, "volume create: {out}{err}");
     let (code, out, err) = vch.cmd(&[
         "run",
+        "--timeout",
+        "120",
         "-v",
         "shared:/mnt/shared",
         "busybox",
@@ -38,6 +40,8 @@ fn container_reads_and_writes_an_nfs_export() {
     // Mounted read-only, the same export refuses writes (the original ignored `ro`).
     let (code, out, err) = vch.cmd(&[
         "run",
+        "--timeout",
+        "120",
         "-v",
         "shared:/mnt/shared:ro",
         "busybox",
