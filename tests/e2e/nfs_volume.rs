@@ -92,9 +92,24 @@ fn server_gone_mid_run_cannot_hold_the_power_off() {
         "the container never wrote to the server; logs: {:?}",
         vch.cmd(&["logs", "nfsgone"])
     );
-    // The server goes away mid-write.
+    // The server goes away mid-write; soon the writer sleeps uninterruptibly on it. (The
+    // pattern `tic[k]` finds the writer's command line, not this one's.)
     drop(server);
-    std::thread::sleep(Duration::from_secs(1));
+    let writer_state = || {
+        vch.cmd(&[
+            "exec",
+            "nfsgone",
+            "sh",
+            "-c",
+            "for p in /proc/[0-9]*; do grep -q 'tic[k]' $p/cmdline 2>/dev/null && cut -d' ' -f3 $p/stat; done",
+        ])
+        .1
+    };
+    assert!(
+        vch.wait_until(Duration::from_secs(60), || writer_state().trim() == "D"),
+        "the writer never got stuck: {:?}",
+        writer_state()
+    );
 
     // The writer is now stuck in uninterruptible sleep: neither the stop signal nor SIGKILL
     // can end it. The VM must power itself off regardless, before vch's own limit (the
@@ -114,6 +129,8 @@ fn server_gone_mid_run_cannot_hold_the_power_off() {
         took < Duration::from_secs(40),
         "stop took {took:?}\n{debug}"
     );
+    // Killed, though never reaped: not the 0 of a process that exited by itself.
+    assert_eq!(vch.inspect("nfsgone")["State"], "Exited (137)", "{debug}");
     let (clean, report) = e2e::fsck_clean(&vch.volume_disk("local"));
     assert!(
         clean,
