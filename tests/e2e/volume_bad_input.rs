@@ -105,9 +105,8 @@ fn silent_nfs_server_is_reported_at_the_deadline() {
         err.contains("volume silent: NFS server 172.16.0.1 did not answer within 20s"),
         "stderr: {err}"
     );
-    assert!(
-        took >= Duration::from_secs(20),
-        "failed before the deadline ({took:?}): the silent server was not waited for"
-    );
+    // Only the tether's deadline says "did not answer" (a refusal or an error of the mount
+    // says why instead). The 20 s are the guest's: a guest under TCG on a loaded machine
+    // may calibrate its clock wrong at boot, so the host's clock cannot check them.
     assert!(took < Duration::from_secs(90), "took {took:?}");
 }
