@@ -66,6 +66,9 @@ pub struct Meta {
     /// How often the container was started (the first start included).
     #[serde(default)]
     pub starts: u32,
+    /// The last run was killed at its hard time limit (`--timeout`), not ended by itself.
+    #[serde(default)]
+    pub timed_out: bool,
 }
 
 /// A container's settings that only the host uses: the guest never sees them, but `docker

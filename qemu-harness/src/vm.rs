@@ -388,6 +388,7 @@ fn prepare(
         nics,
         settings: opts.settings.clone(),
         starts: 0,
+        timed_out: false,
     };
     state.save(&meta)?;
     Ok(meta)
@@ -482,6 +483,7 @@ pub async fn keep(
     meta.qemu_pid = child.id();
     meta.keeper_pid = Some(std::process::id());
     meta.starts += 1;
+    meta.timed_out = false;
     state.save(&meta)?;
 
     // guestinfo: QEMU connects once at start; serve it on a thread (the server is blocking).
@@ -541,6 +543,7 @@ pub async fn keep(
     }
     meta.qemu_pid = None;
     meta.keeper_pid = None;
+    meta.timed_out = timed_out;
     state.save(&meta)?;
 
     let (started, exit_code) = match load_config(&dir) {

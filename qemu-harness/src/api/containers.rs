@@ -355,6 +355,10 @@ fn status_text(v: &ContainerView) -> String {
             };
             format!("Up {}", human_duration(now_secs() - since))
         }
+        ContainerStatus::Exited if v.timed_out() => format!(
+            "Exited ({}) timed out after {} s",
+            v.exit_code, v.meta.timeout_secs
+        ),
         ContainerStatus::Exited => {
             let at = if v.finished_at > 0 {
                 v.finished_at
@@ -486,7 +490,12 @@ fn inspect_json(v: &ContainerView) -> serde_json::Value {
     } else {
         0
     };
-    let error = if v.launch_failed() {
+    let error = if v.timed_out() {
+        format!(
+            "the VM was killed at its time limit ({} s)",
+            v.meta.timeout_secs
+        )
+    } else if v.launch_failed() {
         v.started.clone()
     } else {
         String::new()

@@ -1068,6 +1068,9 @@ where
 }
 
 fn state_text(view: &ContainerView) -> String {
+    if view.timed_out() {
+        return format!("Killed (timed out after {} s)", view.meta.timeout_secs);
+    }
     match (view.status, view.started.as_str()) {
         (ContainerStatus::Running, "true") => "Up".into(),
         (ContainerStatus::Running, _) => "Starting".into(),

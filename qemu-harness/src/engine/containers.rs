@@ -22,8 +22,9 @@ use crate::volume::{self, VolumeStore};
 const START_WAIT: Duration = Duration::from_secs(120);
 /// Docker's default grace period between the stop signal and SIGKILL.
 const DEFAULT_STOP_GRACE: u64 = 10;
-/// Beyond the grace period: the tether's SIGKILL, unmounting and power-off.
-const POWER_OFF_MARGIN: Duration = Duration::from_secs(15);
+/// Beyond the grace period: the tether's own worst case after its SIGKILL (waiting for
+/// stuck processes, flushing, the 20 s unmount bound for a slow NFS server, power-off).
+const POWER_OFF_MARGIN: Duration = Duration::from_secs(45);
 
 /// What `create` is asked for: the run options (whose `spec.command` is the user's CMD,
 /// possibly empty) and an entrypoint that replaces the image's.
@@ -110,6 +111,11 @@ impl ContainerView {
         self.primary()
             .map(|s| s.tty)
             .unwrap_or(self.meta.settings.tty)
+    }
+
+    /// The VM was killed at its hard time limit (the exit code is then 137).
+    pub fn timed_out(&self) -> bool {
+        self.status == ContainerStatus::Exited && self.meta.timed_out
     }
 
     /// The launch failed: the tether wrote an error instead of `true`.
@@ -290,6 +296,12 @@ impl Engine {
             ContainerStatus::Created
         } else {
             ContainerStatus::Exited
+        };
+        // Killed from outside at the time limit: what an OOM or `kill -9` reports.
+        let exit_code = if status == ContainerStatus::Exited && meta.timed_out {
+            128 + 9
+        } else {
+            exit_code
         };
         ContainerView {
             meta,
