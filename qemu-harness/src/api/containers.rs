@@ -849,7 +849,7 @@ pub fn logs(state: &ApiState, id: &str, req: &Request<Incoming>) -> ApiResult {
         match q.get(key) {
             "" | "0" => Ok(0),
             v => crate::logs::parse_since(v, crate::engine::now_ns())
-                .map_err(|e| ApiError::bad_request(format!("invalid {key}: {e}"))),
+                .map_err(|e| ApiError::bad_request(format!("invalid {key} {e}"))),
         }
     };
     let tail = match q.get("tail") {

@@ -709,9 +709,10 @@ async fn command(engine: &Engine, cmd: Cmd) -> Result<ExitCode> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(0);
-            let time = |t: Option<String>| -> Result<u64> {
+            let time = |flag: &str, t: Option<String>| -> Result<u64> {
                 Ok(match t {
-                    Some(s) => logs::parse_since(&s, now_ns).map_err(anyhow::Error::msg)?,
+                    Some(s) => logs::parse_since(&s, now_ns)
+                        .map_err(|e| anyhow::anyhow!("invalid --{flag} {e}"))?,
                     None => 0,
                 })
             };
@@ -719,8 +720,8 @@ async fn command(engine: &Engine, cmd: Cmd) -> Result<ExitCode> {
                 follow,
                 stdout,
                 stderr,
-                since_ns: time(since)?,
-                until_ns: time(until)?,
+                since_ns: time("since", since)?,
+                until_ns: time("until", until)?,
                 tail: match tail.as_str() {
                     "all" => None,
                     n => Some(n.parse().with_context(|| format!("invalid --tail {n:?}"))?),
