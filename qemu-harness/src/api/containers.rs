@@ -467,18 +467,6 @@ fn mounts_json(v: &ContainerView) -> serde_json::Value {
     m
 }
 
-/// The built-in image's ID, computed once: hashing its binary on every inspect would cost
-/// `docker exec` (which inspects first) milliseconds each time.
-fn builtin_id() -> Option<String> {
-    static ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    ID.get_or_init(|| {
-        crate::image::builtin(&crate::artifacts::cache_dir())
-            .ok()
-            .map(|b| b.id)
-    })
-    .clone()
-}
-
 /// docker's `ContainerJSON` (`docker inspect`).
 fn inspect_json(v: &ContainerView) -> serde_json::Value {
     let cfg = v.config.clone().unwrap_or_default();
@@ -533,6 +521,7 @@ fn inspect_json(v: &ContainerView) -> serde_json::Value {
         .collect();
     let exposed: serde_json::Map<String, serde_json::Value> = port_bindings(v)
         .keys()
+        .chain(&s.exposed_ports)
         .map(|k| (k.clone(), serde_json::json!({})))
         .collect();
     let log = v.dir.join("output.log").display().to_string();
@@ -623,9 +612,12 @@ fn inspect_json(v: &ContainerView) -> serde_json::Value {
         "MacAddress": mac,
         "Networks": networks_json(v),
     });
-    let image = builtin_id()
-        .filter(|_| v.meta.image == crate::image::BUSYBOX)
-        .unwrap_or_else(|| v.meta.image.clone());
+    // The store image's ID; a directory image has none, its path stands in.
+    let image = if v.meta.image_id.is_empty() {
+        v.meta.image.clone()
+    } else {
+        v.meta.image_id.clone()
+    };
     serde_json::json!({
         "Id": v.meta.id,
         "Created": rfc3339(v.meta.created),
@@ -679,7 +671,7 @@ fn summary_json(v: &ContainerView) -> serde_json::Value {
         "Id": v.meta.id,
         "Names": [format!("/{}", v.meta.name)],
         "Image": v.meta.image,
-        "ImageID": v.meta.image,
+        "ImageID": if v.meta.image_id.is_empty() { &v.meta.image } else { &v.meta.image_id },
         "Command": v.meta.command.join(" "),
         "Created": v.meta.created,
         "Ports": ports,

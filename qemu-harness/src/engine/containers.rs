@@ -323,6 +323,16 @@ impl Engine {
 
     /// Lists containers, newest first.
     pub fn list(&self, opts: &ListOptions) -> Vec<ContainerView> {
+        // `ancestor=IMAGE`: the image it names now, by ID (a container keeps the ID it was
+        // made from).
+        let store = self.image_store();
+        let ancestors: BTreeMap<String, String> = opts
+            .filters
+            .get("ancestor")
+            .into_iter()
+            .flatten()
+            .filter_map(|a| Some((a.clone(), store.resolve(a).ok()?.to_string())))
+            .collect();
         let mut all: Vec<ContainerView> = self
             .state()
             .list()
@@ -330,7 +340,7 @@ impl Engine {
             .rev()
             .map(|m| self.view(m))
             .filter(|v| opts.all || opts.limit.is_some() || v.running())
-            .filter(|v| matches_filters(v, &opts.filters))
+            .filter(|v| matches_filters(v, &opts.filters, &ancestors))
             .collect();
         if let Some(n) = opts.limit {
             all.truncate(n);
@@ -340,16 +350,27 @@ impl Engine {
 
     /// Creates a container: its folder, disk and config. Nothing runs.
     pub async fn create(&self, req: CreateRequest) -> Result<CreateResponse, EngineError> {
-        let (opts, warnings) = self.prepare_create(req)?;
-        let state = self.state().clone();
-        let created = tokio::task::spawn_blocking(move || vm::create(&state, opts))
-            .await
-            .map_err(|e| EngineError::Backchannel(format!("create: {e}")))??;
+        let (created, warnings) = self.create_blocking(req).await?;
         self.publish(self.container_event("create", &created.meta));
         Ok(CreateResponse {
             id: created.meta.id,
             warnings,
         })
+    }
+
+    /// `prepare_create` and `vm::create` on a blocking thread: the image may need its disk
+    /// built (or the built-in image loaded) first.
+    async fn create_blocking(
+        &self,
+        req: CreateRequest,
+    ) -> Result<(vm::Created, Vec<String>), EngineError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let (opts, warnings) = me.prepare_create(req)?;
+            Ok((vm::create(me.state(), opts)?, warnings))
+        })
+        .await
+        .map_err(|e| EngineError::Backchannel(format!("create: {e}")))?
     }
 
     /// Checks a request and turns it into the VM's run options.
@@ -368,27 +389,39 @@ impl Engine {
             }
             run.spec.name = name;
         }
-        let image = crate::image::normalize(&run.image);
-        crate::image::rootfs(&image, &crate::artifacts::cache_dir()).map_err(|e| match e {
-            // A name (docker's client pulls on a 404); a path keeps the harness's hint.
-            crate::image::ImageError::NotFound(_) if !run.image.contains('/') => {
-                EngineError::NoSuchImage(run.image.clone())
-            }
-            other => EngineError::Vm(other.into()),
+        // The image and docker's rules for its config: Entrypoint and Cmd (`--entrypoint`
+        // drops the image's Cmd), Env under the user's `-e`, WorkingDir, User, StopSignal,
+        // ExposedPorts and Labels; its Volumes are made by `vm::create`.
+        let image = self.image_resolve(&run.image)?;
+        let asked = crate::images::RunRequest {
+            entrypoint,
+            cmd: run.spec.command.clone(),
+            env: run.spec.env.clone(),
+            working_dir: Some(run.spec.workdir.clone()),
+            user: Some(run.spec.user.clone()),
+            volumes: Vec::new(),
+            exposed_ports: run.settings.exposed_ports.clone(),
+            stop_signal: Some(run.settings.stop_signal.clone()),
+            labels: run.settings.labels.clone(),
+        };
+        let merged = crate::images::merge(image.config.as_ref(), &asked).map_err(|_| {
+            EngineError::BadRequest(format!(
+                "No command specified: the image {} has no default command (Cmd or Entrypoint)",
+                run.image
+            ))
         })?;
-        run.image = image;
-        // docker's rule: an entrypoint (none in the built-in images yet) followed by the
-        // command.
-        let entry = entrypoint.unwrap_or_default();
-        let mut command = entry.clone();
-        command.extend(run.spec.command.iter().cloned());
-        if command.is_empty() {
-            return Err(EngineError::BadRequest(
-                "No command specified (the image has no default command)".into(),
-            ));
+        for what in &merged.ignored {
+            warnings.push(format!("The image's {what} is ignored by this VCH"));
         }
-        run.spec.command = command;
-        run.settings.entrypoint = entry;
+        run.spec.command = merged.argv();
+        run.settings.entrypoint = merged.entrypoint;
+        run.spec.env = merged.env;
+        run.spec.workdir = merged.working_dir;
+        run.spec.user = merged.user;
+        run.settings.stop_signal = merged.stop_signal.unwrap_or_default();
+        run.settings.labels = merged.labels;
+        run.settings.exposed_ports = merged.exposed_ports;
+        run.resolved = Some(image);
         if !run.settings.stop_signal.is_empty() {
             run.spec.stop_signal = parse_signal(&run.settings.stop_signal)?;
         }
@@ -421,11 +454,7 @@ impl Engine {
         req: CreateRequest,
         out: &mut dyn OutputHandler,
     ) -> Result<RunOutcome, EngineError> {
-        let (opts, _) = self.prepare_create(req)?;
-        let state = self.state().clone();
-        let created = tokio::task::spawn_blocking(move || vm::create(&state, opts))
-            .await
-            .map_err(|e| EngineError::Backchannel(format!("create: {e}")))??;
+        let (created, _) = self.create_blocking(req).await?;
         self.publish(self.container_event("create", &created.meta));
         self.publish(self.container_event("start", &created.meta));
         let meta = created.meta.clone();
@@ -1013,7 +1042,11 @@ fn follow_output(
     end(reader.damaged, reader.lost);
 }
 
-fn matches_filters(v: &ContainerView, filters: &BTreeMap<String, Vec<String>>) -> bool {
+fn matches_filters(
+    v: &ContainerView,
+    filters: &BTreeMap<String, Vec<String>>,
+    ancestors: &BTreeMap<String, String>,
+) -> bool {
     filters.iter().all(|(key, values)| {
         values.is_empty()
             || values.iter().any(|want| match key.as_str() {
@@ -1026,7 +1059,10 @@ fn matches_filters(v: &ContainerView, filters: &BTreeMap<String, Vec<String>>) -
                     }
                     None => v.meta.settings.labels.contains_key(want.as_str()),
                 },
-                "ancestor" => v.meta.image == crate::image::normalize(want),
+                "ancestor" => {
+                    v.meta.image == *want
+                        || ancestors.get(want).is_some_and(|id| *id == v.meta.image_id)
+                }
                 // Unknown filters select nothing, as docker refuses them.
                 _ => false,
             })
