@@ -22,7 +22,7 @@ pub const CONTAINERFS_LABEL: &str = "containerfs";
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// the name is neither an image of the store nor a directory
-    #[error("No such image: {0} (vch images lists the images; vch load and vch import add them; a root filesystem directory is an image too)")]
+    #[error("image {0:?} not found: give an image of the store (vch images lists them; vch load and vch import add them) or a root filesystem directory")]
     NotFound(String),
     /// busybox-static is not installed
     #[error("the busybox image needs Debian's busybox-static (/bin/busybox): apt-get install busybox-static")]
@@ -94,7 +94,7 @@ impl Resolved {
 }
 
 /// Whether a reference is written as a path (then it is a directory, never a name).
-fn looks_like_path(reference: &str) -> bool {
+pub fn looks_like_path(reference: &str) -> bool {
     reference.starts_with('/')
         || reference.starts_with("./")
         || reference.starts_with("../")

@@ -19,6 +19,8 @@ mod exec_with_tty;
 mod exit_codes;
 mod external_port_layer;
 mod footprint;
+mod image_load_and_run;
+mod image_oci_layers;
 mod inspect_writeback;
 mod kernel_config;
 mod kill_pid1;

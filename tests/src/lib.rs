@@ -663,3 +663,9 @@ mod tests {
         );
     }
 }
+
+// ------------------------------------------------------------------ image scenarios
+
+/// Image archives built offline, the Debian tarballs, and a `vch daemon` for the docker
+/// clients (the `image_*` scenarios).
+pub mod images;

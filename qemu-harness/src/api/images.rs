@@ -26,10 +26,14 @@ const NONE_TAG: &str = "<none>:<none>";
 const NONE_DIGEST: &str = "<none>@<none>";
 
 fn summary(i: &ImageView) -> serde_json::Value {
+    // dockerd 20.10: `<none>` names for an untagged image, no digests (null) otherwise.
     let (tags, digests) = if i.repo_tags.is_empty() {
-        (vec![NONE_TAG.to_owned()], vec![NONE_DIGEST.to_owned()])
+        (
+            serde_json::json!([NONE_TAG]),
+            serde_json::json!([NONE_DIGEST]),
+        )
     } else {
-        (i.repo_tags.clone(), Vec::new())
+        (serde_json::json!(i.repo_tags), serde_json::Value::Null)
     };
     serde_json::json!({
         "Id": i.id.as_str(),
@@ -41,7 +45,8 @@ fn summary(i: &ImageView) -> serde_json::Value {
         "SharedSize": -1,
         "VirtualSize": i.size,
         "Labels": if i.labels.is_empty() { serde_json::Value::Null } else { serde_json::json!(i.labels) },
-        "Containers": i.containers,
+        // dockerd counts only for `system df`; -1 = not counted.
+        "Containers": -1,
     })
 }
 
@@ -357,8 +362,19 @@ impl Progress for JsonProgress {
     }
 
     fn finish(&self) {
-        let step = self.state.lock().map(|s| s.0.clone()).unwrap_or_default();
-        self.send(serde_json::json!({ "status": format!("{step}: done") }));
+        // The step's last state: complete. A status line without progress would be printed
+        // by a client whose output is not a terminal, which dockerd's import never makes it.
+        let Ok(st) = self.state.lock() else {
+            return;
+        };
+        if let Some(total) = st.1 {
+            let step = st.0.clone();
+            drop(st);
+            self.send(serde_json::json!({
+                "status": step,
+                "progressDetail": { "current": total, "total": total },
+            }));
+        }
     }
 }
 

@@ -58,7 +58,10 @@ impl Engine {
     /// directory. Not found is docker's `No such image` (its client then tries a pull).
     pub fn image_resolve(&self, reference: &str) -> Result<Resolved, EngineError> {
         image::resolve(&self.image_store(), reference).map_err(|e| match e {
-            ImageError::NotFound(_) => EngineError::NoSuchImage(reference.to_owned()),
+            // A name in docker's words (its client pulls on them); a path keeps the hint.
+            ImageError::NotFound(_) if !image::looks_like_path(reference) => {
+                EngineError::NoSuchImage(reference.to_owned())
+            }
             other => other.into(),
         })
     }
