@@ -430,6 +430,21 @@ impl Daemon {
         )
     }
 
+    /// [`Daemon::docker`] with stdout to a file: (exit code, stderr).
+    pub fn docker_to_file(&self, client: &str, args: &[&str], stdout: &Path) -> (i32, String) {
+        let child = self
+            .command(client, args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(stdout).expect("create stdout file"))
+            .spawn()
+            .expect("run docker");
+        let out = crate::wait_with_timeout(child, Duration::from_secs(240));
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// [`Daemon::docker`] with a file on stdin.
     pub fn docker_with_file(
         &self,
