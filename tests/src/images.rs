@@ -1,22 +1,18 @@
 //! Helpers of the image scenarios: image archives built here, offline (layers from Debian's
-//! busybox-static, `docker save` archives, OCI image layouts), the cached Debian root
-//! filesystem tarballs of `scripts/debian-image`, and a `vch daemon` the real docker clients
-//! talk to (never the machine's own dockerd).
+//! busybox-static, `docker save` archives, OCI image layouts) and the cached Debian root
+//! filesystem tarballs of `scripts/debian-image`. The docker clients' scenario uses
+//! [`crate::docker::Daemon`].
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use qemu_harness::images::Digest;
 use serde_json::json;
 
 use crate::Vch;
-
-/// The docker clients every scenario of the docker path drives: Debian 12's 20.10 (API
-/// 1.41, installed by scripts/setup) and the machines' static 28.x client.
-pub const DOCKER_CLIENTS: [&str; 2] = ["/usr/bin/docker", "/usr/local/bin/docker"];
 
 /// sha256 of some bytes, as `sha256:<hex>`.
 pub fn sha(bytes: &[u8]) -> Digest {
@@ -343,132 +339,5 @@ impl Vch {
             .unwrap_or_default();
         v.sort();
         v
-    }
-}
-
-/// `vch daemon` on a scenario's state directory, and the docker clients pointed at it with
-/// `DOCKER_HOST` and a private `DOCKER_CONFIG` (never the machine's dockerd or the user's
-/// docker configuration). Stopped on drop.
-#[derive(Debug)]
-pub struct Daemon {
-    child: std::process::Child,
-    pub host: String,
-    config: tempfile::TempDir,
-    log: PathBuf,
-}
-
-impl Daemon {
-    pub fn start(vch: &Vch) -> Daemon {
-        let sock = vch.dir.path().join("docker.sock");
-        let log = vch.dir.path().join("daemon.log");
-        let child = Command::new(crate::vch_binary())
-            .arg("--state")
-            .arg(vch.dir.path())
-            .arg("daemon")
-            .arg("--container-timeout")
-            .arg("300")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("daemon log"))
-            .spawn()
-            .expect("start vch daemon");
-        let daemon = Daemon {
-            child,
-            host: format!("unix://{}", sock.display()),
-            config: tempfile::tempdir().expect("DOCKER_CONFIG dir"),
-            log,
-        };
-        let start = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "vch daemon did not listen on {}; log:\n{}",
-                sock.display(),
-                daemon.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        daemon
-    }
-
-    /// The daemon's log, for failure messages.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn command(&self, client: &str, args: &[&str]) -> Command {
-        assert!(
-            Path::new(client).is_file(),
-            "docker client {client} is missing (scripts/setup installs docker.io's /usr/bin/docker; /usr/local/bin/docker is the machines' docker 28 client)"
-        );
-        let mut c = Command::new(client);
-        c.args(args)
-            .env("DOCKER_HOST", &self.host)
-            .env("DOCKER_CONFIG", self.config.path())
-            .env_remove("DOCKER_CONTEXT")
-            .env_remove("DOCKER_TLS_VERIFY")
-            .env_remove("DOCKER_CERT_PATH")
-            .env_remove("DOCKER_API_VERSION")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c
-    }
-
-    /// Runs a docker client command against the daemon (bounded): (exit code, stdout,
-    /// stderr).
-    pub fn docker(&self, client: &str, args: &[&str]) -> (i32, String, String) {
-        let child = self
-            .command(client, args)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("run docker");
-        let out = crate::wait_with_timeout(child, Duration::from_secs(240));
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    /// [`Daemon::docker`] with stdout to a file: (exit code, stderr).
-    pub fn docker_to_file(&self, client: &str, args: &[&str], stdout: &Path) -> (i32, String) {
-        let child = self
-            .command(client, args)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(stdout).expect("create stdout file"))
-            .spawn()
-            .expect("run docker");
-        let out = crate::wait_with_timeout(child, Duration::from_secs(240));
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    /// [`Daemon::docker`] with a file on stdin.
-    pub fn docker_with_file(
-        &self,
-        client: &str,
-        args: &[&str],
-        stdin: &Path,
-    ) -> (i32, String, String) {
-        let child = self
-            .command(client, args)
-            .stdin(std::fs::File::open(stdin).expect("open stdin file"))
-            .spawn()
-            .expect("run docker");
-        let out = crate::wait_with_timeout(child, Duration::from_secs(240));
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

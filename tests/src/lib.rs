@@ -666,6 +666,5 @@ mod tests {
 
 // ------------------------------------------------------------------ image scenarios
 
-/// Image archives built offline, the Debian tarballs, and a `vch daemon` for the docker
-/// clients (the `image_*` scenarios).
+/// Image archives built offline and the Debian tarballs (the `image_*` scenarios).
 pub mod images;

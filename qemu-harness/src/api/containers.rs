@@ -1017,7 +1017,7 @@ mod tests {
         assert_eq!(run.spec.command, vec!["sh", "-c", "x"]);
         assert_eq!(run.spec.env, vec!["A=1"]);
         assert_eq!(run.network.networks, vec!["n1"]);
-        assert_eq!(run.network.ports[0].to_string(), "127.0.0.1:8080:80/tcp");
+        assert_eq!(run.network.ports[0].to_string(), "127.0.0.1:8080->80/tcp");
         assert_eq!(run.volumes[0].dest, "/data");
         assert!(run.settings.auto_remove);
         assert_eq!(run.settings.labels["k"], "v");

@@ -478,6 +478,7 @@ fn docker(state: &State, runs: usize, args: &[String]) -> Result<()> {
     );
     let _ = daemon.wait();
     result
+}
 
 /// `vch --state STATE ARGS` with the `vch` binary beside this one: its wall time, or the
 /// failure with its stderr.
