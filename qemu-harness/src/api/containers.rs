@@ -7,12 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, StatusCode};
 use serde::Deserialize;
 
-use super::http::{
-    self, empty, json, read_json, rfc3339, streaming, ApiError, ApiResult, Body, Query,
-};
+use super::http::{self, empty, json, read_json, rfc3339, streaming, ApiError, ApiResult, Query};
 use super::http::{nullable, strslice};
 use super::{stream, ApiState};
 use crate::config::ContainerSpec;
@@ -983,20 +981,6 @@ pub fn stats(state: &ApiState, id: &str) -> ApiResult {
     Err(ApiError::not_implemented(format!(
         "stats are not available for container {id}: this VCH's tether does not sample the guest's resources yet"
     )))
-}
-
-/// A 101 answer for a hijacked stream.
-pub fn upgraded() -> Response<Body> {
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(
-            hyper::header::CONTENT_TYPE,
-            "application/vnd.docker.raw-stream",
-        )
-        .header(hyper::header::CONNECTION, "Upgrade")
-        .header(hyper::header::UPGRADE, "tcp")
-        .body(Body::Empty)
-        .unwrap_or_else(|_| Response::new(Body::Empty))
 }
 
 #[cfg(test)]
