@@ -30,7 +30,7 @@ pub use codec::{
 };
 pub use config::*;
 pub use error::{DecodeError, EncodeError};
-pub use transport::{load_config, reload_config, HostCommand, Transport, TransportError};
+pub use transport::{reload_config, write_pairs, HostCommand, Transport, TransportError};
 
 /// A flat extraConfig map with plain values (no `<nil>`).
 pub type Map = std::collections::BTreeMap<String, String>;

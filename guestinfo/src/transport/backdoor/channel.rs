@@ -2,7 +2,7 @@
 //! (guestinfo.md §2). Pure register logic over a [`Port`].
 
 use super::port::{Port, Regs};
-use super::BackdoorError;
+use crate::transport::TransportError;
 
 pub const MAGIC: u32 = 0x564D_5868;
 pub const LB_PORT: u32 = 0x5658;
@@ -34,6 +34,35 @@ const COOKIE_FLAG: u32 = 0x8000_0000;
 pub const MAX_MESSAGE: u32 = 1 << 20;
 /// A checkpoint (VM snapshot/migration) interrupted a transfer: retry, but not forever.
 const MAX_RETRIES: usize = 16;
+
+/// Backdoor protocol failures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackdoorError {
+    /// opening a backdoor channel for protocol {0:#x} failed
+    #[error("opening a backdoor channel for protocol {0:#x} failed")]
+    Open(u32),
+    /// backdoor send failed ({0})
+    #[error("backdoor send failed ({0})")]
+    Send(&'static str),
+    /// backdoor receive failed ({0})
+    #[error("backdoor receive failed ({0})")]
+    Receive(&'static str),
+    /// closing a backdoor channel failed
+    #[error("closing a backdoor channel failed")]
+    Close,
+    /// backdoor message of {0} bytes is too large
+    #[error("backdoor message of {0} bytes is too large")]
+    TooLarge(usize),
+    /// backdoor transfer kept being interrupted by checkpoints
+    #[error("backdoor transfer kept being interrupted by checkpoints")]
+    Checkpoint,
+}
+
+impl From<BackdoorError> for TransportError {
+    fn from(e: BackdoorError) -> TransportError {
+        TransportError::Protocol(e.to_string())
+    }
+}
 
 /// An open message channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

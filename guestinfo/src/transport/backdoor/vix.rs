@@ -195,13 +195,7 @@ pub fn dispatch(
     let Some(start) = parse_start_program(body) else {
         return Ok(reply(INVALID_MESSAGE_BODY, b""));
     };
-    let command = match start.program_path.as_str() {
-        "kill" => HostCommand::parse(&format!("kill {}", start.arguments)),
-        "group-kill" => HostCommand::parse(&format!("group-kill {}", start.arguments)),
-        "reload" => Some(HostCommand::Reload),
-        _ => None,
-    };
-    let Some(command) = command else {
+    let Some(command) = HostCommand::from_vix_program(&start.program_path, &start.arguments) else {
         let msg = format!("unknown command {:?}", start.program_path);
         return Ok(reply(FAIL, msg.as_bytes()));
     };
