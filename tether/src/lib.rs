@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod boot;
+pub mod clock;
 pub mod disk;
 pub mod early;
 pub mod etc;
@@ -17,6 +18,7 @@ pub mod session;
 pub mod shutdown;
 pub mod signals;
 pub mod stdio;
+pub mod supervisor;
 pub mod user;
 pub mod volumes;
 pub mod writeback;
