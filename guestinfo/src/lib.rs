@@ -14,6 +14,8 @@
 //! The codec's maps hold *plain* values; `<nil>` (the wire spelling of the empty string) is
 //! applied and removed at the transport and store boundary.
 
+#![warn(missing_docs)]
+
 mod codec;
 pub mod config;
 mod de;

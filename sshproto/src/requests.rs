@@ -99,7 +99,7 @@ impl ChannelRequest {
         }
     }
 
-    /// Our id of the channel it arrived on ([`Channel::id`]).
+    /// Our id of the channel it arrived on ([`crate::Channel::id`]).
     pub fn channel_id(&self) -> u32 {
         self.channel
     }

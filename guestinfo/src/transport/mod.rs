@@ -35,7 +35,12 @@ pub enum TransportError {
     InvalidKey(String),
     /// `{key}`: the host refused the request: {reply}
     #[error("`{key}`: the host refused the request: {reply}")]
-    Refused { key: String, reply: String },
+    Refused {
+        /// The key of the request.
+        key: String,
+        /// The host's reply.
+        reply: String,
+    },
     /// no reply within {0:?}
     #[error("no reply within {0:?}")]
     Timeout(Duration),

@@ -4,18 +4,28 @@
 use crate::transport::HostCommand;
 use crate::value::b64_decode;
 
+/// `VIX_COMMAND_MAGIC_WORD`, first in every request header.
 pub const MAGIC: u32 = 0xd00d_0001;
+/// `VIX_COMMAND_GET_TOOLS_STATE`.
 pub const OP_GET_TOOLS_STATE: u32 = 62;
+/// `VIX_COMMAND_START_PROGRAM`: how the VCH asks for `kill`, `group-kill` and `reload`.
 pub const OP_START_PROGRAM: u32 = 185;
+/// `VIX_USER_CREDENTIAL_NAME_PASSWORD`, the only credential type accepted.
 pub const CREDENTIAL_NAME_PASSWORD: u32 = 1;
 /// `VIX_COMMAND_GUEST_RETURNS_BINARY`.
 pub const RETURNS_BINARY: u8 = 0x80;
 
+/// `VIX_OK`.
 pub const OK: u32 = 0;
+/// `VIX_E_FAIL`.
 pub const FAIL: u32 = 1;
+/// The credential was refused: its user may not act.
 pub const AUTHENTICATION_FAIL: u32 = 35;
+/// `VIX_E_UNRECOGNIZED_COMMAND_IN_GUEST`.
 pub const UNRECOGNIZED_COMMAND_IN_GUEST: u32 = 3025;
+/// `VIX_E_INVALID_MESSAGE_HEADER`.
 pub const INVALID_MESSAGE_HEADER: u32 = 10000;
+/// `VIX_E_INVALID_MESSAGE_BODY`.
 pub const INVALID_MESSAGE_BODY: u32 = 10001;
 
 /// Packed little-endian request header: common header (23 bytes) + command fields (28).
@@ -24,11 +34,17 @@ pub const HEADER_LEN: usize = 51;
 /// The fields of `CommandRequestHeader` we use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Header {
+    /// Must be [`MAGIC`].
     pub magic: u32,
+    /// Bytes of the command body after the header.
     pub body_length: u32,
+    /// Bytes of the credential after the body.
     pub credential_length: u32,
+    /// Flags, [`RETURNS_BINARY`] among them.
     pub common_flags: u8,
+    /// The command ([`OP_START_PROGRAM`], ...).
     pub opcode: u32,
+    /// How the credential is encoded.
     pub credential_type: u32,
 }
 
@@ -89,8 +105,11 @@ impl Header {
 /// `StartProgram` fields.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StartProgram {
+    /// The program: here the name of a built-in action ([`HostCommand::from_vix_program`]).
     pub program_path: String,
+    /// Its arguments: the action's signal.
     pub arguments: String,
+    /// Its working directory (unused).
     pub working_dir: String,
 }
 
@@ -209,10 +228,15 @@ pub fn dispatch(
 
 /// Builders for tests (and for anyone who wants to poke a tether by hand).
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "test requests: their lengths are a few bytes"
+)]
 pub mod build {
     use super::*;
     use crate::value::b64_encode;
 
+    /// A name-password credential.
     pub fn credential(user: &str, password: &str) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&(user.len() as u32).to_le_bytes());
@@ -222,6 +246,7 @@ pub mod build {
         out
     }
 
+    /// A `StartProgram` body.
     pub fn start_program(path: &str, args: &str) -> Vec<u8> {
         let mut body = vec![0u8];
         let lens = |s: &str| if s.is_empty() { 0 } else { s.len() as u32 + 1 };
