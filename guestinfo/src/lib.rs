@@ -29,6 +29,7 @@ pub mod value;
 
 pub use codec::{
     decode, decode_into, discover_keys, encode, encode_pairs, guest_writeback, session_writeback,
+    DiscoverError,
 };
 pub use config::*;
 pub use error::{DecodeError, EncodeError};

@@ -160,19 +160,10 @@ impl Transport for Backdoor {
 
     /// RPCI cannot list keys: walks the container schema, one `info-get` per key.
     fn get_all(&self) -> Result<Map, TransportError> {
-        let mut failure = None;
-        let result = crate::discover_keys(&mut |key| {
-            self.get(key).map_err(|e| {
-                let text = e.to_string();
-                failure = Some(e);
-                text
-            })
-        });
-        match (result, failure) {
-            (_, Some(e)) => Err(e),
-            (Ok(map), None) => Ok(map),
-            (Err(e), None) => Err(TransportError::Protocol(e)),
-        }
+        crate::discover_keys(&mut |key| self.get(key)).map_err(|e| match e {
+            crate::DiscoverError::Get(e) => e,
+            crate::DiscoverError::Decode(e) => TransportError::Protocol(e.to_string()),
+        })
     }
 
     fn commands(&self) -> Option<Receiver<HostCommand>> {

@@ -163,6 +163,11 @@ pub struct Outcome {
     pub command: Option<HostCommand>,
 }
 
+/// A VIX request too short to hold its header: it cannot even be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("VIX request shorter than its header")]
+pub struct ShortRequest;
+
 /// Handles `Vix_1_Relayed_Command` arguments. `authorized(user)` says whether a credential's
 /// user may act (the container id or a volume label); `pid` supplies pseudo PIDs.
 /// `Err` means the request could not even be parsed (the toolbox then answers `ERR `).
@@ -170,7 +175,7 @@ pub fn dispatch(
     data: &[u8],
     authorized: &dyn Fn(&str) -> bool,
     pid: &mut dyn FnMut() -> u64,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, ShortRequest> {
     // Optional quoted request name, then a NUL.
     let mut data = data.strip_prefix(b"\"").unwrap_or(data);
     if let Some(ix) = data.iter().position(|&b| b == b'"') {
@@ -180,7 +185,7 @@ pub fn dispatch(
     }
     let data = data.strip_prefix(&[0u8]).unwrap_or(data);
     let mut c = Cursor(data);
-    let header = Header::parse(&mut c).ok_or("VIX request shorter than its header")?;
+    let header = Header::parse(&mut c).ok_or(ShortRequest)?;
     let reply = |rc: u32, payload: &[u8]| Outcome {
         reply: result(&header, rc, payload),
         command: None,
@@ -296,7 +301,7 @@ mod tests {
 
     const CID: &str = "0123abcd";
 
-    fn run(req: &[u8]) -> Result<Outcome, String> {
+    fn run(req: &[u8]) -> Result<Outcome, ShortRequest> {
         let args = req.splitn(2, |&b| b == b' ').nth(1).unwrap_or_default();
         let mut n = 1000;
         dispatch(args, &|u| u == CID || u == "vol1-label", &mut || {
