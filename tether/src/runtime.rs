@@ -291,16 +291,14 @@ impl Tether {
     /// Acts on a command from the host.
     pub fn host_command(self: &Arc<Self>, cmd: HostCommand) {
         tracing::info!(?cmd, "host command");
-        let group = match &cmd {
+        let (sig, group) = match &cmd {
             HostCommand::Reload => return self.reload(),
             HostCommand::Halt => return self.halt(),
-            HostCommand::Kill(_) => false,
-            HostCommand::GroupKill(_) => true,
+            HostCommand::Kill(sig) => (sig, false),
+            HostCommand::GroupKill(sig) => (sig, true),
         };
-        if let Some(sig) = cmd.signal() {
-            if let Err(e) = self.signal(&self.primary_id(), sig, group) {
-                tracing::error!("{}: {e}", cmd.verb());
-            }
+        if let Err(e) = self.signal(&self.primary_id(), sig, group) {
+            tracing::error!("{}: {e}", cmd.verb());
         }
     }
 
@@ -594,5 +592,48 @@ async fn startup(
         Some(_) = err.recv() => None,
         () = t.started_up() => None,
         else => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_refusals_say_what_the_original_said() {
+        assert_eq!(
+            AttachRefusal::Invalid("abc".into()).to_string(),
+            "session abc is invalid"
+        );
+        assert_eq!(
+            AttachRefusal::LaunchFailed("stat /x: no such file or directory".into()).to_string(),
+            "launch failed with: stat /x: no such file or directory"
+        );
+        assert_eq!(
+            AttachRefusal::Finished(3).to_string(),
+            "process finished with exit code: 3"
+        );
+    }
+
+    #[test]
+    fn a_session_is_found_with_its_config_exec_first() {
+        let mut state = State {
+            cfg: ContainerConfig::default(),
+            sessions: HashMap::new(),
+        };
+        state
+            .cfg
+            .sessions
+            .insert("a".into(), SessionConfig::default());
+        assert!(state.session_mut("a").is_none(), "no run-time state yet");
+        state.sessions.insert("a".into(), Session::new());
+        let exec = SessionConfig {
+            tty: true,
+            ..SessionConfig::default()
+        };
+        state.cfg.execs.insert("a".into(), exec);
+        let found = state.session_mut("a").map(|s| s.cfg.tty);
+        assert_eq!(found, Some(true), "an ID in both maps is the exec");
+        assert!(state.session_cfg("a").is_some_and(|s| s.tty));
     }
 }

@@ -378,6 +378,58 @@ mod tests {
         );
     }
 
+    fn running() -> Running {
+        Running {
+            pid: Pid::from_raw(42),
+            exit: oneshot::channel().1,
+            pumps: Vec::new(),
+            pty: None,
+        }
+    }
+
+    #[test]
+    fn start_exit_and_failure_are_recorded() {
+        let mut cfg = SessionConfig {
+            run_block: true,
+            exit_status: 7,
+            ..SessionConfig::default()
+        };
+        cfg.detail.stop_time = 5;
+        let mut rt = Session::new();
+        let mut s = SessionMut {
+            cfg: &mut cfg,
+            rt: &mut rt,
+        };
+        s.record_start(&mut running(), 100);
+        assert_eq!(
+            (
+                s.cfg.started.as_str(),
+                s.cfg.detail.start_time,
+                s.cfg.detail.stop_time,
+                s.cfg.exit_status,
+                s.cfg.run_block
+            ),
+            ("true", 100, 0, 0, false)
+        );
+        assert_eq!(s.rt.pid, Some(Pid::from_raw(42)));
+        // Exit records: the last five are kept, a signal is named.
+        for (i, code) in [0, 1, 2, 3, 4, 137].into_iter().enumerate() {
+            s.record_exit(code, 200 + i64::try_from(i).unwrap());
+        }
+        assert_eq!((s.cfg.exit_status, s.cfg.detail.stop_time), (137, 205));
+        assert_eq!(s.cfg.diagnostics.exit_logs.len(), 5);
+        let last = s.cfg.diagnostics.exit_logs.last().unwrap();
+        assert_eq!(last.message, "killed by signal 9");
+        assert_eq!(s.cfg.diagnostics.exit_logs[0].exit_status, 1);
+        assert_eq!(s.rt.pid, None);
+        assert_eq!(s.record_restart(), 1);
+
+        let err = StartError::Pty(nix::Error::ENOENT);
+        s.record_launch_failure(&err, 300);
+        assert_eq!(s.cfg.started, err.to_string());
+        assert_eq!((s.cfg.exit_status, s.cfg.detail.stop_time), (126, 300));
+    }
+
     #[test]
     fn winsize_conversion_clamps() {
         let w = to_winsize(WindowSize {
