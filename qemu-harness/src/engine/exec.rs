@@ -152,6 +152,18 @@ impl Engine {
                 exit,
             )
         };
+        if let Some(code) = exit.filter(|c| !(125..=127).contains(c)) {
+            // Ended, its status known from its channel and not one a failed launch gives:
+            // nothing to read (docker's client asks for this right after every exec).
+            return Ok(ExecView {
+                id: exec_id.to_owned(),
+                container_id,
+                spec,
+                running: false,
+                exit_code: Some(code),
+                launch_error: None,
+            });
+        }
         let view = self.state().meta(&container_id).ok().map(|m| self.view(m));
         let written = view
             .as_ref()
