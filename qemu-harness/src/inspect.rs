@@ -159,6 +159,8 @@ mod tests {
                 model: NicModel::Vmxnet3,
                 mac: "00:50:56:00:00:01".into(),
                 ip: None,
+                address: None,
+                aliases: vec![],
                 ports: vec![network::parse_port_spec("8080-8081:80-81").unwrap()],
             }],
             ..Default::default()

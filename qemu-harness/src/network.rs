@@ -378,24 +378,6 @@ impl Network {
         }
     }
 
-    /// The `-netdev user` argument for this network, with port forwards to `guest`.
-    pub fn netdev_arg(&self, id: &str, ports: &[PortSpec], guest: Ipv4Addr) -> String {
-        let mut s = format!(
-            "user,id={id},net={},host={},dns={},dhcpstart={}",
-            self.subnet.normalized(),
-            self.gateway,
-            self.slirp_dns(),
-            self.dhcp_start()
-        );
-        for p in ports {
-            for fwd in p.hostfwds(guest) {
-                s.push_str(",hostfwd=");
-                s.push_str(&fwd);
-            }
-        }
-        s
-    }
-
     /// Checks a definition (for `create`, and for stored files).
     pub fn validate(&self) -> Result<(), NetworkError> {
         if !valid_name(&self.name) {
@@ -463,6 +445,11 @@ impl NetworkStore {
 
     fn path(&self, name: &str) -> PathBuf {
         self.root.join(format!("{name}.json"))
+    }
+
+    /// The state directory the store belongs to.
+    pub fn state_root(&self) -> &Path {
+        self.root.parent().unwrap_or(&self.root)
     }
 
     /// A network by name.
@@ -967,29 +954,53 @@ pub struct AttachedNic {
     /// A static address (`--ip`).
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
+    /// The address the port layer assigned from the network's pool (see [`crate::ipam`]);
+    /// equal to `ip` when the user gave one.
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
+    /// Names other containers on the network resolve to this one besides its name and
+    /// short ID (`--network-alias`; user-defined networks only, as docker).
+    #[serde(default)]
+    pub aliases: Vec<String>,
     #[serde(default)]
     pub ports: Vec<PortSpec>,
 }
 
 impl AttachedNic {
-    /// The container's address on this network: static, else slirp's first DHCP address.
+    /// The container's address on this network: the one the port layer assigned (`--ip`
+    /// or the next free one), else, for a container made before addresses were assigned,
+    /// the network's first host address.
     pub fn guest_address(&self) -> Ipv4Addr {
-        self.ip.unwrap_or_else(|| self.network.dhcp_start())
+        self.address().unwrap_or_else(|| self.network.dhcp_start())
     }
 
-    /// What QEMU builds for it.
-    pub fn device(&self, index: usize) -> Result<NicDevice, NetworkError> {
+    /// The address the port layer assigned, if any.
+    pub fn address(&self) -> Option<Ipv4Addr> {
+        self.ip.or(self.address)
+    }
+
+    /// What QEMU builds for it: a NIC whose frames go over a stream socket to the
+    /// network's segment (`sock`, see [`crate::netd`]).
+    pub fn device(&self, index: usize, sock: &Path) -> Result<NicDevice, NetworkError> {
         let netdev_id = format!("net{index}");
         Ok(NicDevice {
             placement: NicPlacement::for_slot(self.slot)?,
             model: self.model,
             mac: self.mac.clone(),
-            netdev: self
-                .network
-                .netdev_arg(&netdev_id, &self.ports, self.guest_address()),
+            netdev: stream_netdev(&netdev_id, sock),
             netdev_id,
         })
     }
+}
+
+/// The `-netdev` argument of a NIC on a segment: QEMU connects to the segment's switch
+/// over a Unix stream socket and exchanges length-prefixed frames with it (a `,` in the
+/// path is doubled, QEMU's escape).
+pub fn stream_netdev(id: &str, sock: &Path) -> String {
+    format!(
+        "stream,id={id},server=off,addr.type=unix,addr.path={}",
+        sock.display().to_string().replace(',', ",,")
+    )
 }
 
 /// What `run` asks for on the network side.
@@ -1004,19 +1015,71 @@ pub struct NetworkRequest {
     pub model: NicModel,
     /// Nameservers for the container (`--dns`): replace every network's own.
     pub dns: Vec<Ipv4Addr>,
+    /// `--network-alias` names, per network.
+    pub aliases: std::collections::BTreeMap<String, Vec<String>>,
 }
 
-/// Resolves a run's networks into NICs (no side effects): unknown networks, duplicates,
-/// a static address outside the first network, clashing ports are errors.
+/// Resolves a run's networks into NICs: unknown networks, duplicates, a static address
+/// outside the first network, clashing ports and bad aliases are errors. Each NIC's address
+/// is claimed from its network's pool (see [`crate::ipam`]); on an error nothing stays
+/// claimed.
 pub fn attach(
     store: &NetworkStore,
     req: &NetworkRequest,
     id: &str,
 ) -> Result<Vec<AttachedNic>, NetworkError> {
+    let nics = plan(store, req, id)?;
+    let mut claimed: Vec<AttachedNic> = Vec::new();
+    for mut nic in nics {
+        // The network as defined, not with the container's `--dns` in it: the address
+        // rules are the network's.
+        let base = store.get(&nic.network.name)?;
+        match crate::ipam::claim(store.state_root(), &base, id, nic.ip) {
+            Ok(ip) => {
+                nic.address = Some(ip);
+                claimed.push(nic);
+            }
+            Err(e) => {
+                release(store, &claimed, id);
+                return Err(e);
+            }
+        }
+    }
+    Ok(claimed)
+}
+
+/// Gives back the addresses of a container's NICs.
+pub fn release(store: &NetworkStore, nics: &[AttachedNic], id: &str) {
+    for n in nics {
+        if let Some(ip) = n.address {
+            crate::ipam::release(store.state_root(), &n.network.name, ip, id);
+        }
+    }
+}
+
+/// Checks a network alias (a DNS label sequence, as docker's resolver can answer it).
+pub fn valid_alias(alias: &str) -> bool {
+    !alias.is_empty()
+        && alias.len() <= 253
+        && alias.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
+/// [`attach`] without the addresses: the NICs a request asks for.
+fn plan(
+    store: &NetworkStore,
+    req: &NetworkRequest,
+    id: &str,
+) -> Result<Vec<AttachedNic>, NetworkError> {
     if req.networks.is_empty() {
-        if req.ip.is_some() || !req.ports.is_empty() {
+        if req.ip.is_some() || !req.ports.is_empty() || !req.aliases.is_empty() {
             return Err(invalid(
-                "--ip and -p need a network (the container has --network none)",
+                "--ip, -p and --network-alias need a network (the container has --network none)",
             ));
         }
         return Ok(Vec::new());
@@ -1031,6 +1094,11 @@ pub fn attach(
                 why: format!("host port already published by {q}"),
             });
         }
+    }
+    if let Some(n) = req.aliases.keys().find(|n| !req.networks.contains(n)) {
+        return Err(invalid(format!(
+            "--network-alias for network {n}, which the container does not join"
+        )));
     }
     let mut nics = Vec::new();
     for (i, name) in req.networks.iter().enumerate() {
@@ -1052,26 +1120,37 @@ pub fn attach(
         } else {
             (None, Vec::new())
         };
-        if let Some(ip) = ip {
-            if !network.subnet.is_host(ip) || ip == network.gateway || ip == network.slirp_dns() {
-                return Err(invalid(format!(
-                    "--ip {ip} is not a free address of network {name} ({}, gateway {}, DNS {})",
-                    network.subnet,
-                    network.gateway,
-                    network.slirp_dns()
-                )));
-            }
-        }
+        let aliases = req.aliases.get(name).cloned().unwrap_or_default();
+        check_aliases(&network, &aliases)?;
         nics.push(AttachedNic {
             network,
             slot,
             model: req.model,
             mac: mac_for(id, i),
             ip,
+            address: None,
+            aliases,
             ports,
         });
     }
     Ok(nics)
+}
+
+/// Aliases are names on user-defined networks only (docker's rule: its default bridge
+/// resolves no container names).
+pub fn check_aliases(network: &Network, aliases: &[String]) -> Result<(), NetworkError> {
+    if aliases.is_empty() {
+        return Ok(());
+    }
+    if network.is_builtin() {
+        return Err(invalid(
+            "network-scoped aliases are supported only for containers in user-defined networks",
+        ));
+    }
+    if let Some(a) = aliases.iter().find(|a| !valid_alias(a)) {
+        return Err(invalid(format!("invalid network alias {a:?}")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1186,13 +1265,8 @@ mod tests {
         assert_eq!(b.dhcp_start(), ip("172.16.0.2"));
         assert_eq!(b.slirp_dns(), ip("172.16.255.254"));
         assert_eq!(
-            b.netdev_arg("net0", &[], b.dhcp_start()),
-            "user,id=net0,net=172.16.0.0/16,host=172.16.0.1,dns=172.16.255.254,dhcpstart=172.16.0.2"
-        );
-        let p = parse_port_spec("8080:80").unwrap();
-        assert_eq!(
-            b.netdev_arg("net0", &[p], ip("172.16.0.9")),
-            "user,id=net0,net=172.16.0.0/16,host=172.16.0.1,dns=172.16.255.254,dhcpstart=172.16.0.2,hostfwd=tcp:127.0.0.1:8080-172.16.0.9:80"
+            stream_netdev("net0", Path::new("/s/netd/ab,c/sw.sock")),
+            "stream,id=net0,server=off,addr.type=unix,addr.path=/s/netd/ab,,c/sw.sock"
         );
         let pool = b.pool();
         assert_eq!(pool.first, Some(ip("172.16.0.0").into()));
@@ -1360,19 +1434,35 @@ mod tests {
             ports: vec![parse_port_spec("8080:80").unwrap()],
             model: NicModel::Virtio,
             dns: Vec::new(),
+            aliases: [("ext".to_owned(), vec!["api".to_owned()])].into(),
         };
         let nics = attach(&store, &req, "abcdef").unwrap();
         assert_eq!(nics.len(), 2);
         assert_eq!(nics[0].slot, 0x4A0);
         assert_eq!(nics[1].slot, 0x4C0);
         assert_eq!(nics[0].guest_address(), ip("172.16.0.10"));
+        // The port layer's next free address (the gateway is .254, the DNS address .53).
         assert_eq!(nics[1].guest_address(), ip("10.20.0.1"));
+        assert_eq!(nics[1].aliases, vec!["api"]);
         assert!(nics[1].ports.is_empty() && nics[1].ip.is_none());
         assert_ne!(nics[0].mac, nics[1].mac);
-        let dev = nics[0].device(0).unwrap();
-        assert!(dev
-            .netdev
-            .contains("hostfwd=tcp:127.0.0.1:8080-172.16.0.10:80"));
+        let dev = nics[0].device(0, Path::new("/s/sw.sock")).unwrap();
+        assert!(dev.netdev.ends_with("addr.path=/s/sw.sock"));
+        // A second container gets the next addresses; the same --ip is refused.
+        let again = NetworkRequest {
+            networks: vec!["ext".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            attach(&store, &again, "fedcba").unwrap()[0].address,
+            Some(ip("10.20.0.2"))
+        );
+        let taken = NetworkRequest {
+            networks: vec!["bridge".into()],
+            ip: Some(ip("172.16.0.10")),
+            ..Default::default()
+        };
+        assert!(attach(&store, &taken, "other").is_err());
 
         let bad_reqs = [
             NetworkRequest {
@@ -1408,6 +1498,22 @@ mod tests {
                     parse_port_spec("1:1").unwrap(),
                     parse_port_spec("1:2").unwrap(),
                 ],
+                ..Default::default()
+            },
+            // Aliases: not on the default bridge, not for a network not joined, not bad.
+            NetworkRequest {
+                networks: vec!["bridge".into()],
+                aliases: [("bridge".to_owned(), vec!["web".to_owned()])].into(),
+                ..Default::default()
+            },
+            NetworkRequest {
+                networks: vec!["ext".into()],
+                aliases: [("back".to_owned(), vec!["web".to_owned()])].into(),
+                ..Default::default()
+            },
+            NetworkRequest {
+                networks: vec!["ext".into()],
+                aliases: [("ext".to_owned(), vec!["a b".to_owned()])].into(),
                 ..Default::default()
             },
         ];

@@ -70,6 +70,9 @@ pub enum VmError {
     /// mounts and networks that do not fit together
     #[error(transparent)]
     Compose(#[from] ComposeError),
+    /// a network's segment could not be had
+    #[error(transparent)]
+    Netd(#[from] crate::netd::NetdError),
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> VmError + 'a {
@@ -476,10 +479,25 @@ pub async fn keep(
         }
     };
 
-    let nic_args = nic_args(&meta)?;
+    // The networks' segments, held while the VM runs; the first network publishes the
+    // ports (`-p`) at the container's address.
+    let segments = {
+        let (root, nics) = (state.root().to_owned(), meta.nics.clone());
+        tokio::task::spawn_blocking(move || crate::netd::ensure_all(&root, &nics))
+            .await
+            .map_err(|e| VmError::Config(format!("network set-up: {e}")))??
+    };
+    let nic_args = nic_args(&meta, &segments)?;
+    let published = publish(&meta, &segments).await?;
     let mut cmd = qemu_command(&dir, &iso, &meta, &backchannel, attach_port, &nic_args);
     let started_at = tokio::time::Instant::now();
-    let mut child = cmd.spawn().map_err(|e| VmError::Qemu(qemu_binary(), e))?;
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            withdraw(&meta.id, published).await;
+            return Err(VmError::Qemu(qemu_binary(), e));
+        }
+    };
     meta.qemu_pid = child.id();
     meta.keeper_pid = Some(std::process::id());
     meta.starts += 1;
@@ -583,6 +601,8 @@ pub async fn keep(
         .and_then(|r| r.ok())
         .unwrap_or((0, None));
     ctl_task.abort();
+    withdraw(&meta.id, published).await;
+    drop(segments);
     for n in ["gi.sock", "out.sock", "ctl.sock", "bench.sock"] {
         let _ = fs::remove_file(sock(n));
     }
@@ -641,15 +661,55 @@ pub fn qemu_binary() -> String {
     std::env::var("QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into())
 }
 
-/// QEMU arguments for a VM's NICs (see [`network`] for the layout).
-pub fn nic_args(meta: &Meta) -> Result<Vec<String>, NetworkError> {
+/// QEMU arguments for a VM's NICs (see [`network`] for the layout): each NIC on the
+/// segment of its network (`segments`, in NIC order, from [`crate::netd::ensure_all`]).
+pub fn nic_args(meta: &Meta, segments: &[crate::netd::Hold]) -> Result<Vec<String>, NetworkError> {
     let devices = meta
         .nics
         .iter()
+        .zip(segments)
         .enumerate()
-        .map(|(i, n)| n.device(i))
+        .map(|(i, (n, h))| n.device(i, &h.segment.switch_sock()))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(network::qemu_nic_args(&devices))
+}
+
+/// Publishes the container's ports (`-p`, on its first network) at its address; returns
+/// the segment to withdraw them from when the VM is gone.
+async fn publish(
+    meta: &Meta,
+    segments: &[crate::netd::Hold],
+) -> Result<Option<crate::netd::Segment>, VmError> {
+    let (Some(nic), Some(hold)) = (meta.nics.first(), segments.first()) else {
+        return Ok(None);
+    };
+    if nic.ports.is_empty() {
+        return Ok(None);
+    }
+    let (segment, id, guest, ports) = (
+        hold.segment.clone(),
+        meta.id.clone(),
+        nic.guest_address(),
+        nic.ports.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        segment.forward(&id, guest, &ports).map(|()| Some(segment))
+    })
+    .await
+    .map_err(|e| VmError::Config(format!("publishing ports: {e}")))?
+    .map_err(VmError::from)
+}
+
+/// Withdraws what [`publish`] published (a netd that is gone has nothing to withdraw).
+async fn withdraw(id: &str, published: Option<crate::netd::Segment>) {
+    let Some(segment) = published else { return };
+    let id = id.to_owned();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Err(e) = segment.unforward(&id) {
+            tracing::debug!(error = %e, "withdrawing published ports");
+        }
+    })
+    .await;
 }
 
 fn qemu_command(

@@ -124,6 +124,8 @@ struct NetworkingConfig {
 struct EndpointBody {
     #[serde(rename = "IPAMConfig", deserialize_with = "nullable")]
     ipam_config: IpamBody,
+    #[serde(deserialize_with = "nullable")]
+    aliases: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,6 +223,15 @@ fn create_request(
                 .map_err(|_| bad(format!("invalid IPv4 address {a:?}")))
         })
         .transpose()?;
+    // `--network-alias` and compose's service names, per network. docker's client sends
+    // the endpoint under the name given with `--network` (an ID works too).
+    let aliases: BTreeMap<String, Vec<String>> = body
+        .networking_config
+        .endpoints_config
+        .iter()
+        .filter_map(|(net, e)| Some((net.clone(), e.as_ref()?.aliases.clone())))
+        .filter(|(_, a)| !a.is_empty())
+        .collect();
     let mut ports = Vec::new();
     for (container_port, bindings) in &hc.port_bindings {
         let (port, proto) = container_port
@@ -258,6 +269,7 @@ fn create_request(
         ports,
         model: Default::default(),
         dns: dns.clone(),
+        aliases,
     };
     if hc.memory > 0 {
         run.memory_mb = u32::try_from((hc.memory >> 20).max(64)).unwrap_or(u32::MAX);
@@ -1016,7 +1028,7 @@ mod tests {
         assert_eq!(run.spec.command, vec!["sh", "-c", "x"]);
         assert_eq!(run.spec.env, vec!["A=1"]);
         assert_eq!(run.network.networks, vec!["n1"]);
-        assert_eq!(run.network.ports[0].to_string(), "127.0.0.1:8080:80/tcp");
+        assert_eq!(run.network.ports[0].to_string(), "127.0.0.1:8080->80/tcp");
         assert_eq!(run.volumes[0].dest, "/data");
         assert!(run.settings.auto_remove);
         assert_eq!(run.settings.labels["k"], "v");
