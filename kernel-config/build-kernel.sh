@@ -182,7 +182,33 @@ fi
 mkdir -p "$obj"
 
 log "building kernel $key from $src_pkg $src_ver ($(basename -a "${fragments[@]}" | tr '\n' ' '))"
-build_kernel "$src" "$obj" "$merged"
+# make's one line per object would be a flood of thousands of lines: they are counted into a
+# progress line every 10 % instead (against the last clean build's count, kept in the cache),
+# while this script's own lines, warnings and errors pass. (Outside build_kernel, so that the
+# cache key does not change with how progress is shown.)
+expected=$(cat "$kdir/objects-expected" 2>/dev/null || echo 2150)
+count_file="$kdir/objects-counted.$$"
+set -o pipefail
+build_kernel "$src" "$obj" "$merged" 2>&1 >/dev/null | awk -v expected="$expected" \
+    -v count_file="$count_file" '
+    /^\[build-kernel/ { print > "/dev/stderr"; fflush("/dev/stderr"); next }
+    /^  [A-Z0-9_]+ +/ {
+        n++
+        pct = int(100 * n / expected); if (pct > 99) pct = 99
+        if (pct >= next_pct) {
+            printf "[build-kernel] compiling: %d%% (%d of about %d objects)\n", pct, n, expected > "/dev/stderr"
+            fflush("/dev/stderr")
+            next_pct = pct - pct % 10 + 10
+        }
+        next
+    }
+    /[Ee]rror|warning:|\*\*\*/ { print > "/dev/stderr"; fflush("/dev/stderr") }
+    END { print n > count_file }
+'
+counted=$(cat "$count_file" 2>/dev/null || echo 0)
+rm -f "$count_file"
+# A clean build (most objects) sets the expectation for the next one.
+if [ "$counted" -gt $((expected / 2)) ]; then echo "$counted" > "$kdir/objects-expected"; fi
 
 # --- Publish -----------------------------------------------------------------------------------
 tmp_out="$out.tmp.$$"

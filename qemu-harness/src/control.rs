@@ -84,55 +84,66 @@ pub async fn serve(listener: UnixListener, keeper: Keeper) {
 }
 
 fn handlers(k: Keeper) -> Handlers {
-    let (k1, k2, k3, k4, k5) = (k.clone(), k.clone(), k.clone(), k.clone(), k);
+    // Each handler gets its own handle on the keeper.
+    let with = |f: fn(&Keeper, GlobalRequest)| {
+        let k = k.clone();
+        move |r: GlobalRequest| f(&k, r)
+    };
+    let opener = k.clone();
     Handlers::new()
         .on_channel_open(move |open| {
-            let k = k1.clone();
+            let k = opener.clone();
             tokio::spawn(async move { open_upstream(k, open).await });
         })
-        .on_global_request(REQ_EXEC, move |r: GlobalRequest| {
-            let k = k2.clone();
-            tokio::spawn(async move {
-                match create_exec(&k, r.data()).await {
-                    Ok(id) => r.succeed(id.into_bytes()),
-                    Err(e) => r.fail_with(e.into_bytes()),
-                }
-            });
-        })
-        .on_global_request(REQ_KILL, move |r: GlobalRequest| {
-            let sig = String::from_utf8_lossy(r.data()).into_owned();
-            match k3.guestinfo.push(HostCommand::Kill(sig)) {
-                Ok(()) => r.succeed(Vec::new()),
-                Err(e) => r.fail_with(e.to_string().into_bytes()),
-            }
-        })
-        .on_global_request(REQ_STOP, move |r: GlobalRequest| {
-            let grace = String::from_utf8_lossy(r.data()).trim().to_owned();
-            let key = "guestinfo.vice./tether/stoptimeout";
-            let set = if grace.is_empty() {
-                Ok(())
-            } else {
-                k4.store.set(key, &grace).map_err(|e| e.to_string())
-            };
-            match set
-                .and_then(|()| {
-                    k4.guestinfo
-                        .push(HostCommand::Reload)
-                        .map_err(|e| e.to_string())
-                })
-                .and_then(|()| {
-                    k4.guestinfo
-                        .push(HostCommand::Halt)
-                        .map_err(|e| e.to_string())
-                }) {
-                Ok(()) => r.succeed(Vec::new()),
-                Err(e) => r.fail_with(e.into_bytes()),
-            }
-        })
-        .on_global_request(REQ_DROP, move |r: GlobalRequest| {
-            k5.portlayer.drop_connection();
-            r.succeed(Vec::new());
-        })
+        .on_global_request(REQ_EXEC, with(exec))
+        .on_global_request(REQ_KILL, with(kill))
+        .on_global_request(REQ_STOP, with(stop))
+        .on_global_request(REQ_DROP, with(drop_backchannel))
+}
+
+fn exec(k: &Keeper, r: GlobalRequest) {
+    let k = k.clone();
+    tokio::spawn(async move {
+        match create_exec(&k, r.data()).await {
+            Ok(id) => r.succeed(id.into_bytes()),
+            Err(e) => r.fail_with(e.into_bytes()),
+        }
+    });
+}
+
+fn kill(k: &Keeper, r: GlobalRequest) {
+    let sig = String::from_utf8_lossy(r.data()).into_owned();
+    match k.guestinfo.push(HostCommand::Kill(sig)) {
+        Ok(()) => r.succeed(Vec::new()),
+        Err(e) => r.fail_with(e.to_string().into_bytes()),
+    }
+}
+
+/// The grace period (if given) goes into the config, then `reload` and `halt`: the tether
+/// sends the stop signal and SIGKILL after the grace period.
+fn stop(k: &Keeper, r: GlobalRequest) {
+    let grace = String::from_utf8_lossy(r.data()).trim().to_owned();
+    let key = "guestinfo.vice./tether/stoptimeout";
+    let done = (|| {
+        if !grace.is_empty() {
+            k.store.set(key, &grace).map_err(|e| e.to_string())?;
+        }
+        k.guestinfo
+            .push(HostCommand::Reload)
+            .map_err(|e| e.to_string())?;
+        k.guestinfo
+            .push(HostCommand::Halt)
+            .map_err(|e| e.to_string())
+    })();
+    match done {
+        Ok(()) => r.succeed(Vec::new()),
+        Err(e) => r.fail_with(e.into_bytes()),
+    }
+}
+
+fn drop_backchannel(k: &Keeper, r: GlobalRequest) {
+    k.portlayer.drop_connection();
+    r.succeed(Vec::new());
 }
 
 /// Opens the matching channel on the tether and splices the two, or refuses with the
@@ -279,7 +290,10 @@ async fn create_exec(k: &Keeper, payload: &[u8]) -> Result<String, String> {
         .map_err(|e| e.to_string())?
         .into_iter()
         .filter(|(key, _)| key.contains("execs"))
-        .map(|(key, v)| (key, if v.is_empty() { "<nil>".to_owned() } else { v }))
+        .map(|(key, v)| {
+            let wire = guestinfo::transport::to_wire(&v).to_owned();
+            (key, wire)
+        })
         .collect();
     k.store.set_all(&entries).map_err(|e| e.to_string())?;
     k.guestinfo

@@ -202,6 +202,81 @@ impl LogReader {
     }
 }
 
+/// What [`receive`] saw.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Received {
+    /// Damaged stretches on the channel.
+    pub damaged: u64,
+    /// When the first byte arrived.
+    pub first: Option<tokio::time::Instant>,
+}
+
+/// The keeper's end of the output channel: appends what the VM sends to `output.log`, as
+/// received, and passes the primary session's records to `items` as they arrive (decoded
+/// from our format or the original's), until the channel closes.
+pub async fn receive(
+    mut stream: tokio::net::UnixStream,
+    log_path: &Path,
+    primary: &str,
+    vic_format: bool,
+    items: Option<&tokio::sync::mpsc::UnboundedSender<Item>>,
+) -> Received {
+    use std::io::Write;
+    use tokio::io::AsyncReadExt;
+    let mut got = Received::default();
+    let mut vic = iolog::vic::Decoder::default();
+    let mut log = File::options()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .map_err(|e| tracing::warn!(path = %log_path.display(), error = %e, "output log"))
+        .ok();
+    let mut dec = iolog::Decoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let send = |item: Item| {
+        if let Some(tx) = items {
+            let _ = tx.send(item);
+        }
+    };
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &buf[..n];
+        got.first.get_or_insert_with(tokio::time::Instant::now);
+        if let Some(l) = log.as_mut() {
+            let _ = l.write_all(chunk);
+        }
+        if vic_format {
+            // The original's format carries only the primary's output.
+            for e in vic.push(chunk) {
+                send(Item::Record(iolog::Record {
+                    session: primary.to_owned(),
+                    stream: e.stream,
+                    seq: 0,
+                    time_ns: e.time_ns,
+                    body: Body::Data(e.payload),
+                }));
+            }
+            continue;
+        }
+        dec.push(chunk);
+        while let Some(item) = dec.next_item() {
+            match &item {
+                Item::Damage(_) => got.damaged += 1,
+                Item::Record(r) if r.session != primary => continue,
+                Item::Record(_) => {}
+            }
+            send(item);
+        }
+    }
+    if dec.finish().is_some() {
+        got.damaged += 1;
+    }
+    got
+}
+
 /// Parses `--since`: an RFC 3339 time, Unix seconds (fractions allowed), or a duration ago
 /// (`10s`, `5m`, `2h`).
 pub fn parse_since(s: &str, now_ns: u64) -> Result<u64, String> {
@@ -211,14 +286,21 @@ pub fn parse_since(s: &str, now_ns: u64) -> Result<u64, String> {
     if let Ok(d) = humantime::parse_duration(s) {
         return Ok(now_ns.saturating_sub(d.as_nanos() as u64));
     }
+    // With a zone offset (`+01:00`) or `Z`.
+    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        // Before 1970 is 0; past what u64 ns hold (year 2554) is "never".
+        let ns = t.unix_timestamp_nanos().max(0);
+        return Ok(u64::try_from(ns).unwrap_or(u64::MAX));
+    }
+    // Without one (taken as UTC), or a date alone.
     if let Ok(t) = humantime::parse_rfc3339_weak(s) {
         return Ok(t
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
             .unwrap_or(0));
     }
     Err(format!(
-        "invalid --since {s:?}: give an RFC 3339 time, Unix seconds or a duration like 10m"
+        "invalid time {s:?}: give an RFC 3339 time (with or without an offset), Unix seconds or a duration like 10m"
     ))
 }
 
@@ -337,6 +419,16 @@ mod tests {
             1_700_000_000_000_000_000
         );
         assert!(parse_since("yesterday-ish", 0).is_err());
+        // Offsets move the instant: 23:13:20+01:00 is 22:13:20Z.
+        assert_eq!(
+            parse_since("2023-11-14T23:13:20+01:00", 0).unwrap(),
+            1_700_000_000_000_000_000
+        );
+        assert_eq!(
+            parse_since("2023-11-14T22:13:20.5Z", 0).unwrap(),
+            1_700_000_000_500_000_000
+        );
+        assert_eq!(parse_since("2999-01-01T00:00:00Z", 0).unwrap(), u64::MAX);
         assert_eq!(
             format_time(1_700_000_000_000_000_001),
             "2023-11-14T22:13:20.000000001Z"

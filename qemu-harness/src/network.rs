@@ -48,9 +48,9 @@
 //! devices are put on QEMU's command line first, so the devices QEMU places itself (disks,
 //! serial ports) never take these slots.
 //!
-//! The tether takes the NIC's interface from `<device>/net/*`. That is where `vmxnet3` (the
-//! default, vSphere's NIC) puts it; `virtio-net-pci` puts it one level deeper, under the
-//! virtio device (`<device>/virtioN/net/ethN`).
+//! The tether takes the NIC's interface from `<device>/net/*`, where `vmxnet3` (the default,
+//! vSphere's NIC) puts it, or from `<device>/virtioN/net/*`: `virtio-net-pci` puts it one
+//! level deeper, under the virtio device.
 
 use std::fmt;
 use std::fs;

@@ -15,7 +15,6 @@ use guestinfo::store::{FileStore, Store};
 use guestinfo::transport::qemu::HostServer;
 use guestinfo::ContainerConfig;
 use iolog::{Body, Item, Stream};
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::artifacts;
@@ -529,60 +528,14 @@ pub async fn keep(
     let primary = meta.id.clone();
     let vic_format = meta.log_format == "vic";
     let output_task = tokio::spawn(async move {
-        let Ok((mut stream, _)) = out_listener.accept().await else {
+        let Ok((stream, _)) = out_listener.accept().await else {
             return (0u64, None);
         };
-        let mut first = None;
-        let mut vic = iolog::vic::Decoder::default();
-        let mut log = File::options()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .ok();
-        let mut dec = iolog::Decoder::new();
-        let mut damaged = 0;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let chunk = &buf[..n];
-            first.get_or_insert_with(|| started_at.elapsed());
-            if let Some(l) = log.as_mut() {
-                let _ = l.write_all(chunk);
-            }
-            if vic_format {
-                for e in vic.push(chunk) {
-                    let record = iolog::Record {
-                        session: primary.clone(),
-                        stream: e.stream,
-                        seq: 0,
-                        time_ns: e.time_ns,
-                        body: Body::Data(e.payload),
-                    };
-                    if let Some(tx) = &items {
-                        let _ = tx.send(Item::Record(record));
-                    }
-                }
-                continue;
-            }
-            dec.push(chunk);
-            while let Some(item) = dec.next_item() {
-                match &item {
-                    Item::Damage(_) => damaged += 1,
-                    Item::Record(r) if r.session != primary => continue,
-                    Item::Record(_) => {}
-                }
-                if let Some(tx) = &items {
-                    let _ = tx.send(item);
-                }
-            }
-        }
-        if dec.finish().is_some() {
-            damaged += 1;
-        }
-        (damaged, first)
+        let r = crate::logs::receive(stream, &log_path, &primary, vic_format, items.as_ref()).await;
+        (
+            r.damaged,
+            r.first.map(|t| t.saturating_duration_since(started_at)),
+        )
     });
 
     let timeout = Duration::from_secs(meta.timeout_secs.max(1));

@@ -968,15 +968,15 @@ mod tests {
             vic_label("data").as_bytes(),
             "label"
         );
-        if let Ok(out) = Command::new("debugfs")
+        // debugfs comes with e2fsprogs, which makes the volumes: missing, it is a failure.
+        let out = Command::new("debugfs")
             .args(["-R", "stat /.vic.vol.data"])
             .arg(&img)
             .output()
-        {
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert!(text.contains("Type: directory"), "{text}");
-            assert!(text.contains("Mode:  0755"), "{text}");
-        }
+            .expect("debugfs (e2fsprogs) must be installed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Type: directory"), "{text}");
+        assert!(text.contains("Mode:  0755"), "{text}");
 
         assert!(matches!(
             store.create(&CreateVolume {

@@ -28,16 +28,19 @@ fn malformed_key_names_the_key_and_powers_off() {
         "the key is not named: {:?}",
         r.outcome.started
     );
-    assert_ne!(r.outcome.exit_code, 0);
+    // A container that could not be started: docker's 125 (README).
+    assert_eq!(r.outcome.exit_code, 125);
 }
 
 #[test]
 fn missing_command_is_reported() {
     let r = with_extra("cmd/Path", "");
     r.assert_clean_power_off();
-    assert!(
-        r.outcome.started.contains("no command"),
-        "started = {:?}",
-        r.outcome.started
+    assert_eq!(r.stdout, "");
+    assert_eq!(
+        r.outcome.started,
+        "invalid container config: no command \
+         (guestinfo.vice./sessions|badc0ffee0000000000000000000000000000000000000000000000000000001/cmd/Path)"
     );
+    assert_eq!(r.outcome.exit_code, 125);
 }

@@ -193,11 +193,18 @@ fn logs_follow_filters_and_timestamps() {
         stderr.lines().collect::<Vec<_>>(),
         ["err1", "err2", "err3", "err4", "err5", "err6"]
     );
-    let (_, tail, _) = vch.cmd(&["logs", "--stdout", "--tail", "2", "lf"]);
-    assert_eq!(tail, "out5\nout6\n");
-    let (_, future, _) = vch.cmd(&["logs", "--since", "2999-01-01T00:00:00Z", "lf"]);
-    assert_eq!(future, "");
-    let (_, stamped, _) = vch.cmd(&["logs", "-t", "--stdout", "lf"]);
+    let (code, tail, err) = vch.cmd(&["logs", "--stdout", "--tail", "2", "lf"]);
+    assert_eq!((code, tail.as_str()), (0, "out5\nout6\n"), "{err}");
+    // A time after every line: nothing, and no error either.
+    let (code, future, err) = vch.cmd(&["logs", "--since", "2999-01-01T00:00:00Z", "lf"]);
+    assert_eq!((code, future.as_str(), err.as_str()), (0, "", ""));
+    // A --since that is no time is an error, not an empty log.
+    let (code, out, err) = vch.cmd(&["logs", "--since", "yesterday-ish", "lf"]);
+    assert_ne!(code, 0, "a bad --since was accepted: {out}");
+    assert!(err.contains("invalid --since"), "{err}");
+    let (code, stamped, err) = vch.cmd(&["logs", "-t", "--stdout", "lf"]);
+    assert_eq!(code, 0, "{err}");
+    let mut texts = Vec::new();
     let mut last = String::new();
     for line in stamped.lines() {
         let (ts, text) = line.split_once(' ').expect("timestamp prefix");
@@ -206,9 +213,110 @@ fn logs_follow_filters_and_timestamps() {
             ts >= last.as_str(),
             "timestamps went backwards: {last} then {ts}"
         );
-        assert!(text.starts_with("out"));
+        texts.push(text);
         last = ts.to_owned();
     }
+    assert_eq!(texts, ["out1", "out2", "out3", "out4", "out5", "out6"]);
+}
+
+/// Seconds since the Unix epoch of a `-t` timestamp (`YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`),
+/// computed here rather than by the code under test.
+fn unix_seconds(ts: &str) -> f64 {
+    let num = |r: std::ops::Range<usize>| -> i64 {
+        ts.get(r)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("timestamp {ts:?}"))
+    };
+    let (y, m, d) = (num(0..4), num(5..7), num(8..10));
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + num(11..13) * 3600 + num(14..16) * 60 + num(17..19);
+    secs as f64 + num(20..29) as f64 / 1e9
+}
+
+#[test]
+fn timestamp_arithmetic() {
+    assert_eq!(unix_seconds("1970-01-01T00:00:00.000000000Z"), 0.0);
+    assert_eq!(
+        unix_seconds("2000-03-01T00:00:01.500000000Z"),
+        951_868_801.5
+    );
+    assert_eq!(
+        unix_seconds("2026-12-06T12:00:00.000000000Z"),
+        1_796_558_400.0
+    );
+}
+
+/// `--since` a time between two lines keeps the later and drops the earlier; `rm -f` of the
+/// running container then removes the VM and everything vch kept of it.
+#[test]
+fn since_a_time_between_two_lines_then_rm_f() {
+    let vch = e2e::Vch::new();
+    let id = vch.run_detached(&[
+        "--name",
+        "two",
+        "busybox",
+        "sh",
+        "-c",
+        "echo early; sleep 3; echo late; exec sleep 600",
+    ]);
+    assert!(
+        vch.wait_until(Duration::from_secs(60), || vch
+            .cmd(&["logs", "two"])
+            .1
+            .contains("late")),
+        "no second line: {:?}",
+        vch.cmd(&["logs", "two"])
+    );
+    let (code, stamped, err) = vch.cmd(&["logs", "-t", "two"]);
+    assert_eq!(code, 0, "{err}");
+    let at: Vec<f64> = stamped
+        .lines()
+        .map(|l| unix_seconds(l.split_once(' ').map_or(l, |(ts, _)| ts)))
+        .collect();
+    assert_eq!(at.len(), 2, "{stamped}");
+    assert!(at[1] - at[0] >= 2.5, "the lines are 3 s apart: {stamped}");
+    let between = format!("{:.3}", (at[0] + at[1]) / 2.0);
+    let (code, out, err) = vch.cmd(&["logs", "--since", &between, "two"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "late\n"),
+        "--since {between}: {err}"
+    );
+    let (code, out, err) = vch.cmd(&["logs", "--since", "1h", "two"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "early\nlate\n"),
+        "--since 1h: {err}"
+    );
+
+    let meta_path = vch.dir.path().join("vms").join(&id[..12]).join("meta.json");
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&meta_path).unwrap_or_else(|e| panic!("{}: {e}", meta_path.display())),
+    )
+    .expect("meta.json");
+    let pid = meta["qemu_pid"]
+        .as_u64()
+        .expect("a running VM has a QEMU pid");
+    let (code, out, err) = vch.cmd(&["rm", "-f", "two"]);
+    assert_eq!((code, out.as_str()), (0, "two\n"), "{err}");
+    // The VM is gone (not a zombie either: its parent, the keeper, reaped it)...
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    assert!(
+        vch.wait_until(Duration::from_secs(10), || !proc_dir.exists()),
+        "QEMU {pid} still exists after rm -f"
+    );
+    // ... and so is the state: no folder, no listing, no inspect.
+    assert!(!vch.dir.path().join("vms").join(&id[..12]).exists());
+    assert!(!vch.cmd(&["ps", "-a", "-q"]).1.contains(&id));
+    let (code, _, err) = vch.cmd(&["inspect", "two"]);
+    assert_ne!(code, 0, "inspect of a removed container");
+    assert!(err.contains("two"), "{err}");
 }
 
 #[test]

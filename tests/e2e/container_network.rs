@@ -9,6 +9,8 @@ fn dhcp_lease_is_configured_and_written_back() {
     let vch = Vch::new();
     let (code, out, err) = vch.cmd(&[
         "run",
+        "--timeout",
+        "120",
         "--name",
         "dhcp1",
         "--hostname",
@@ -72,6 +74,8 @@ fn static_address_and_routes_of_a_second_network() {
     assert_eq!(code, 0, "network create: {err}");
     let (code, out, err) = vch.cmd(&[
         "run",
+        "--timeout",
+        "120",
         "--name",
         "st1",
         "--ip",
@@ -121,5 +125,109 @@ fn static_address_and_routes_of_a_second_network() {
     assert_eq!(
         info["NetworkSettings"]["Networks"]["bridge"]["IPAddress"],
         "172.16.0.10"
+    );
+}
+
+/// `--nic-model virtio` gives a virtio-net NIC, whose interface sits one level deeper in
+/// sysfs than vmxnet3's: the tether still finds it by slot and configures it.
+#[test]
+fn virtio_nic_model_gets_its_lease() {
+    let vch = Vch::new();
+    let (code, out, err) = vch.cmd(&[
+        "run",
+        "--timeout",
+        "120",
+        "--name",
+        "vnet",
+        "--nic-model",
+        "virtio",
+        "busybox",
+        "sh",
+        "-c",
+        "ip -4 addr show dev eth0; ls /sys/bus/pci/devices/0000:00:15.1/0000:*:00.0/",
+    ]);
+    assert_eq!(code, 0, "run: {err}");
+    assert!(out.contains("inet 172.16.0.2/16"), "addresses: {out}");
+    // It really is the virtio model: the PCI device holds a virtio device, not `net`.
+    assert!(
+        out.lines().any(|l| l.starts_with("virtio")) && !out.lines().any(|l| l == "net"),
+        "not a virtio NIC: {out}"
+    );
+    assert_eq!(
+        vch.inspect("vnet")["NetworkSettings"]["Networks"]["bridge"]["IPAddress"],
+        "172.16.0.2"
+    );
+}
+
+/// `--network none`: no NIC at all, only the loopback interface.
+#[test]
+fn network_none_has_only_loopback() {
+    let vch = Vch::new();
+    let (code, out, err) = vch.cmd(&[
+        "run",
+        "--timeout",
+        "120",
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "ls /sys/class/net; echo ==; cat /sys/class/net/lo/operstate",
+    ]);
+    assert_eq!(code, 0, "run: {err}");
+    assert_eq!(
+        out, "lo\n==\nunknown\n",
+        "interfaces besides lo, or lo down"
+    );
+}
+
+/// The most networks a container can join: 11, the last NIC behind root port 1f.1. Every
+/// interface gets its network's address; a 12th network is refused before anything starts.
+#[test]
+fn eleven_networks_each_get_their_address() {
+    let vch = Vch::new();
+    let mut nets = vec!["bridge".to_owned()];
+    for i in 1..=10 {
+        let name = format!("n{i}");
+        let (code, _, err) = vch.cmd(&["network", "create", &name]);
+        assert_eq!(code, 0, "network create {name}: {err}");
+        nets.push(name);
+    }
+    let script = "for i in 0 1 2 3 4 5 6 7 8 9 10; do ip -4 -o addr show dev eth$i | \
+                  awk '{print $2, $4}'; done; ls /sys/bus/pci/devices/0000:00:1f.1/0000:*:00.0/net";
+    let run = |name: &str, nets: &[String]| {
+        let mut args = vec!["run", "--timeout", "180", "--name", name];
+        for n in nets {
+            args.extend(["--network", n.as_str()]);
+        }
+        args.extend(["busybox", "sh", "-c", script]);
+        vch.cmd(&args)
+    };
+    let (code, out, err) = run("many", &nets);
+    assert_eq!(code, 0, "run: {err}");
+    // bridge is 172.16.0.0/16, then each created network the next free /16.
+    let want: Vec<String> = (0..=10)
+        .map(|i| format!("eth{i} 172.{}.0.2/16", 16 + i))
+        .chain(["eth10".to_owned()])
+        .collect();
+    assert_eq!(out.lines().collect::<Vec<_>>(), want, "{out}");
+    let info = vch.inspect("many");
+    for (i, n) in nets.iter().enumerate() {
+        assert_eq!(
+            info["NetworkSettings"]["Networks"][n]["IPAddress"],
+            format!("172.{}.0.2", 16 + i),
+            "{n}: {}",
+            info["NetworkSettings"]
+        );
+    }
+
+    let (code, _, err) = vch.cmd(&["network", "create", "n11"]);
+    assert_eq!(code, 0, "network create n11: {err}");
+    nets.push("n11".into());
+    let (code, out, err) = run("toomany", &nets);
+    assert_eq!((code, out.as_str()), (125, ""), "stderr: {err}");
+    assert!(
+        err.contains("a container can join at most 11 networks"),
+        "{err}"
     );
 }

@@ -98,3 +98,35 @@ fn exec_tty_size_and_resize() {
         assert!(out.contains("/dev/pts/"), "not a pty: {out:?}");
     });
 }
+
+/// `vch exec -it` typed on a real terminal: the process's pty has the terminal's size from
+/// its first instruction, and resizing the terminal (SIGWINCH to vch) resizes it.
+#[test]
+fn exec_it_follows_the_terminal_size() {
+    let vch = e2e::Vch::new();
+    vch.run_detached(&["--name", "term", "busybox", "sleep", "600"]);
+    let mut t = vch.on_terminal(
+        &[
+            "exec",
+            "-it",
+            "term",
+            "sh",
+            "-c",
+            "stty size; while read x; do stty size; done",
+        ],
+        40,
+        100,
+    );
+    assert!(
+        t.expect("40 100", Duration::from_secs(60)),
+        "first stty size; screen:\n{}",
+        t.screen()
+    );
+    t.resize(50, 120);
+    // SIGWINCH is asynchronous: each line typed has the loop print the size it has now.
+    let resized = vch.wait_until(Duration::from_secs(30), || {
+        t.type_keys(b"\r");
+        t.expect("50 120", Duration::from_secs(1))
+    });
+    assert!(resized, "resize did not arrive; screen:\n{}", t.screen());
+}

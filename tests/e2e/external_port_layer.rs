@@ -29,7 +29,7 @@ fn another_port_layer_drives_the_vm() {
         "busybox",
         "sh",
         "-c",
-        "echo hello external; sleep 600",
+        "trap 'echo got USR1' USR1; echo hello external; while true; do sleep 0.2; done",
     ]);
     rt.block_on(async move {
         let (mut tcp, _) = tokio::time::timeout(Duration::from_secs(60), listener.accept())
@@ -118,16 +118,46 @@ fn another_port_layer_drives_the_vm() {
             "no pty: window-change fails"
         );
         assert!(!w.request("bogus-request", &[]).await.unwrap());
-        // The output so far was before we attached; a signal makes new output.
+        // The output so far was before we attached; a signal the shell traps makes new
+        // output, on this channel.
         assert!(
-            w.request(req::REQ_SIGNAL, &req::signal_payload("KILL"))
+            w.request(req::REQ_SIGNAL, &req::signal_payload("USR1"))
                 .await
                 .unwrap(),
             "signal request"
         );
-        let mut buf = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(30), r.read_to_end(&mut buf)).await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), w.wait_closed()).await;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        let got = tokio::time::timeout(Duration::from_secs(30), async {
+            while !seen.ends_with(b"got USR1\n") {
+                let n = r.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+        assert!(
+            got.is_ok(),
+            "no trap output: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        assert_eq!(String::from_utf8_lossy(&seen), "got USR1\n");
+        // SIGKILL ends the session: its output ends and the exit status comes on the channel.
+        assert!(w
+            .request(req::REQ_SIGNAL, &req::signal_payload("KILL"))
+            .await
+            .unwrap());
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), r.read_to_end(&mut rest))
+            .await
+            .expect("the channel's output ends")
+            .expect("read");
+        assert_eq!(String::from_utf8_lossy(&rest), "", "output after the kill");
+        tokio::time::timeout(Duration::from_secs(5), w.wait_closed())
+            .await
+            .expect("the channel closes");
         assert_eq!(
             w.exit_status(),
             Some(137),

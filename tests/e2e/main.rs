@@ -2,6 +2,7 @@
 //! VMs under QEMU (TCG) from the bootstrap ISO and checks what the user would see.
 
 mod attach_to_running;
+mod backchannel_auth;
 mod backchannel_robustness;
 mod bad_config;
 mod container_logs;
@@ -31,9 +32,14 @@ mod run_as_user;
 mod run_hello;
 mod run_interactive;
 mod run_shell_pipeline;
+mod run_timeout;
 mod run_with_env_and_workdir;
 mod signals_and_stop;
+mod terminal_detach;
+mod terminal_session_end;
 mod use_named_volume;
+mod vch_cli;
 mod volume_bad_input;
 mod volume_copy_up;
+mod volume_in_use;
 mod volumes_clean_at_shutdown;

@@ -42,7 +42,10 @@ fn missing_image_is_a_clear_error() {
         .prefix("e2e")
         .tempdir_in("/tmp")
         .unwrap();
-    let (code, _, stderr) = vch(state.path(), &["run", "/no/such/rootfs", "true"]);
+    let (code, _, stderr) = vch(
+        state.path(),
+        &["run", "--timeout", "120", "/no/such/rootfs", "true"],
+    );
     assert_eq!(code, 125);
     assert!(
         stderr.contains("image \"/no/such/rootfs\" not found"),

@@ -27,12 +27,12 @@ fn missing_nic_is_reported() {
     let r = e2e::run_with(o);
     r.assert_clean_power_off();
     assert_eq!(r.stdout, "");
-    assert!(
-        r.outcome.started.contains("network ghost")
-            && r.outcome.started.contains("no NIC at PCI slot 1216"),
-        "started = {:?}",
-        r.outcome.started
+    assert_eq!(
+        r.outcome.started,
+        "network ghost: no NIC at PCI slot 1216 \
+         (/sys/bus/pci/devices/0000:00:16.1/0000:*:00.0)"
     );
+    assert_eq!(r.outcome.exit_code, 125);
 }
 
 #[test]
@@ -52,9 +52,10 @@ fn invalid_static_address_is_reported() {
     let r = e2e::run_with(o);
     r.assert_clean_power_off();
     assert_eq!(r.stdout, "");
-    assert!(
-        r.outcome.started.contains("network bridge"),
-        "started = {:?}",
-        r.outcome.started
+    // The error names the network, the address and the mask at fault.
+    assert_eq!(
+        r.outcome.started,
+        "network bridge: static address 10.0.0.5 has an invalid netmask 255.0.255.0"
     );
+    assert_eq!(r.outcome.exit_code, 125);
 }

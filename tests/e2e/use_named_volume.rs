@@ -34,6 +34,8 @@ fn data_written_before_a_stop_is_there_at_the_next_start() {
     // A new container with the same volume sees the data.
     let (code, out, err) = vch.cmd(&[
         "run",
+        "--timeout",
+        "120",
         "--network",
         "none",
         "-v",
@@ -57,6 +59,8 @@ fn read_only_volume_refuses_writes_and_still_reads() {
     e2e::write_volume_file(&vch.volume_disk("conf"), "app.conf", b"port=80\n");
     let (code, out, err) = vch.cmd(&[
         "run",
+        "--timeout",
+        "120",
         "--network",
         "none",
         "-v",

@@ -22,6 +22,8 @@ fn empty_volume_gets_the_image_content_and_a_full_one_is_left_alone() {
     // First use: the volume is empty, so the image's /srv/data is copied in, with owners.
     let (code, out, err) = vch.cmd(&[
         "run",
+        "--timeout",
+        "120",
         "--network",
         "none",
         "-v",
@@ -51,6 +53,8 @@ fn empty_volume_gets_the_image_content_and_a_full_one_is_left_alone() {
     // Second use: the volume is not empty, so nothing is copied again (seed.txt stays gone).
     let (code, out, err) = vch.cmd(&[
         "run",
+        "--timeout",
+        "120",
         "--network",
         "none",
         "-v",
@@ -73,6 +77,8 @@ fn nocopy_volume_stays_empty() {
     let (_keep, rootfs) = image();
     let (code, out, err) = vch.cmd(&[
         "run",
+        "--timeout",
+        "120",
         "--network",
         "none",
         "-v",
@@ -96,6 +102,8 @@ fn image_declared_volume_becomes_an_anonymous_volume_filled_from_the_image() {
     let img = rootfs.to_str().expect("utf-8 path");
     let (code, out, err) = vch.cmd(&[
         "run",
+        "--timeout",
+        "120",
         "--name",
         "anon",
         "--network",
@@ -126,6 +134,8 @@ fn nested_volumes_mount_in_order_and_each_gets_its_own_image_content() {
     // Given child first on the command line: the order must come from the paths.
     let (code, out, err) = vch.cmd(&[
         "run",
+        "--timeout",
+        "120",
         "--network",
         "none",
         "-v",

@@ -2,7 +2,7 @@
 //! tether itself panics — its volumes are flushed and unmounted first: `e2fsck` finds them
 //! clean once the VM is gone, and the data written before the end is there.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use e2e::{RunOptions, Vch};
 
@@ -53,6 +53,8 @@ fn primary_process_exit_leaves_volumes_clean() {
     let vch = Vch::new();
     let (code, _, err) = vch.cmd(&[
         "run",
+        "--timeout",
+        "120",
         "--network",
         "none",
         "-v",
@@ -75,13 +77,42 @@ fn stop_leaves_volumes_clean() {
     assert_clean_with_data(&vch, "v2", "stop");
 }
 
+/// Nothing ends on the stop signal: the process ignores it, and a process of its own session
+/// keeps the volume busy and ignores SIGTERM too. The tether must SIGKILL the process after
+/// the grace period and then the straggler (its own SIGTERM, then SIGKILL) before the volume
+/// can be unmounted clean.
 #[test]
-fn kill_leaves_volumes_clean() {
+fn sigkill_after_the_grace_period_leaves_volumes_clean() {
     let vch = Vch::new();
-    let id = start_writer(&vch, "v3");
-    assert_eq!(vch.cmd(&["kill", "-s", "KILL", &id]).0, 0);
+    let id = vch.run_detached(&[
+        "--network",
+        "none",
+        "-v",
+        "v3:/data",
+        "busybox",
+        "sh",
+        "-c",
+        "trap '' TERM; echo before-the-end > /data/last; \
+         setsid sh -c \"trap '' TERM; cd /data; exec sleep 600\" & \
+         echo ready; while true; do sleep 0.2; done",
+    ]);
+    assert!(
+        vch.wait_until(Duration::from_secs(60), || vch
+            .cmd(&["logs", &id])
+            .1
+            .contains("ready")),
+        "never became ready"
+    );
+    let t = Instant::now();
+    assert_eq!(vch.cmd(&["stop", "-t", "2", &id]).0, 0);
+    let took = t.elapsed();
     wait_gone(&vch, &id);
-    assert_clean_with_data(&vch, "v3", "kill");
+    assert!(
+        took >= Duration::from_secs(2),
+        "stopped before the grace period ended ({took:?})"
+    );
+    assert_eq!(vch.inspect(&id)["State"], "Exited (137)");
+    assert_clean_with_data(&vch, "v3", "SIGKILL after the grace period");
 }
 
 #[test]

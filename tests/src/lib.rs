@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 pub mod docker;
+pub mod pty;
 
 use qemu_harness::state::State;
 use qemu_harness::vm::{self, Captured};
@@ -83,12 +84,25 @@ pub fn vch_binary() -> PathBuf {
     p
 }
 
+/// The `--timeout` the helpers give a `vch run` that names none: a scenario that hangs
+/// fails after minutes instead of vch's default hour.
+pub const RUN_TIMEOUT_SECS: &str = "300";
+
+/// `args` with `--timeout RUN_TIMEOUT_SECS` after `run` unless the caller gave one.
+pub fn with_run_timeout<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut full = args.to_vec();
+    if args.first() == Some(&"run") && !args.iter().any(|a| a.starts_with("--timeout")) {
+        full.splice(1..1, ["--timeout", RUN_TIMEOUT_SECS]);
+    }
+    full
+}
+
 /// Runs `vch` with a state directory; returns (exit code, stdout, stderr).
 pub fn vch(state_dir: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(vch_binary())
         .arg("--state")
         .arg(state_dir)
-        .args(args)
+        .args(with_run_timeout(args))
         .output()
         .expect("run vch");
     (
@@ -133,7 +147,7 @@ impl Vch {
         let mut child = Command::new(vch_binary())
             .arg("--state")
             .arg(self.dir.path())
-            .args(args)
+            .args(with_run_timeout(args))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -160,7 +174,7 @@ impl Vch {
         let child = Command::new(vch_binary())
             .arg("--state")
             .arg(self.dir.path())
-            .args(args)
+            .args(with_run_timeout(args))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -169,9 +183,9 @@ impl Vch {
         Attached::new(child)
     }
 
-    /// `vch run -d ARGS`: the container ID.
+    /// `vch run -d ARGS` (with a `--timeout` unless ARGS give one): the container ID.
     pub fn run_detached(&self, args: &[&str]) -> String {
-        let mut full = vec!["run", "-d", "--timeout", "300"];
+        let mut full = vec!["run", "-d"];
         full.extend_from_slice(args);
         let (code, out, err) = self.cmd(&full);
         assert_eq!(code, 0, "vch run -d failed: {err}");
@@ -307,16 +321,24 @@ pub struct NfsServer {
     pub export: PathBuf,
     dir: tempfile::TempDir,
     child: std::process::Child,
+    /// Held while the server runs: its ports are fixed, so scenarios take turns.
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 /// Ports the test server listens on (fixed: NFSv3 clients learn them from rpcbind, and only
 /// one scenario runs a server at a time).
 pub const NFS_PORT: u16 = 20490;
 
+/// Whose turn it is to run the NFS server.
+static NFS_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl NfsServer {
     /// Starts rpcbind if it is not running (ganesha registers its v3 services there), then
     /// ganesha in the foreground, and waits until it accepts connections.
     pub fn start() -> NfsServer {
+        // A scenario that failed while holding the turn poisons it; the server is gone all
+        // the same.
+        let turn = NFS_TURN.lock().unwrap_or_else(|p| p.into_inner());
         let rpcbind_up = std::process::Command::new("rpcinfo")
             .arg("-p")
             .output()
@@ -378,7 +400,12 @@ LOG {{ Default_Log_Level = WARN; }}
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("ganesha.nfsd (apt packages nfs-ganesha nfs-ganesha-vfs) must be installed");
-        let server = NfsServer { export, dir, child };
+        let server = NfsServer {
+            export,
+            dir,
+            child,
+            _turn: turn,
+        };
         let start = std::time::Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", NFS_PORT)).is_err() {
             assert!(
@@ -527,14 +554,158 @@ pub fn fsck_clean(disk: &Path) -> (bool, String) {
         .output()
         .expect("dumpe2fs");
     let header = String::from_utf8_lossy(&state.stdout).into_owned();
+    // Exactly "clean": "not clean" and "clean with errors" also end in the word.
     let clean_state = header
         .lines()
-        .any(|l| l.starts_with("Filesystem state:") && l.trim_end().ends_with("clean"))
+        .filter_map(|l| l.strip_prefix("Filesystem state:"))
+        .any(|state| state.trim() == "clean")
         && !header.contains("needs_recovery");
     (
         out.status.success() && clean_state,
         format!("{report}\n{header}"),
     )
+}
+
+/// A `vch` whose stdin, stdout and stderr are a real terminal (a pty it has as its
+/// controlling terminal, in a session of its own), as when a user types the command:
+/// raw mode, the terminal's size, SIGWINCH on a resize and ctrl-p ctrl-q all behave as they
+/// would for them. What the terminal shows is collected on a thread.
+#[derive(Debug)]
+pub struct Terminal {
+    child: std::process::Child,
+    master: std::fs::File,
+    screen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// How much of `screen` [`Terminal::expect`] has already matched.
+    seen: usize,
+}
+
+impl Vch {
+    /// Starts `vch ARGS` on a new `rows` x `cols` terminal.
+    pub fn on_terminal(&self, args: &[&str], rows: u16, cols: u16) -> Terminal {
+        use std::os::unix::process::CommandExt;
+        let size = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+        let slave = |what| {
+            std::process::Stdio::from(pty.slave.try_clone().unwrap_or_else(|e| {
+                panic!("dup the pty for {what}: {e}");
+            }))
+        };
+        let mut cmd = Command::new(vch_binary());
+        cmd.arg("--state")
+            .arg(self.dir.path())
+            .args(with_run_timeout(args))
+            .stdin(slave("stdin"))
+            .stdout(slave("stdout"))
+            .stderr(slave("stderr"));
+        // SAFETY: the closure runs in the forked child before exec and only makes two
+        // async-signal-safe system calls on its own file descriptors; it allocates nothing
+        // and touches no lock.
+        unsafe {
+            cmd.pre_exec(|| {
+                // A session of its own, with the pty (its stdin) as controlling terminal: the
+                // kernel then sends it SIGWINCH when the size changes, as for a user's shell.
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("run vch on a pty");
+        // Only the child holds the slave now: its exit ends the reader below (EIO).
+        drop(pty.slave);
+        let master = std::fs::File::from(pty.master);
+        let screen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut reader = master.try_clone().expect("dup the pty master");
+        let sink = screen.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(&buf[..n]);
+            }
+        });
+        Terminal {
+            child,
+            master,
+            screen,
+            seen: 0,
+        }
+    }
+}
+
+impl Terminal {
+    /// Everything the terminal has shown so far.
+    pub fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.screen.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+
+    /// Waits until `needle` shows after what earlier calls matched; true if it did within
+    /// `limit`.
+    pub fn expect(&mut self, needle: &str, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let screen = self.screen();
+            if let Some(at) = screen.get(self.seen..).and_then(|s| s.find(needle)) {
+                self.seen += at + needle.len();
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Types `bytes` on the terminal's keyboard.
+    pub fn type_keys(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.master.write_all(bytes).expect("write to the pty");
+    }
+
+    /// Resizes the terminal, as a user resizing their window does (the kernel signals
+    /// SIGWINCH to the terminal's foreground process group).
+    pub fn resize(&self, rows: u16, cols: u16) {
+        use std::os::fd::AsRawFd;
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one `winsize` from the valid pointer we pass; the fd is
+        // the open pty master this struct owns.
+        let r = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        assert_eq!(r, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+    }
+
+    /// Waits for vch to exit (bounded); its exit code.
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[cfg(test)]
@@ -557,6 +728,67 @@ mod tests {
         assert_eq!(
             vch.volume_file("seeded", "/a.txt").as_deref(),
             Some(&b"hello\n"[..])
+        );
+    }
+
+    /// dumpe2fs says "not clean" for a file system the guest never unmounted: that is not
+    /// clean, though the line ends in the word.
+    #[test]
+    fn fsck_clean_refuses_a_not_clean_state() {
+        let vch = Vch::new();
+        let store = qemu_harness::volume::VolumeStore::new(vch.dir.path());
+        store
+            .create(&qemu_harness::volume::CreateVolume {
+                name: "state".into(),
+                size: Some(16 << 20),
+                ..Default::default()
+            })
+            .expect("create volume");
+        let disk = vch.volume_disk("state");
+        let (clean, report) = fsck_clean(&disk);
+        assert!(clean, "a fresh volume is clean:\n{report}");
+        // What a kernel leaves in the superblock while the file system is mounted.
+        let out = Command::new("debugfs")
+            .args(["-w", "-R", "ssv state 0"])
+            .arg(&disk)
+            .output()
+            .expect("debugfs (e2fsprogs) must be installed");
+        assert!(out.status.success(), "{out:?}");
+        let (clean, report) = fsck_clean(&disk);
+        assert!(
+            report.contains("Filesystem state:         not clean"),
+            "{report}"
+        );
+        assert!(!clean, "a not-clean file system passed:\n{report}");
+    }
+
+    #[test]
+    fn every_run_gets_a_timeout() {
+        assert_eq!(
+            with_run_timeout(&["run", "busybox", "true"]),
+            ["run", "--timeout", RUN_TIMEOUT_SECS, "busybox", "true"]
+        );
+        // The caller's own timeout stays, in either spelling; other commands are untouched.
+        assert_eq!(
+            with_run_timeout(&["run", "--timeout", "5", "busybox", "true"]),
+            ["run", "--timeout", "5", "busybox", "true"]
+        );
+        assert_eq!(
+            with_run_timeout(&["run", "--timeout=5", "busybox"]),
+            ["run", "--timeout=5", "busybox"]
+        );
+        assert_eq!(with_run_timeout(&["ps", "-a"]), ["ps", "-a"]);
+        // A word of the command is no option.
+        assert_eq!(
+            with_run_timeout(&["run", "busybox", "echo", "timeout"]),
+            [
+                "run",
+                "--timeout",
+                RUN_TIMEOUT_SECS,
+                "busybox",
+                "echo",
+                "timeout"
+            ]
         );
     }
 }

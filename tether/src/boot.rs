@@ -246,7 +246,10 @@ fn report_to_all_sessions(transport: &dyn Transport, raw: &guestinfo::Map, msg: 
             continue;
         }
         let _ = transport.set(&format!("guestinfo.vice..sessions|{id}.started"), msg);
-        let _ = transport.set(&format!("guestinfo.vice..sessions|{id}.status"), "126");
+        let _ = transport.set(
+            &format!("guestinfo.vice..sessions|{id}.status"),
+            &crate::launch::START_FAILED.to_string(),
+        );
     }
 }
 

@@ -246,19 +246,14 @@ pub fn sync_local() {
 }
 
 /// Unmounts everything but the kernel filesystems and the root, then remounts the root
-/// read-only so the disk is clean at power-off. Errors are logged: at this point there is
-/// nothing better to do than to try the rest.
+/// read-only so the disk is clean at power-off. Local filesystems go first and the root is
+/// read-only before any network filesystem is touched: unmounting one whose server is gone
+/// can wait forever (the caller bounds that), and must not keep a local one dirty. Errors
+/// are logged: at this point there is nothing better to do than to try the rest.
 pub fn unmount_all() {
-    for m in mounts_deepest_first() {
-        if is_kept(&m.point) {
-            continue;
-        }
-        if let Err(e) = umount2(m.point.as_str(), MntFlags::empty()) {
-            // Busy: a process we could not kill still holds it. Detach so the remount below
-            // can at least flush the root.
-            tracing::warn!(mount = %m.point, error = %e, "unmount failed, detaching");
-            let _ = umount2(m.point.as_str(), MntFlags::MNT_DETACH);
-        }
+    let (local, network) = unmount_plan(mounts_deepest_first());
+    for m in &local {
+        unmount(m);
     }
     if let Err(e) = mount(
         None::<&str>,
@@ -269,11 +264,60 @@ pub fn unmount_all() {
     ) {
         tracing::warn!(error = %e, "remount of / read-only failed");
     }
+    for m in &network {
+        unmount(m);
+    }
+}
+
+/// What [`unmount_all`] unmounts, from the mount table deepest first: the local
+/// filesystems, then the network ones, each in that order.
+fn unmount_plan(table: Vec<MountEntry>) -> (Vec<MountEntry>, Vec<MountEntry>) {
+    let (network, local) = table
+        .into_iter()
+        .filter(|m| !is_kept(&m.point))
+        .partition(MountEntry::is_network);
+    (local, network)
+}
+
+fn unmount(m: &MountEntry) {
+    if let Err(e) = umount2(m.point.as_str(), MntFlags::empty()) {
+        // Busy: a process we could not kill still holds it. Detach so the remount of the
+        // root can at least flush it (and nothing waits on a dead server's files).
+        tracing::warn!(mount = %m.point, error = %e, "unmount failed, detaching");
+        let _ = umount2(m.point.as_str(), MntFlags::MNT_DETACH);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_filesystems_are_unmounted_before_network_ones() {
+        let m = |point: &str, fstype: &str| MountEntry {
+            point: point.into(),
+            fstype: fstype.into(),
+        };
+        // Deepest first, as the table gives them: a volume's bind, an NFS volume between it
+        // and its label mount, the kernel's and the root.
+        let table = vec![
+            m("/data", "ext4"),
+            m("/mnt/shared", "nfs"),
+            m("/.tether/.filesystem-by-label/abc", "ext4"),
+            m("/etc/hosts", "tmpfs"),
+            m("/proc/sys/fs/binfmt_misc", "binfmt_misc"),
+            m("/dev/pts", "devpts"),
+            m("/proc", "proc"),
+            m("/", "ext4"),
+        ];
+        let (local, network) = unmount_plan(table);
+        let points = |v: &[MountEntry]| v.iter().map(|m| m.point.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            points(&local),
+            ["/data", "/.tether/.filesystem-by-label/abc", "/etc/hosts"]
+        );
+        assert_eq!(points(&network), ["/mnt/shared"]);
+    }
 
     #[test]
     fn superblock_label_and_magic() {

@@ -51,14 +51,26 @@ pub enum LaunchError {
     Pipe(nix::Error),
 }
 
+/// The exit status of a session that could not be started for a reason other than its
+/// command: docker's 125 ("the daemon could not run the container"), which `docker run`
+/// also exits with for an unknown user or group. The original wrote no status (0) and left
+/// the code to the VCH, which maps the `started` text the same way (see README).
+pub const START_FAILED: i64 = 125;
+
 impl LaunchError {
-    /// The exit status reported for the failed launch, with the shell's meaning: 127 when
-    /// there is nothing to run, 126 when it cannot be run.
+    /// The exit status reported for the failed launch, docker's and the shell's: 127 when
+    /// there is nothing to run, 126 when the command cannot be executed, [`START_FAILED`]
+    /// when the process could not be set up at all.
     pub fn exit_status(&self) -> i64 {
         match self {
             LaunchError::NoSuchFile(_) | LaunchError::NotInPath(_) => 127,
             LaunchError::Exec { code, .. } if *code == libc::ENOENT => 127,
-            _ => 126,
+            LaunchError::NotExecutable(_) | LaunchError::Exec { .. } => 126,
+            LaunchError::Nul(_)
+            | LaunchError::Chdir { .. }
+            | LaunchError::Credentials(_)
+            | LaunchError::Fork(_)
+            | LaunchError::Pipe(_) => START_FAILED,
         }
     }
 }
@@ -464,7 +476,25 @@ mod tests {
     #[test]
     fn exit_statuses() {
         assert_eq!(LaunchError::NotInPath("x".into()).exit_status(), 127);
+        assert_eq!(LaunchError::NoSuchFile("x".into()).exit_status(), 127);
         assert_eq!(LaunchError::NotExecutable("x".into()).exit_status(), 126);
+        let exec = |code| LaunchError::Exec {
+            path: "x".into(),
+            errno: String::new(),
+            code,
+        };
+        assert_eq!(exec(libc::ENOENT).exit_status(), 127);
+        assert_eq!(exec(libc::EACCES).exit_status(), 126);
+        assert_eq!(exec(libc::ENOEXEC).exit_status(), 126);
+        let chdir = LaunchError::Chdir {
+            dir: "/x".into(),
+            errno: "no such file or directory".into(),
+        };
+        assert_eq!(chdir.exit_status(), START_FAILED);
+        assert_eq!(
+            LaunchError::Credentials("x".into()).exit_status(),
+            START_FAILED
+        );
     }
 }
 

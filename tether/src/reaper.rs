@@ -88,7 +88,7 @@ fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
 }
 
 /// True when the tether has no child processes (running or zombie). Does not reap.
-fn no_children() -> bool {
+pub fn no_children() -> bool {
     // waitid can peek (WNOWAIT) where waitpid cannot; ECHILD means nothing is left.
     matches!(
         nix::sys::wait::waitid(

@@ -357,8 +357,50 @@ impl Tether {
                 tracing::info!(session = %id, "still running {grace:?} after its stop signal: SIGKILL");
                 let _ = me.signal(&id, "KILL", true);
                 let _ = me.signal(&id, "KILL", false);
+                // A process in uninterruptible sleep dies only when it wakes (never, for a
+                // write to an NFS server that is gone), and a grandchild may hold the
+                // output open: the VM powers off all the same.
+                let pid = me.lock().sessions.get(&id).and_then(|s| s.pid);
+                let stuck =
+                    || pid.is_some_and(|p| crate::shutdown::in_uninterruptible_sleep(p.as_raw()));
+                let ended = crate::shutdown::wait_unless_stuck(
+                    crate::shutdown::KILL_WAIT,
+                    || *done.borrow(),
+                    stuck,
+                )
+                .await;
+                if !ended {
+                    tracing::warn!(session = %id, "not gone after SIGKILL: shutting down without it");
+                    me.record_unreaped_kill(&id).await;
+                    me.begin_shutdown();
+                }
             }
         });
+    }
+}
+
+impl Tether {
+    /// Records a session SIGKILL could not end before the power-off as killed by it (128 +
+    /// 9, with the stop time), as a reaped one would be: otherwise its status would read as
+    /// the 0 of a process still running.
+    async fn record_unreaped_kill(&self, id: &str) {
+        {
+            let mut st = self.lock();
+            if let Some(s) = st.session_cfg_mut(id) {
+                let stop = session::now_secs();
+                s.exit_status = 128 + i64::from(libc::SIGKILL);
+                s.detail.stop_time = stop;
+                s.diagnostics.exit_logs.push(ExitLog {
+                    time: guestinfo::value::GoTime::from_unix(stop, 0),
+                    exit_status: s.exit_status,
+                    message: "killed by signal 9, still in uninterruptible sleep at power-off"
+                        .into(),
+                });
+                let excess = s.diagnostics.exit_logs.len().saturating_sub(EXIT_LOGS_KEPT);
+                s.diagnostics.exit_logs.drain(..excess);
+            }
+        }
+        self.write_back(id).await;
     }
 }
 

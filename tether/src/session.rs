@@ -36,11 +36,13 @@ pub enum StartError {
 }
 
 impl StartError {
-    /// The exit status recorded for a session that never ran.
+    /// The exit status recorded for a session that never ran: the command's (127 not
+    /// found, 126 not executable), else [`launch::START_FAILED`] (an unknown user or
+    /// group, no pty), as `docker run` exits for the same errors.
     pub fn exit_status(&self) -> i64 {
         match self {
             StartError::Launch(e) => e.exit_status(),
-            _ => 126,
+            StartError::User(_) | StartError::Pty(_) | StartError::Io(_) => launch::START_FAILED,
         }
     }
 }

@@ -301,12 +301,13 @@ impl Transport for WriteBack {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
-    /// Records writes; each one takes a while, like a host round trip.
+    /// Records writes; each one takes a while, like a host round trip, and none happens
+    /// while a test holds `gate` (a host that does not answer).
     #[derive(Debug, Default)]
     struct Slow {
         log: Mutex<Vec<(String, String)>>,
+        gate: Mutex<()>,
     }
 
     impl Transport for Slow {
@@ -318,6 +319,7 @@ mod tests {
                 .map(|(_, v)| v.clone()))
         }
         fn set(&self, key: &str, value: &str) -> Result<(), TransportError> {
+            drop(lock(&self.gate));
             std::thread::sleep(Duration::from_millis(20));
             if key == "bad" {
                 return Err(TransportError::Closed);
@@ -337,17 +339,26 @@ mod tests {
     fn writes_do_not_wait_and_keep_their_order() {
         let slow = Arc::new(Slow::default());
         let wb = WriteBack::start(slow.clone());
-        let start = Instant::now();
-        for i in 0..5 {
-            wb.set(&format!("k{i}"), "v").unwrap();
-        }
-        wb.set("bad", "x").unwrap();
-        wb.defer(|t| t.set("deferred", "d").unwrap());
-        wb.set("k0", "last").unwrap();
+        // The host answers nothing until the gate opens: a `set` that waited for it could not
+        // return at all (no real-time window to miss on a slow machine).
+        let host_stalled = lock(&slow.gate);
+        let (done, returned) = std::sync::mpsc::channel();
+        let writer = wb.clone();
+        std::thread::spawn(move || {
+            for i in 0..5 {
+                writer.set(&format!("k{i}"), "v").unwrap();
+            }
+            writer.set("bad", "x").unwrap();
+            writer.defer(|t| t.set("deferred", "d").unwrap());
+            writer.set("k0", "last").unwrap();
+            let _ = done.send(());
+        });
         assert!(
-            start.elapsed() < Duration::from_millis(100),
+            returned.recv_timeout(Duration::from_secs(30)).is_ok(),
             "set waited for the host"
         );
+        assert!(lock(&slow.log).is_empty(), "written while the host stalled");
+        drop(host_stalled);
         // A read sees every earlier write.
         assert_eq!(wb.get("k0").unwrap().as_deref(), Some("last"));
         let keys: Vec<String> = lock(&slow.log).iter().map(|(k, _)| k.clone()).collect();

@@ -208,11 +208,16 @@ pub fn addressing(network: &str, ep: &NetworkEndpoint) -> Result<Addressing, Net
     let Some(addr) = v4(Some(ip)) else {
         return Err(bad(format!("IPv6 address {ip} is not supported")));
     };
-    let prefix = ep
-        .ip
-        .as_ref()
-        .and_then(v4_prefix)
-        .ok_or_else(|| bad(format!("static address {addr} has no valid netmask")))?;
+    let prefix = ep.ip.as_ref().and_then(v4_prefix).ok_or_else(|| {
+        // Name the mask at fault, in the form it was meant (an IPv4-mapped mask as IPv4).
+        bad(match ep.ip.as_ref().and_then(|n| n.mask) {
+            Some(mask) => format!(
+                "static address {addr} has an invalid netmask {}",
+                mask.to_canonical()
+            ),
+            None => format!("static address {addr} has no netmask"),
+        })
+    })?;
     Ok(Addressing::Static(addr, prefix))
 }
 
@@ -644,7 +649,24 @@ mod tests {
         let err = addressing("bridge", &ep).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "network bridge: static address 172.16.0.5 has no valid netmask"
+            "network bridge: static address 172.16.0.5 has an invalid netmask 255.0.255.0"
+        );
+        // The same mask in its 16-byte form is named as IPv4; a missing one is said missing.
+        ep.ip = Some(IpNet {
+            ip: Some(ip("172.16.0.5")),
+            mask: Some(ip("::ffff:255.0.255.0")),
+        });
+        assert!(addressing("b", &ep)
+            .unwrap_err()
+            .to_string()
+            .ends_with("has an invalid netmask 255.0.255.0"));
+        ep.ip = Some(IpNet {
+            ip: Some(ip("172.16.0.5")),
+            mask: None,
+        });
+        assert_eq!(
+            addressing("b", &ep).unwrap_err().to_string(),
+            "network b: static address 172.16.0.5 has no netmask"
         );
         ep.ip = Some(IpNet::new(ip("2001:db8::5"), 64));
         assert!(addressing("b", &ep)

@@ -401,16 +401,28 @@ pub fn parse_ack(m: &Message, server: Ipv4Addr, offer: Option<&Message>) -> Resu
 /// Sends with retransmission after `first`, then twice as long each time, and feeds every
 /// answer to `handle` until it returns a result or `timeout` passes (`Ok(None)`).
 fn exchange<T>(
+    timing: (Duration, Duration),
+    send: impl FnMut() -> Result<(), DhcpError>,
+    recv: impl FnMut(Instant) -> Result<Option<Vec<u8>>, DhcpError>,
+    handle: impl FnMut(&Message) -> Option<Result<T, DhcpError>>,
+) -> Result<Option<T>, DhcpError> {
+    exchange_on(Instant::now, timing, send, recv, handle)
+}
+
+/// [`exchange`] reading the time from `now`, so tests can check the schedule on a clock
+/// that only moves when they move it.
+fn exchange_on<T>(
+    now: impl Fn() -> Instant,
     (timeout, first): (Duration, Duration),
     mut send: impl FnMut() -> Result<(), DhcpError>,
     mut recv: impl FnMut(Instant) -> Result<Option<Vec<u8>>, DhcpError>,
     mut handle: impl FnMut(&Message) -> Option<Result<T, DhcpError>>,
 ) -> Result<Option<T>, DhcpError> {
-    let end = Instant::now() + timeout;
+    let end = now() + timeout;
     let mut wait = first;
     loop {
         send()?;
-        let resend = (Instant::now() + wait).min(end);
+        let resend = (now() + wait).min(end);
         wait *= 2;
         while let Some(data) = recv(resend)? {
             let Ok(m) = Message::decode(&mut Decoder::new(&data)) else {
@@ -420,7 +432,7 @@ fn exchange<T>(
                 return r.map(Some);
             }
         }
-        if Instant::now() >= end {
+        if now() >= end {
             return Ok(None);
         }
     }
@@ -930,25 +942,33 @@ mod tests {
 
     #[test]
     fn nothing_answers_within_the_timeout() {
+        // A clock that moves only when the receiver "waits" until its deadline: the schedule
+        // is checked exactly, however slowly the machine runs the test.
+        let t0 = Instant::now();
+        let clock = std::cell::Cell::new(t0);
         let mut sent = Vec::new();
-        let start = Instant::now();
-        let r: Result<Option<()>, DhcpError> = exchange(
+        let r: Result<Option<()>, DhcpError> = exchange_on(
+            || clock.get(),
             (Duration::from_millis(400), Duration::from_millis(50)),
             || {
-                sent.push(start.elapsed());
+                sent.push(clock.get() - t0);
                 Ok(())
             },
             |deadline| {
-                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                clock.set(deadline);
                 Ok(None)
             },
             |_| None,
         );
         assert!(matches!(r, Ok(None)));
-        assert!(start.elapsed() >= Duration::from_millis(400));
-        // Sent at 0, 50, 150 and 350 ms: the waits double.
-        assert_eq!(sent.len(), 4, "{sent:?}");
-        assert!(sent[3] >= Duration::from_millis(350), "{sent:?}");
+        assert_eq!(
+            clock.get() - t0,
+            Duration::from_millis(400),
+            "gave up early"
+        );
+        // Sent at 0, 50, 150 and 350 ms: the waits double, the last one cut at the timeout.
+        let ms = |v: u64| Duration::from_millis(v);
+        assert_eq!(sent, [ms(0), ms(50), ms(150), ms(350)]);
     }
 
     #[test]

@@ -132,16 +132,38 @@ pub fn device_path(devices: &Path, slot: u32) -> Result<DevicePath, PciError> {
     })
 }
 
+/// The directories under a PCI device that may hold its interfaces: `<device>/net` (vmxnet3
+/// and other plain PCI NICs) and `<device>/virtioN/net` (virtio-net: the PCI device is the
+/// transport, the interface belongs to the virtio device below it).
+fn net_dirs(device: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![device.join("net")];
+    if let Ok(rd) = std::fs::read_dir(device) {
+        dirs.extend(
+            rd.flatten()
+                .filter(|e| {
+                    let n = e.file_name();
+                    let n = n.to_string_lossy();
+                    n.strip_prefix("virtio")
+                        .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .map(|e| e.path().join("net")),
+        );
+    }
+    dirs
+}
+
 /// The kernel name of the single network interface of the device in `slot`.
 pub fn interface_name(devices: &Path, slot: u32) -> Result<String, PciError> {
     let dev = device_path(devices, slot)?;
     let mut names = Vec::new();
     for d in dev.matches() {
-        if let Ok(rd) = std::fs::read_dir(d.join("net")) {
-            names.extend(
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned()),
-            );
+        for net in net_dirs(&d) {
+            if let Ok(rd) = std::fs::read_dir(net) {
+                names.extend(
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned()),
+                );
+            }
         }
     }
     names.sort();
@@ -153,7 +175,7 @@ pub fn interface_name(devices: &Path, slot: u32) -> Result<String, PciError> {
         }),
         _ => Err(PciError::Ambiguous {
             slot,
-            pattern: format!("{dev}/net/*"),
+            pattern: format!("{dev}/[virtioN/]net/*"),
             names: names.join(", "),
         }),
     }
@@ -245,6 +267,27 @@ mod tests {
         let err = interface_name(&root, 0x4A0).unwrap_err();
         assert!(matches!(err, PciError::Ambiguous { .. }), "{err}");
         assert!(err.to_string().contains("eth1, eth2"), "{err}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// virtio-net-pci puts its interface one level deeper than vmxnet3: the PCI device's
+    /// child is the virtio device (`virtioN`), whose `net/` holds the interface.
+    #[test]
+    fn finds_a_virtio_interface_one_level_deeper() {
+        let root = tmp("virtio");
+        std::fs::create_dir_all(root.join("0000:00:15.1/0000:0b:00.0/virtio3/net/eth0")).unwrap();
+        // The virtio device's other attributes are no interfaces.
+        std::fs::create_dir_all(root.join("0000:00:15.1/0000:0b:00.0/virtio3/driver")).unwrap();
+        assert_eq!(interface_name(&root, 0x4A0).unwrap(), "eth0");
+        // A bus-0 virtio NIC too.
+        std::fs::create_dir_all(root.join("0000:00:03.0/virtio0/net/eth1")).unwrap();
+        assert_eq!(interface_name(&root, 3).unwrap(), "eth1");
+        // A directory that only looks like a virtio device is not one.
+        std::fs::create_dir_all(root.join("0000:00:04.0/virtual/net/eth5")).unwrap();
+        assert!(matches!(
+            interface_name(&root, 4),
+            Err(PciError::NoNic { .. })
+        ));
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
