@@ -455,7 +455,7 @@ pub async fn keep(
     let backchannel = Backchannel::parse(&meta.backchannel)?;
 
     let sock = |n: &str| dir.join(n);
-    for n in ["gi.sock", "out.sock", "ctl.sock"] {
+    for n in ["gi.sock", "out.sock", "ctl.sock", "qmp.sock"] {
         let _ = fs::remove_file(sock(n));
     }
     let gi_listener =
@@ -556,7 +556,7 @@ pub async fn keep(
     ctl_task.abort();
     withdraw(&meta.id, published).await;
     drop(segments);
-    for n in ["gi.sock", "out.sock", "ctl.sock", "bench.sock"] {
+    for n in ["gi.sock", "out.sock", "ctl.sock", "bench.sock", "qmp.sock"] {
         let _ = fs::remove_file(sock(n));
     }
     meta.qemu_pid = None;
@@ -621,10 +621,9 @@ pub fn nic_args(meta: &Meta, segments: &[crate::netd::Hold]) -> Result<Vec<Strin
         .nics
         .iter()
         .zip(segments)
-        .enumerate()
-        .map(|(i, (n, h))| n.device(i, &h.segment.switch_sock()))
+        .map(|(n, h)| n.device(&h.segment.switch_sock()))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(network::qemu_nic_args(&devices))
+    Ok(network::qemu_nic_args(&devices, &network::spare_slots(&meta.nics)))
 }
 
 /// Publishes the container's ports (`-p`, on its first network) at its address; returns
@@ -684,6 +683,11 @@ fn qemu_command(
         "-no-user-config",
         "-nographic",
         "-no-reboot",
+    ])
+    // QEMU's monitor, for NICs added and removed while the VM runs (`network connect`).
+    .args([
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", d("qmp.sock")),
     ])
     .args([
         "-m",

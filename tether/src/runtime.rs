@@ -67,6 +67,8 @@ pub struct Tether {
     /// Bumped whenever the set of attachable IDs may have changed (reload, exit), so the
     /// back-channel can push `container-ids`.
     ids_changed: watch::Sender<u64>,
+    /// The networks configured and their leases (networks come and go on reloads).
+    networks: crate::net::Leases,
 }
 
 impl Tether {
@@ -239,6 +241,54 @@ impl Tether {
         }
         tracing::debug!("config reloaded");
         self.reconcile();
+        self.reload_networks(&map);
+    }
+
+    /// Networks connected or disconnected while the container runs (see
+    /// [`crate::net::reload`]), done off the runtime (a new NIC is waited for), one reload
+    /// after the other; what changed is written back as a DHCP renewal is.
+    fn reload_networks(self: &Arc<Self>, map: &guestinfo::Map) {
+        let Some(listed) = crate::net::reload::listed(map) else {
+            return;
+        };
+        let t = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let kvs = {
+                let _one_at_a_time = crate::net::reload::serialize();
+                let (changes, mut cfg) = {
+                    let mut st = t.lock();
+                    let c = crate::net::reload::changes(&mut st.cfg, &listed, &t.networks);
+                    (c, st.cfg.clone())
+                };
+                if changes.is_empty() {
+                    return;
+                }
+                let hostname = crate::etc::hostname_for(&cfg.common.id, &cfg.hostname, &cfg.domainname);
+                for e in crate::net::reload::apply_changes(&mut cfg, &changes, &hostname, &t.networks) {
+                    tracing::error!(error = %e, "network reload");
+                }
+                let mut st = t.lock();
+                for name in &changes.added {
+                    if let Some(ep) = cfg.networks.get(name) {
+                        st.cfg.networks.insert(name.clone(), ep.clone());
+                    }
+                }
+                guestinfo::guest_writeback(&st.cfg)
+            };
+            match kvs {
+                Ok(kvs) => {
+                    for (k, v) in kvs
+                        .iter()
+                        .filter(|(k, _)| k.starts_with("guestinfo.vice..networks|"))
+                    {
+                        if let Err(e) = t.transport.set(k, v) {
+                            tracing::warn!(key = %k, error = %e, "network write-back failed");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot encode the network write-back"),
+            }
+        });
     }
 
     /// Starts what should run, releases latches `runblock` no longer holds, stops what was
@@ -648,6 +698,7 @@ pub async fn run(
         sink,
         shutdown: watch::channel(false).0,
         ids_changed: watch::channel(0).0,
+        networks: leases.clone(),
     });
     t.reconcile();
     let timer = t.clone();
