@@ -24,6 +24,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod engine;
+pub mod hotplug;
 pub mod image;
 pub mod images;
 pub mod inspect;

@@ -1277,25 +1277,56 @@ mod tests {
             netdev: format!("user,id=net{i}"),
             netdev_id: format!("net{i}"),
         };
-        let args = qemu_nic_args(&[nic(0), nic(1)]);
+        let pair = |args: Vec<String>| -> Vec<(String, String)> {
+            args.chunks(2)
+                .map(|c| (c[0].clone(), c[1].clone()))
+                .collect()
+        };
+        // Without spare slots: root ports without hot-plug.
+        let args = pair(qemu_nic_args(&[nic(0), nic(1)], &[]));
         let devices: Vec<&str> = args
-            .chunks(2)
-            .map(|c| {
-                assert!(c[0] == "-device" || c[0] == "-netdev");
-                c[1].as_str()
+            .iter()
+            .map(|(flag, v)| {
+                assert!(flag == "-device" || flag == "-netdev", "{flag}");
+                v.as_str()
             })
             .collect();
-        assert_eq!(devices.len(), 2 + 3 * 2);
+        assert_eq!(devices.len(), 2 + 2 + 2 * 2);
         assert!(devices[0]
             .starts_with("pcie-root-port,id=nicslot15,bus=pcie.0,addr=0x15.0,multifunction=on,"));
         assert!(devices[1].starts_with("pcie-root-port,id=nicslot16,bus=pcie.0,addr=0x16.0,"));
         assert!(devices[2].starts_with("pcie-root-port,id=nicport151,bus=pcie.0,addr=0x15.1,"));
         assert!(devices[2].contains("hotplug=off"));
-        assert_eq!(devices[3], "user,id=net0");
-        assert!(devices[4]
-            .starts_with("virtio-net-pci,netdev=net0,bus=nicport151,addr=0x00.0,mac=00:50:56:"));
-        assert!(devices[4].ends_with("romfile="));
-        assert!(devices[7].starts_with("vmxnet3,netdev=net1,bus=nicport161,"));
+        assert!(devices[3].starts_with("pcie-root-port,id=nicport161,bus=pcie.0,addr=0x16.1,"));
+        assert_eq!(devices[4], "user,id=net0");
+        assert!(devices[5].starts_with(
+            "virtio-net-pci,id=nic15,netdev=net0,bus=nicport151,addr=0x00.0,mac=00:50:56:"
+        ));
+        assert!(devices[5].ends_with("romfile="));
+        assert!(devices[7].starts_with("vmxnet3,id=nic16,netdev=net1,bus=nicport161,"));
+
+        // With a spare slot: hot-plug on every NIC port (so the boot NICs can go too),
+        // native PCIe hot-plug, and a root port with nothing on it.
+        let spare = NicPlacement::for_slot(nic_slot(2).unwrap()).unwrap();
+        let args = pair(qemu_nic_args(&[nic(0)], &[spare]));
+        assert_eq!(
+            args[0],
+            (
+                "-global".to_owned(),
+                "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off".to_owned()
+            )
+        );
+        let ports: Vec<&str> = args
+            .iter()
+            .map(|(_, v)| v.as_str())
+            .filter(|v| v.starts_with("pcie-root-port,id=nicport"))
+            .collect();
+        assert_eq!(ports.len(), 2);
+        assert!(ports[1].starts_with("pcie-root-port,id=nicport171,bus=pcie.0,addr=0x17.1,"));
+        assert!(ports.iter().all(|p| p.contains("hotplug=on")));
+        assert!(args.iter().any(|(_, v)| v.starts_with("pcie-root-port,id=nicslot17,")));
+        assert_eq!(args.iter().filter(|(f, _)| f == "-netdev").count(), 1);
+
         // chassis/slot pairs are unique.
         let slots: Vec<&str> = devices
             .iter()
@@ -1306,6 +1337,28 @@ mod tests {
         dedup.sort();
         dedup.dedup();
         assert_eq!(slots.len(), dedup.len());
+    }
+
+    #[test]
+    fn spare_slots_follow_the_nics() {
+        let nic = |i: usize| AttachedNic {
+            network: Network::bridge(),
+            slot: nic_slot(i).unwrap(),
+            model: Default::default(),
+            mac: mac_for("ab", i),
+            ip: None,
+            address: None,
+            aliases: vec![],
+            ports: vec![],
+        };
+        assert!(spare_slots(&[]).is_empty(), "--network none");
+        let s: Vec<u32> = spare_slots(&[nic(0)]).iter().map(|p| p.slot).collect();
+        assert_eq!(s, vec![0x4C0, 0x4E0, 0x500]);
+        // A gap left by a disconnected network is filled first.
+        let s: Vec<u32> = spare_slots(&[nic(1)]).iter().map(|p| p.slot).collect();
+        assert_eq!(s, vec![0x4A0, 0x4E0, 0x500]);
+        let all: Vec<AttachedNic> = (0..MAX_NICS).map(nic).collect();
+        assert!(spare_slots(&all).is_empty());
     }
 
     #[test]
@@ -1497,7 +1550,7 @@ mod tests {
         assert_eq!(nics[1].aliases, vec!["api"]);
         assert!(nics[1].ports.is_empty() && nics[1].ip.is_none());
         assert_ne!(nics[0].mac, nics[1].mac);
-        let dev = nics[0].device(0, Path::new("/s/sw.sock")).unwrap();
+        let dev = nics[0].device(Path::new("/s/sw.sock")).unwrap();
         assert!(dev.netdev.ends_with("addr.path=/s/sw.sock"));
         // A second container gets the next addresses; the same --ip is refused.
         let again = NetworkRequest {

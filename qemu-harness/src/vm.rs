@@ -488,6 +488,12 @@ pub async fn keep(
     };
     let nic_args = nic_args(&meta, &segments)?;
     let published = publish(&meta, &segments).await?;
+    let nics = Arc::new(crate::hotplug::Nics::new(
+        state.root(),
+        &dir,
+        &meta.nics,
+        segments,
+    ));
     let mut cmd = qemu_command(&dir, &iso, &meta, &backchannel, attach_port, &nic_args);
     let started_at = tokio::time::Instant::now();
     let mut child = match cmd.spawn() {
@@ -515,6 +521,7 @@ pub async fn keep(
         store: store_dyn,
         guestinfo: guestinfo.clone(),
         portlayer: portlayer.clone(),
+        nics: nics.clone(),
     };
     let ctl_task = tokio::spawn(control::serve(ctl, keeper));
     if let Some(live) = live {
@@ -555,10 +562,13 @@ pub async fn keep(
         .unwrap_or((0, None));
     ctl_task.abort();
     withdraw(&meta.id, published).await;
-    drop(segments);
+    nics.release_all();
     for n in ["gi.sock", "out.sock", "ctl.sock", "bench.sock", "qmp.sock"] {
         let _ = fs::remove_file(sock(n));
     }
+    // What others changed while the VM ran (a network connected, a rename) stays: the
+    // metadata is read again rather than written from this copy.
+    let mut meta = state.meta(&meta.id).unwrap_or(meta);
     meta.qemu_pid = None;
     meta.keeper_pid = None;
     state.save(&meta)?;

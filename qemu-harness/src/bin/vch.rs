@@ -328,7 +328,7 @@ enum VolumeCmd {
 
 #[derive(Debug, Subcommand)]
 enum NetworkCmd {
-    /// Create a network (one QEMU user-mode network per container NIC)
+    /// Create a network (one shared segment: its containers reach each other by name)
     Create {
         /// Subnet in CIDR form [default: the next free /16 of 172.16.0.0/12]
         #[arg(long)]
@@ -337,7 +337,8 @@ enum NetworkCmd {
         /// subnet's first address]
         #[arg(long)]
         gateway: Option<std::net::Ipv4Addr>,
-        /// Nameserver for containers (repeatable) [default: ask DHCP]
+        /// Nameserver for containers (repeatable) [default: the gateway, which resolves
+        /// the network's container names and forwards the rest]
         #[arg(long)]
         dns: Vec<std::net::Ipv4Addr>,
         /// Route CIDR via this network's gateway when it is not the default one (repeatable)
@@ -368,6 +369,19 @@ enum NetworkCmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Connect a container to a network (a running one gets a NIC hot-added)
+    Connect {
+        /// Another name the container has on the network (repeatable)
+        #[arg(long = "alias", value_name = "NAME")]
+        aliases: Vec<String>,
+        /// Its IPv4 address on the network [default: the next free one]
+        #[arg(long)]
+        ip: Option<std::net::Ipv4Addr>,
+        network: String,
+        container: String,
+    },
+    /// Disconnect a container from a network (a running one has its NIC hot-removed)
+    Disconnect { network: String, container: String },
 }
 
 fn main() -> ExitCode {
@@ -1042,6 +1056,21 @@ async fn network_cmd(engine: &Engine, cmd: NetworkCmd) -> Result<ExitCode> {
         }
         NetworkCmd::Rm { names } => {
             for_each(&names, |n| async move { engine.network_remove(&n) }).await
+        }
+        NetworkCmd::Connect {
+            aliases,
+            ip,
+            network,
+            container,
+        } => {
+            engine
+                .network_connect(&network, &container, engine::ConnectOptions { aliases, ip })
+                .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        NetworkCmd::Disconnect { network, container } => {
+            engine.network_disconnect(&network, &container).await?;
+            Ok(ExitCode::SUCCESS)
         }
         NetworkCmd::Inspect { names } => {
             let mut out = Vec::new();

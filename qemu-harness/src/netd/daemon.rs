@@ -180,8 +180,9 @@ struct Daemon {
     conns: BTreeMap<Port, Conn>,
     next_port: Port,
     forwards: Vec<Forward>,
-    names: Names,
-    names_at: Option<Instant>,
+    /// The running containers, as last read from the state directory.
+    running: Vec<crate::state::Meta>,
+    running_at: Option<Instant>,
     upstream: Upstream,
     frames: u64,
     dropped: u64,
@@ -235,8 +236,8 @@ pub fn run(state_root: &Path, dir: &Path) -> Result<(), NetdError> {
         conns: BTreeMap::new(),
         next_port: GATEWAY + 1,
         forwards: Vec::new(),
-        names: Names::default(),
-        names_at: None,
+        running: Vec::new(),
+        running_at: None,
         upstream: Upstream::new(),
         frames: 0,
         dropped: 0,
@@ -482,16 +483,17 @@ impl Daemon {
         c.out.extend_from_slice(frame);
     }
 
-    /// The segment's names, read again from the state directory when they are old.
-    fn names(&mut self) -> &Names {
+    /// The names a container at `asker` resolves; the containers are read again from the
+    /// state directory when what was read is old.
+    fn names(&mut self, asker: Ipv4Addr) -> Names {
         let fresh = self
-            .names_at
+            .running_at
             .is_some_and(|t| t.elapsed() < NAMES_FRESH);
         if !fresh {
-            self.names = segment_names(&self.state, &self.segment);
-            self.names_at = Some(Instant::now());
+            self.running = running(&self.state);
+            self.running_at = Some(Instant::now());
         }
-        &self.names
+        names_for(&self.running, &self.segment, asker)
     }
 
     /// A DNS query from a container on `port`.
@@ -499,7 +501,7 @@ impl Daemon {
         let Some(q) = dns::parse_query(&d.payload) else {
             return;
         };
-        if let Some((rcode, records)) = self.names().answer(&q) {
+        if let Some((rcode, records)) = self.names(d.src).answer(&q) {
             self.dns_local += 1;
             tracing::debug!(name = %q.name, qtype = q.qtype, answers = records.len(), "DNS: the segment's name");
             let payload = dns::response(&q, rcode, &records);
@@ -777,6 +779,7 @@ fn alive_as(pid: Option<u32>, needle: &str) -> bool {
 }
 
 fn vm_alive(m: &crate::state::Meta) -> bool {
+    // The PID in the metadata may have been reused since: QEMU's command line names the VM.
     alive_as(m.qemu_pid, m.id.get(..12).unwrap_or(&m.id))
 }
 
@@ -784,22 +787,35 @@ fn keeper_alive(m: &crate::state::Meta) -> bool {
     alive_as(m.keeper_pid, &m.id)
 }
 
-/// The names of the running containers on a segment: name, short and full ID and aliases
-/// on a user-defined network; none on the default `bridge` (docker's rule: its default
-/// bridge network resolves no container names).
-pub(super) fn segment_names(state: &crate::state::State, segment: &Segment) -> Names {
-    let mut names = Names::default();
-    if segment.network.is_builtin() {
-        return names;
+/// What DNS answers to a container on a segment: the running containers by name, short and
+/// full ID and aliases, on every user-defined network the asking container is on (as
+/// docker's resolver answers: a container on two networks finds the containers of both,
+/// each at its address on that network); none on the default `bridge` (docker's rule: its
+/// default bridge network resolves no container names). `asker` is the query's source
+/// address on this segment.
+pub(super) fn names_for(metas: &[crate::state::Meta], segment: &Segment, asker: Ipv4Addr) -> Names {
+    let key = |n: &crate::network::Network| Segment::new(Path::new(""), n).dir;
+    let here = key(&segment.network);
+    // The asker's networks; a stranger (not a container of the state directory) gets
+    // this segment's names.
+    let mut networks: Vec<std::path::PathBuf> = metas
+        .iter()
+        .find(|m| {
+            m.nics
+                .iter()
+                .any(|n| key(&n.network) == here && n.address() == Some(asker))
+        })
+        .map(|m| m.nics.iter().map(|n| key(&n.network)).collect())
+        .unwrap_or_default();
+    if !networks.contains(&here) {
+        networks.push(here);
     }
-    let here = |n: &crate::network::Network| {
-        Segment::new(Path::new(""), n).dir == Segment::new(Path::new(""), &segment.network).dir
-    };
-    for m in state.list() {
-        if !vm_alive(&m) {
-            continue;
-        }
-        for nic in m.nics.iter().filter(|n| here(&n.network)) {
+    let mut names = Names::default();
+    for m in metas {
+        for nic in m.nics.iter() {
+            if nic.network.is_builtin() || !networks.contains(&key(&nic.network)) {
+                continue;
+            }
             let Some(addr) = nic.address() else { continue };
             let mut all = vec![m.name.clone()];
             all.extend(m.id.get(..12).map(str::to_owned));
@@ -809,4 +825,95 @@ pub(super) fn segment_names(state: &crate::state::State, segment: &Segment) -> N
         }
     }
     names
+}
+
+/// The containers of the state directory whose VM runs.
+fn running(state: &crate::state::State) -> Vec<crate::state::Meta> {
+    state.list().into_iter().filter(vm_alive).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::{self, AttachedNic, Network};
+    use crate::state::Meta;
+
+    fn net(name: &str, subnet: &str) -> Network {
+        let mut n = Network::bridge();
+        n.name = name.into();
+        n.subnet = subnet.parse().unwrap();
+        n.gateway = n.subnet.network().to_string().replace(".0.0", ".0.1").parse().unwrap();
+        n.created = 1;
+        n
+    }
+
+    fn meta(name: &str, id: &str, nics: &[(&Network, &str, &[&str])]) -> Meta {
+        Meta {
+            id: id.into(),
+            name: name.into(),
+            nics: nics
+                .iter()
+                .enumerate()
+                .map(|(i, (n, ip, aliases))| AttachedNic {
+                    network: (*n).clone(),
+                    slot: network::nic_slot(i).unwrap(),
+                    model: Default::default(),
+                    mac: network::mac_for(id, i),
+                    ip: None,
+                    address: Some(ip.parse().unwrap()),
+                    aliases: aliases.iter().map(|a| a.to_string()).collect(),
+                    ports: vec![],
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn ask(names: &Names, name: &str) -> Vec<dns::Record> {
+        let mut m = vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for l in name.split('.') {
+            m.push(l.len() as u8);
+            m.extend_from_slice(l.as_bytes());
+        }
+        m.extend_from_slice(&[0, 0, 1, 0, 1]);
+        let q = dns::parse_query(&m).unwrap();
+        names.answer(&q).map(|(_, r)| r).unwrap_or_default()
+    }
+
+    #[test]
+    fn names_are_those_of_the_askers_networks() {
+        let (front, back, bridge) = (
+            net("front", "172.17.0.0/16"),
+            net("back", "172.18.0.0/16"),
+            Network::bridge(),
+        );
+        let metas = vec![
+            meta("web", "aaaaaaaaaaaa1111", &[(&front, "172.17.0.2", &["www"]), (&bridge, "172.16.0.2", &[])]),
+            meta("db", "bbbbbbbbbbbb2222", &[(&back, "172.18.0.2", &["database"])]),
+            meta("app", "cccccccccccc3333", &[(&front, "172.17.0.3", &[]), (&back, "172.18.0.3", &[])]),
+            meta("lone", "dddddddddddd4444", &[(&bridge, "172.16.0.3", &[])]),
+        ];
+        let seg = |n: &Network| Segment::new(Path::new("/s"), n);
+        let a = |s: &str| vec![dns::Record::A(s.parse().unwrap())];
+        // web on front: front's names only, by name, alias, short and full ID.
+        let names = names_for(&metas, &seg(&front), "172.17.0.2".parse().unwrap());
+        assert_eq!(ask(&names, "app"), a("172.17.0.3"));
+        assert_eq!(ask(&names, "WWW"), a("172.17.0.2"));
+        assert_eq!(ask(&names, "cccccccccccc"), a("172.17.0.3"));
+        assert_eq!(ask(&names, "cccccccccccc3333"), a("172.17.0.3"));
+        assert!(ask(&names, "db").is_empty(), "another network");
+        assert!(ask(&names, "lone").is_empty(), "the default bridge");
+        // app on both: both networks' names, each at its address there.
+        let names = names_for(&metas, &seg(&front), "172.17.0.3".parse().unwrap());
+        assert_eq!(ask(&names, "db"), a("172.18.0.2"));
+        assert_eq!(ask(&names, "database"), a("172.18.0.2"));
+        assert_eq!(ask(&names, "web"), a("172.17.0.2"));
+        // On the default bridge: no names at all.
+        let names = names_for(&metas, &seg(&bridge), "172.16.0.3".parse().unwrap());
+        assert!(names.is_empty());
+        // A stranger on front gets front's names.
+        let names = names_for(&metas, &seg(&front), "172.17.9.9".parse().unwrap());
+        assert_eq!(ask(&names, "web"), a("172.17.0.2"));
+        assert!(ask(&names, "db").is_empty());
+    }
 }
