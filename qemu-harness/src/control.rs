@@ -150,7 +150,8 @@ fn stop(k: &Keeper, r: GlobalRequest) {
 fn network(k: &Keeper, r: GlobalRequest) {
     let k = k.clone();
     tokio::spawn(async move {
-        let change = serde_json::from_slice(r.data()).map_err(|e| format!("bad network request: {e}"));
+        let change =
+            serde_json::from_slice(r.data()).map_err(|e| format!("bad network request: {e}"));
         let reload = || {
             k.guestinfo
                 .push(HostCommand::Reload)

@@ -148,7 +148,11 @@ impl Nics {
                 match qmp.execute("device_del", json!({ "id": id })).await {
                     Ok(_) => {
                         if !qmp
-                            .wait_event("DEVICE_DELETED", |d| d["device"] == id.as_str(), UNPLUG_WAIT)
+                            .wait_event(
+                                "DEVICE_DELETED",
+                                |d| d["device"] == id.as_str(),
+                                UNPLUG_WAIT,
+                            )
                             .await
                         {
                             return Err(format!(
@@ -178,7 +182,9 @@ fn netdev_props(arg: &str) -> Result<Value, String> {
     let mut parts = split_escaped(arg).into_iter();
     props.insert("type".into(), json!(parts.next().unwrap_or_default()));
     for p in parts {
-        let (k, v) = p.split_once('=').ok_or_else(|| format!("bad netdev option {p:?}"))?;
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| format!("bad netdev option {p:?}"))?;
         match k.strip_prefix("addr.") {
             Some(sub) => {
                 addr.insert(sub.into(), json!(v));
@@ -294,7 +300,12 @@ impl Qmp {
     }
 
     /// Waits for an event whose data satisfies `matches`.
-    async fn wait_event(&mut self, name: &str, matches: impl Fn(&Value) -> bool, limit: Duration) -> bool {
+    async fn wait_event(
+        &mut self,
+        name: &str,
+        matches: impl Fn(&Value) -> bool,
+        limit: Duration,
+    ) -> bool {
         let seen = |e: &Value| e["event"] == name && matches(&e["data"]);
         if self.events.iter().any(seen) {
             return true;
@@ -317,11 +328,16 @@ impl Qmp {
 /// The config keys that add `network`'s endpoint to a running VM whose NICs are now `nics`
 /// (the endpoint, with its RW fields cleared, and the new list of networks); with `None`,
 /// only the list (a disconnect).
-pub fn entries(nics: &[AttachedNic], network: Option<&str>) -> Result<Vec<(String, String)>, String> {
+pub fn entries(
+    nics: &[AttachedNic],
+    network: Option<&str>,
+) -> Result<Vec<(String, String)>, String> {
     let mut cfg = guestinfo::ContainerConfig::default();
     for (i, nic) in nics.iter().enumerate() {
-        cfg.networks
-            .insert(nic.network.name.clone(), crate::config::endpoint(nic, i == 0));
+        cfg.networks.insert(
+            nic.network.name.clone(),
+            crate::config::endpoint(nic, i == 0),
+        );
     }
     let map = guestinfo::encode(&cfg).map_err(|e| e.to_string())?;
     let list_key = "guestinfo.vice./networks";
@@ -397,8 +413,14 @@ mod tests {
         assert!(e.iter().all(|(k, _)| !k.contains("|bridge")), "{e:?}");
         assert!(e.iter().all(|(_, v)| !v.is_empty()));
         let e = entries(&nics[..1], None).unwrap();
-        assert_eq!(e, vec![("guestinfo.vice./networks".to_owned(), "bridge".to_owned())]);
+        assert_eq!(
+            e,
+            vec![("guestinfo.vice./networks".to_owned(), "bridge".to_owned())]
+        );
         let e = entries(&[], None).unwrap();
-        assert_eq!(e, vec![("guestinfo.vice./networks".to_owned(), "<nil>".to_owned())]);
+        assert_eq!(
+            e,
+            vec![("guestinfo.vice./networks".to_owned(), "<nil>".to_owned())]
+        );
     }
 }

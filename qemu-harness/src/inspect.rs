@@ -75,6 +75,7 @@ pub fn network_settings(meta: &Meta, cfg: &ContainerConfig) -> serde_json::Value
                 "MacAddress": nic.mac,
                 "PciSlot": nic.slot,
                 "StaticIP": nic.ip,
+                "Aliases": nic.aliases,
                 "Default": i == 0,
                 "Type": nic.network.kind.as_str(),
                 "Model": nic.model.device(),

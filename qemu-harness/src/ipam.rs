@@ -183,7 +183,10 @@ mod tests {
             claim(dir.path(), &net, "cccc", Some(ip("10.1.0.5"))).unwrap(),
             ip("10.1.0.5")
         );
-        assert_eq!(claim(dir.path(), &net, "dddd", None).unwrap(), ip("10.1.0.4"));
+        assert_eq!(
+            claim(dir.path(), &net, "dddd", None).unwrap(),
+            ip("10.1.0.4")
+        );
         assert!(claim(dir.path(), &net, "eeee", None).is_err(), "full");
         // A release frees the address for the next one; someone else's release does not.
         release(dir.path(), "small", b, "zzzz");
@@ -203,7 +206,10 @@ mod tests {
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(&path, "0123456789abcdef").unwrap();
         // Young: held for a container being created.
-        assert_eq!(claim(dir.path(), &net, "new", None).unwrap(), ip("10.1.0.3"));
+        assert_eq!(
+            claim(dir.path(), &net, "new", None).unwrap(),
+            ip("10.1.0.3")
+        );
         // Old, and no container has it: stale.
         let old = std::time::SystemTime::now() - Duration::from_secs(600);
         fs::File::options()
@@ -212,7 +218,10 @@ mod tests {
             .unwrap()
             .set_modified(old)
             .unwrap();
-        assert_eq!(claim(dir.path(), &net, "new2", None).unwrap(), ip("10.1.0.2"));
+        assert_eq!(
+            claim(dir.path(), &net, "new2", None).unwrap(),
+            ip("10.1.0.2")
+        );
         assert_eq!(fs::read_to_string(&path).unwrap(), "new2");
     }
 }

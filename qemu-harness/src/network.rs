@@ -1324,7 +1324,9 @@ mod tests {
         assert_eq!(ports.len(), 2);
         assert!(ports[1].starts_with("pcie-root-port,id=nicport171,bus=pcie.0,addr=0x17.1,"));
         assert!(ports.iter().all(|p| p.contains("hotplug=on")));
-        assert!(args.iter().any(|(_, v)| v.starts_with("pcie-root-port,id=nicslot17,")));
+        assert!(args
+            .iter()
+            .any(|(_, v)| v.starts_with("pcie-root-port,id=nicslot17,")));
         assert_eq!(args.iter().filter(|(f, _)| f == "-netdev").count(), 1);
 
         // chassis/slot pairs are unique.

@@ -633,7 +633,10 @@ pub fn nic_args(meta: &Meta, segments: &[crate::netd::Hold]) -> Result<Vec<Strin
         .zip(segments)
         .map(|(n, h)| n.device(&h.segment.switch_sock()))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(network::qemu_nic_args(&devices, &network::spare_slots(&meta.nics)))
+    Ok(network::qemu_nic_args(
+        &devices,
+        &network::spare_slots(&meta.nics),
+    ))
 }
 
 /// Publishes the container's ports (`-p`, on its first network) at its address; returns
@@ -654,12 +657,10 @@ async fn publish(
         nic.guest_address(),
         nic.ports.clone(),
     );
-    tokio::task::spawn_blocking(move || {
-        segment.forward(&id, guest, &ports).map(|()| Some(segment))
-    })
-    .await
-    .map_err(|e| VmError::Config(format!("publishing ports: {e}")))?
-    .map_err(VmError::from)
+    tokio::task::spawn_blocking(move || segment.forward(&id, guest, &ports).map(|()| Some(segment)))
+        .await
+        .map_err(|e| VmError::Config(format!("publishing ports: {e}")))?
+        .map_err(VmError::from)
 }
 
 /// Withdraws what [`publish`] published (a netd that is gone has nothing to withdraw).

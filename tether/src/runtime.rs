@@ -263,8 +263,11 @@ impl Tether {
                 if changes.is_empty() {
                     return;
                 }
-                let hostname = crate::etc::hostname_for(&cfg.common.id, &cfg.hostname, &cfg.domainname);
-                for e in crate::net::reload::apply_changes(&mut cfg, &changes, &hostname, &t.networks) {
+                let hostname =
+                    crate::etc::hostname_for(&cfg.common.id, &cfg.hostname, &cfg.domainname);
+                for e in
+                    crate::net::reload::apply_changes(&mut cfg, &changes, &hostname, &t.networks)
+                {
                     tracing::error!(error = %e, "network reload");
                 }
                 let mut st = t.lock();

@@ -440,13 +440,22 @@ fn endpoints(v: &ContainerView) -> Vec<(String, String, u8, String, String)> {
 
 fn networks_json(v: &ContainerView) -> serde_json::Value {
     let mut nets = serde_json::Map::new();
-    for (name, ip, prefix, gw, mac) in endpoints(v) {
+    for ((name, ip, prefix, gw, mac), nic) in endpoints(v).into_iter().zip(&v.meta.nics) {
+        // What the network's DNS answers besides the name: the aliases and, on a
+        // user-defined network, the short ID (as docker lists them; compose looks for it).
+        let aliases = if nic.network.is_builtin() {
+            serde_json::Value::Null
+        } else {
+            let mut a = nic.aliases.clone();
+            a.push(v.meta.id.chars().take(12).collect());
+            serde_json::json!(a)
+        };
         nets.insert(
             name.clone(),
             serde_json::json!({
-                "IPAMConfig": null,
+                "IPAMConfig": nic.ip.map(|ip| serde_json::json!({ "IPv4Address": ip.to_string() })),
                 "Links": null,
-                "Aliases": null,
+                "Aliases": aliases,
                 "NetworkID": network_id(&name),
                 "EndpointID": if ip.is_empty() { String::new() } else { network_id(&format!("{name}/{}", v.meta.id)) },
                 "Gateway": gw,

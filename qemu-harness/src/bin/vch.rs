@@ -528,7 +528,10 @@ async fn command(engine: &Engine, cmd: Cmd) -> Result<ExitCode> {
             let mut aliases = std::collections::BTreeMap::new();
             if !network_aliases.is_empty() {
                 // docker's rule: the aliases are the first network's.
-                let first = networks.first().cloned().unwrap_or_else(|| network::NONE.into());
+                let first = networks
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| network::NONE.into());
                 aliases.insert(first, network_aliases);
             }
             opts.network = NetworkRequest {

@@ -96,10 +96,12 @@ impl Engine {
         };
         // Running: the keeper adds the NIC; the metadata changes once it is there.
         let change = Change::Connect {
-            entries: crate::hotplug::entries(&meta.nics, Some(&name)).map_err(EngineError::BadRequest)?,
+            entries: crate::hotplug::entries(&meta.nics, Some(&name))
+                .map_err(EngineError::BadRequest)?,
             nic: nic.clone(),
         };
-        let payload = serde_json::to_vec(&change).map_err(|e| EngineError::BadRequest(e.to_string()))?;
+        let payload =
+            serde_json::to_vec(&change).map_err(|e| EngineError::BadRequest(e.to_string()))?;
         if let Err(e) = self.control(&meta, control::REQ_NETWORK, &payload).await {
             if let Some(ip) = nic.address {
                 crate::ipam::release(self.state().root(), &name, ip, &meta.id);
@@ -143,7 +145,8 @@ impl Engine {
             let change = Change::Disconnect {
                 network: name.clone(),
                 slot: nic.slot,
-                entries: crate::hotplug::entries(&after.nics, None).map_err(EngineError::BadRequest)?,
+                entries: crate::hotplug::entries(&after.nics, None)
+                    .map_err(EngineError::BadRequest)?,
             };
             let payload =
                 serde_json::to_vec(&change).map_err(|e| EngineError::BadRequest(e.to_string()))?;
@@ -185,14 +188,19 @@ impl Engine {
         let dir = self.state().vm_dir(&meta.id);
         let path = dir.join("config.vmx");
         let config_err = |e: guestinfo::store::StoreError| {
-            EngineError::Vm(crate::vm::VmError::Config(format!("{}: {e}", path.display())))
+            EngineError::Vm(crate::vm::VmError::Config(format!(
+                "{}: {e}",
+                path.display()
+            )))
         };
         let store = FileStore::open(&path).map_err(config_err)?;
         let mut cfg = guestinfo::store::read_config(&store).map_err(config_err)?;
         cfg.networks.clear();
         for (i, nic) in meta.nics.iter().enumerate() {
-            cfg.networks
-                .insert(nic.network.name.clone(), crate::config::endpoint(nic, i == 0));
+            cfg.networks.insert(
+                nic.network.name.clone(),
+                crate::config::endpoint(nic, i == 0),
+            );
         }
         // Written whole into a new file: keys of the endpoints that went must not stay.
         let tmp = dir.join("config.vmx.net");

@@ -1003,21 +1003,26 @@ fn follow_output(
 
 fn matches_filters(v: &ContainerView, filters: &BTreeMap<String, Vec<String>>) -> bool {
     filters.iter().all(|(key, values)| {
+        // docker's rule: labels must all be there (compose selects a project's service by
+        // two labels); the other keys' values are alternatives.
+        let matches = |want: &String| match key.as_str() {
+            "name" => v.meta.name.contains(want.trim_start_matches('/')),
+            "id" => v.meta.id.starts_with(want.as_str()),
+            "status" => v.status.as_str() == want,
+            "label" => match want.split_once('=') {
+                Some((k, val)) => v.meta.settings.labels.get(k).map(String::as_str) == Some(val),
+                None => v.meta.settings.labels.contains_key(want.as_str()),
+            },
+            "ancestor" => v.meta.image == crate::image::normalize(want),
+            // Unknown filters select nothing, as docker refuses them.
+            _ => false,
+        };
         values.is_empty()
-            || values.iter().any(|want| match key.as_str() {
-                "name" => v.meta.name.contains(want.trim_start_matches('/')),
-                "id" => v.meta.id.starts_with(want.as_str()),
-                "status" => v.status.as_str() == want,
-                "label" => match want.split_once('=') {
-                    Some((k, val)) => {
-                        v.meta.settings.labels.get(k).map(String::as_str) == Some(val)
-                    }
-                    None => v.meta.settings.labels.contains_key(want.as_str()),
-                },
-                "ancestor" => v.meta.image == crate::image::normalize(want),
-                // Unknown filters select nothing, as docker refuses them.
-                _ => false,
-            })
+            || if key == "label" {
+                values.iter().all(matches)
+            } else {
+                values.iter().any(matches)
+            }
     })
 }
 

@@ -442,7 +442,9 @@ impl Daemon {
     fn from_port(&mut self, port: Port, frame: Vec<u8>, now: Instant) {
         self.frames += 1;
         if port != GATEWAY {
-            if let Some(d) = dns::udp_in(&frame).filter(|d| d.dport == 53 && self.dns_addrs.contains(&d.dst)) {
+            if let Some(d) =
+                dns::udp_in(&frame).filter(|d| d.dport == 53 && self.dns_addrs.contains(&d.dst))
+            {
                 // Learned all the same: the answer goes back to this port.
                 self.switch.switch(port, &frame, now);
                 self.resolve(port, d);
@@ -486,9 +488,7 @@ impl Daemon {
     /// The names a container at `asker` resolves; the containers are read again from the
     /// state directory when what was read is old.
     fn names(&mut self, asker: Ipv4Addr) -> Names {
-        let fresh = self
-            .running_at
-            .is_some_and(|t| t.elapsed() < NAMES_FRESH);
+        let fresh = self.running_at.is_some_and(|t| t.elapsed() < NAMES_FRESH);
         if !fresh {
             self.running = running(&self.state);
             self.running_at = Some(Instant::now());
@@ -842,7 +842,13 @@ mod tests {
         let mut n = Network::bridge();
         n.name = name.into();
         n.subnet = subnet.parse().unwrap();
-        n.gateway = n.subnet.network().to_string().replace(".0.0", ".0.1").parse().unwrap();
+        n.gateway = n
+            .subnet
+            .network()
+            .to_string()
+            .replace(".0.0", ".0.1")
+            .parse()
+            .unwrap();
         n.created = 1;
         n
     }
@@ -888,9 +894,24 @@ mod tests {
             Network::bridge(),
         );
         let metas = vec![
-            meta("web", "aaaaaaaaaaaa1111", &[(&front, "172.17.0.2", &["www"]), (&bridge, "172.16.0.2", &[])]),
-            meta("db", "bbbbbbbbbbbb2222", &[(&back, "172.18.0.2", &["database"])]),
-            meta("app", "cccccccccccc3333", &[(&front, "172.17.0.3", &[]), (&back, "172.18.0.3", &[])]),
+            meta(
+                "web",
+                "aaaaaaaaaaaa1111",
+                &[
+                    (&front, "172.17.0.2", &["www"]),
+                    (&bridge, "172.16.0.2", &[]),
+                ],
+            ),
+            meta(
+                "db",
+                "bbbbbbbbbbbb2222",
+                &[(&back, "172.18.0.2", &["database"])],
+            ),
+            meta(
+                "app",
+                "cccccccccccc3333",
+                &[(&front, "172.17.0.3", &[]), (&back, "172.18.0.3", &[])],
+            ),
             meta("lone", "dddddddddddd4444", &[(&bridge, "172.16.0.3", &[])]),
         ];
         let seg = |n: &Network| Segment::new(Path::new("/s"), n);

@@ -97,8 +97,11 @@ pub fn response(q: &Query, rcode: u8, records: &[Record]) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + q.question.len());
     out.extend_from_slice(&q.id.to_be_bytes());
     // QR, authoritative, RD echoed, RA.
-    let flags: u16 =
-        0x8000 | 0x0400 | if q.recursion_desired { 0x0100 } else { 0 } | 0x0080 | u16::from(rcode & 0xf);
+    let flags: u16 = 0x8000
+        | 0x0400
+        | if q.recursion_desired { 0x0100 } else { 0 }
+        | 0x0080
+        | u16::from(rcode & 0xf);
     out.extend_from_slice(&flags.to_be_bytes());
     out.extend_from_slice(&1u16.to_be_bytes());
     out.extend_from_slice(&(records.len() as u16).to_be_bytes());

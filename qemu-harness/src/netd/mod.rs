@@ -154,7 +154,8 @@ impl Segment {
         let path = self.ctl_sock();
         let io = |what| self.io(what, &path);
         let mut s = UnixStream::connect(&path).map_err(io("connect"))?;
-        s.set_read_timeout(Some(CTL_TIMEOUT)).map_err(io("set up"))?;
+        s.set_read_timeout(Some(CTL_TIMEOUT))
+            .map_err(io("set up"))?;
         s.set_write_timeout(Some(CTL_TIMEOUT))
             .map_err(io("set up"))?;
         let mut line = serde_json::to_vec(req).map_err(|source| NetdError::Json {
@@ -182,7 +183,12 @@ impl Segment {
 
     /// Publishes `ports` of container `owner` (at `guest`) on this segment's gateway; an
     /// error (a host port in use) says which.
-    pub fn forward(&self, owner: &str, guest: std::net::Ipv4Addr, ports: &[PortSpec]) -> Result<(), NetdError> {
+    pub fn forward(
+        &self,
+        owner: &str,
+        guest: std::net::Ipv4Addr,
+        ports: &[PortSpec],
+    ) -> Result<(), NetdError> {
         if ports.is_empty() {
             return Ok(());
         }
@@ -372,7 +378,9 @@ fn last_line(path: &Path) -> String {
 
 fn write_definition(segment: &Segment) -> Result<(), NetdError> {
     let path = segment.definition();
-    let tmp = segment.dir.join(format!("network.json.{}", std::process::id()));
+    let tmp = segment
+        .dir
+        .join(format!("network.json.{}", std::process::id()));
     let text =
         serde_json::to_string_pretty(&segment.network).map_err(|source| NetdError::Json {
             path: path.clone(),
@@ -429,7 +437,10 @@ mod tests {
         let text = serde_json::to_string(&r).unwrap();
         assert!(text.starts_with(r#"{"op":"forward","owner":"abc","guest":"10.0.0.2""#));
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
-        assert_eq!(serde_json::to_string(&Request::Ping).unwrap(), r#"{"op":"ping"}"#);
+        assert_eq!(
+            serde_json::to_string(&Request::Ping).unwrap(),
+            r#"{"op":"ping"}"#
+        );
         assert_eq!(serde_json::to_string(&Reply::default()).unwrap(), "{}");
     }
 

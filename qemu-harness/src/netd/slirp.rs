@@ -63,7 +63,10 @@ impl Handler for Callbacks {
     fn unregister_poll_fd(&mut self, _fd: RawFd) {}
 
     fn guest_error(&mut self, msg: &str) {
-        tracing::warn!(message = msg, "gateway: a guest sent something libslirp refuses");
+        tracing::warn!(
+            message = msg,
+            "gateway: a guest sent something libslirp refuses"
+        );
     }
 
     fn notify(&mut self) {
@@ -147,9 +150,7 @@ impl Gateway {
             start: Instant::now(),
             kicked: Cell::new(false),
         });
-        let unspecified6 = in6_addr {
-            s6_addr: [0; 16],
-        };
+        let unspecified6 = in6_addr { s6_addr: [0; 16] };
         let config = SlirpConfig {
             version: 2,
             restricted: 0,

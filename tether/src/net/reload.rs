@@ -119,8 +119,7 @@ pub fn apply_changes(
             continue;
         };
         let deadline = Instant::now() + NIC_WAIT;
-        while pci::interface_name(&paths.pci_devices, slot).is_err() && Instant::now() < deadline
-        {
+        while pci::interface_name(&paths.pci_devices, slot).is_err() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
         }
         match apply::apply_one(cfg, name, hostname, leases) {
@@ -167,8 +166,10 @@ mod tests {
         assert_eq!(listed(&Map::new()), None);
 
         let mut cfg = ContainerConfig::default();
-        cfg.networks.insert("bridge".into(), endpoint("1184", "172.16.0.2"));
-        cfg.networks.insert("back".into(), endpoint("1216", "172.17.0.2"));
+        cfg.networks
+            .insert("bridge".into(), endpoint("1184", "172.16.0.2"));
+        cfg.networks
+            .insert("back".into(), endpoint("1216", "172.17.0.2"));
         let leases = Leases::default();
         leases.mark_configured("bridge");
         // `back` is new, `bridge` stays.
@@ -181,7 +182,11 @@ mod tests {
         assert!(c.added.is_empty());
         assert_eq!(
             c.removed,
-            vec![("bridge".to_owned(), 1184, Some(("172.16.0.2".parse().unwrap(), 16)))]
+            vec![(
+                "bridge".to_owned(),
+                1184,
+                Some(("172.16.0.2".parse().unwrap(), 16))
+            )]
         );
         assert!(!cfg.networks.contains_key("bridge"));
         // A listed name without an endpoint in the config is nothing to add.
