@@ -308,19 +308,22 @@ pub fn create(state: &State, mut opts: RunOptions) -> Result<Created, VmError> {
             ..Default::default()
         })?;
     }
+    let networks = NetworkStore::new(state.root());
     let attached = match volume::realize(&volumes, &plan) {
         Ok(a) => a,
         Err(e) => {
             let _ = fs::remove_dir_all(&dir);
+            network::release(&networks, &nics, &opts.spec.id);
             return Err(e.into());
         }
     };
-    match prepare(state, &opts, &dir, attached.clone(), nics) {
+    match prepare(state, &opts, &dir, attached.clone(), nics.clone()) {
         Ok(meta) => Ok(Created { meta, dir }),
         Err(e) => {
             // Nothing was started: leave no half-made container behind.
             let _ = fs::remove_dir_all(&dir);
             volume::release(&volumes, &attached);
+            network::release(&networks, &nics, &opts.spec.id);
             Err(e)
         }
     }

@@ -7,6 +7,7 @@ mod backchannel_robustness;
 mod bad_config;
 mod container_logs;
 mod container_network;
+mod containers_on_a_network;
 mod docker_attach;
 mod docker_daemon;
 mod docker_detached;

@@ -667,6 +667,12 @@ impl Engine {
         if volumes {
             volume::release(&VolumeStore::new(self.state().root()), &meta.volumes);
         }
+        // Its addresses are free for the next containers.
+        crate::network::release(
+            &crate::network::NetworkStore::new(self.state().root()),
+            &meta.nics,
+            &meta.id,
+        );
         lock(&self.inner.execs).retain(|_, e| e.container_id != meta.id);
         self.publish(self.container_event("destroy", meta));
         Ok(())

@@ -508,6 +508,15 @@ impl Daemon {
             self.send_datagram(port, &dns::reply_to(&d, payload));
             return;
         }
+        // A name without a dot is a container's name or nothing: the segment answers, no
+        // name server out there knows it (and one that does not answer would make the
+        // container's resolver wait).
+        if !q.name.contains('.') {
+            self.dns_local += 1;
+            let payload = dns::response(&q, dns::RCODE_NXDOMAIN, &[]);
+            self.send_datagram(port, &dns::reply_to(&d, payload));
+            return;
+        }
         self.dns_forwarded += 1;
         let up = &mut self.upstream;
         let sent = match (&up.sock, up.servers.first()) {
