@@ -13,6 +13,7 @@ mod docker_daemon;
 mod docker_detached;
 mod docker_events;
 mod docker_exec;
+mod docker_network_names;
 mod docker_run;
 mod docker_volumes_and_networks;
 mod exec_in_running;
