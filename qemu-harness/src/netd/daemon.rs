@@ -316,7 +316,7 @@ impl Daemon {
                     match self.conns.get_mut(&port).map(Conn::read_frames) {
                         Some(Ok(frames)) => {
                             for f in frames {
-                                self.from_port(port, f, now);
+                                self.ingress(port, f, now);
                             }
                         }
                         Some(Err(e)) => {
@@ -433,13 +433,13 @@ impl Daemon {
                 return;
             }
             for f in out {
-                self.from_port(GATEWAY, f, now);
+                self.ingress(GATEWAY, f, now);
             }
         }
     }
 
     /// A frame that came in on `port`.
-    fn from_port(&mut self, port: Port, frame: Vec<u8>, now: Instant) {
+    fn ingress(&mut self, port: Port, frame: Vec<u8>, now: Instant) {
         self.frames += 1;
         if port != GATEWAY {
             if let Some(d) =

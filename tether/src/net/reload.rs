@@ -44,12 +44,14 @@ pub fn listed(map: &Map) -> Option<Vec<String>> {
     )
 }
 
+/// A withdrawn endpoint: its name, the slot of its NIC and the address it had.
+pub type Withdrawn = (String, u32, Option<(Ipv4Addr, u8)>);
+
 /// What a reload changes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
     pub added: Vec<String>,
-    /// Withdrawn endpoints, with the slot and address they had.
-    pub removed: Vec<(String, u32, Option<(Ipv4Addr, u8)>)>,
+    pub removed: Vec<Withdrawn>,
 }
 
 impl Changes {
