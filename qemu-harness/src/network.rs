@@ -1,26 +1,23 @@
-//! Container networks: QEMU user networking in the role of the VCH's port groups, and NICs
-//! placed where the tether looks for them.
+//! Container networks: their definitions (the VCH's port groups), the NICs containers have on
+//! them, and where those NICs go so that the tether finds them.
 //!
 //! # Networks
 //!
-//! Each network a container joins is one NIC on one QEMU user-mode (`-netdev user`, slirp)
-//! network configured with the network's subnet: `net=` the subnet, `host=` its gateway (the
-//! address under which the guest reaches the machine running the harness), `dns=` slirp's
-//! DNS forwarder, `dhcpstart=` the first address slirp's DHCP server hands out. Slirp insists
-//! that the DNS address differs from the host address, so the forwarder sits at the subnet's
-//! last usable address unless a `--dns` address inside the subnet is given:
+//! Each network is one shared segment, run by a `vch netd` process ([`crate::netd`]): every
+//! NIC of every container on the network is a QEMU stream netdev to the segment's switch,
+//! and the gateway on it is libslirp (NAT out, published ports, this machine's loopback at
+//! the gateway address), with the segment's own DNS at the gateway. Addresses are the port
+//! layer's ([`crate::ipam`]): each NIC gets the network's lowest free address (or `--ip`),
+//! written into its endpoint, so the tether configures it without DHCP.
 //!
-//! | network | subnet | gateway (`host=`) | container (DHCP) | slirp DNS |
+//! | network | subnet | gateway | first container | libslirp's DNS address |
 //! |---|---|---|---|---|
 //! | `bridge` (built in) | 172.16.0.0/16 (VIC's first bridge subnet) | 172.16.0.1 | 172.16.0.2 | 172.16.255.254 |
 //! | `vch network create NAME` | next free /16 of 172.16.0.0/12 (172.17.0.0/16, …) | .0.1 | .0.2 | last usable |
 //!
-//! Unlike VIC, where every bridge network shares the container's one bridge NIC and the port
-//! layer assigns bridge addresses itself, every network here has its own NIC and the
-//! container asks slirp's DHCP server for its address (endpoint without `ip`,
-//! `static=false`), unless `--ip` gives a static one. Each slirp stack is private to one VM:
-//! containers do not see each other, and the guest can reach the outside only through slirp's
-//! NAT.
+//! libslirp insists that its DNS address differs from the gateway, so it sits at the
+//! subnet's last usable address unless a `--dns` address inside the subnet is given; the
+//! segment answers DNS at both, and no container gets either address.
 //!
 //! # Where a NIC goes: slot number → QEMU devices → guest sysfs
 //!
@@ -296,7 +293,7 @@ pub struct Network {
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
     /// Nameservers the port layer writes into the endpoint (`network/dns`); empty = the
-    /// container asks DHCP.
+    /// container uses the gateway, where the segment answers.
     #[serde(default)]
     pub dns: Vec<Ipv4Addr>,
     /// Routes via the gateway when this is not the container's default network.
@@ -358,9 +355,8 @@ impl Network {
         }
     }
 
-    /// The first address slirp's DHCP server hands out: the lowest host address that is
-    /// neither the gateway nor the DNS forwarder. It is the container's address (each slirp
-    /// stack serves one VM).
+    /// The lowest host address that is neither the gateway nor the DNS address: the first
+    /// container's (and the address of a NIC from before addresses were assigned).
     pub fn dhcp_start(&self) -> Ipv4Addr {
         let dns = self.slirp_dns();
         (1..)

@@ -1037,7 +1037,7 @@ async fn network_cmd(engine: &Engine, cmd: NetworkCmd) -> Result<ExitCode> {
                 .map(|v| {
                     let n = &v.network;
                     let dns = if n.dns.is_empty() {
-                        "(DHCP)".to_owned()
+                        "(gateway)".to_owned()
                     } else {
                         n.dns
                             .iter()

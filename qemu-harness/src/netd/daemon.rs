@@ -374,10 +374,13 @@ impl Daemon {
         else {
             return false;
         };
-        let Ok(_held) = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        let Ok(held) = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
         else {
             return false;
         };
+        // Held until the process is gone (the descriptor closes at exit): a starter waiting
+        // on the lock must not find this netd's `netd.lock` still taken and give up.
+        std::mem::forget(held);
         for p in [self.segment.switch_sock(), self.segment.ctl_sock()] {
             let _ = std::fs::remove_file(p);
         }
