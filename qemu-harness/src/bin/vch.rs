@@ -1199,12 +1199,18 @@ async fn run_background(engine: &Engine, req: CreateRequest, detach: bool) -> Re
                 println!("{id}");
                 Ok(ExitCode::SUCCESS)
             }
-            Err(EngineError::StartFailed(_)) => {
+            Err(EngineError::StartFailed(why)) => {
                 let view = engine.inspect(&id)?;
+                // The tether's launch error, or why the VM never got that far (a host
+                // port in use, a network that could not be had).
                 eprintln!(
                     "vch: container {} failed to start: {}",
                     short(&id),
-                    view.started
+                    if view.started.is_empty() {
+                        why
+                    } else {
+                        view.started
+                    }
                 );
                 Ok(exit_code(view.exit_code.clamp(1, 255)))
             }
