@@ -42,7 +42,7 @@ fn token() -> u8 {
     if getrandom::fill(&mut b).is_err() {
         b[0] = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos() as u8)
+            .map(|d| d.subsec_nanos().to_le_bytes()[0])
             .unwrap_or(0);
     }
     // The original drew from [0, 254].

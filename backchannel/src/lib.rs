@@ -5,6 +5,10 @@
 //!
 //! Every byte layout here is pinned by the tests at the bottom; a change that breaks them is
 //! a wire change a VIC port layer would notice.
+//!
+//! The README follows: what crosses the back-channel and the other transports during an
+//! exec, step by step.
+#![doc = include_str!("../README.md")]
 
 pub mod handshake;
 pub mod ports;

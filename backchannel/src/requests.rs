@@ -46,9 +46,7 @@ pub fn id_list_payload<S: AsRef<str>>(ids: &[S]) -> Vec<u8> {
         .filter(|id| !id.contains(','))
         .collect::<Vec<_>>()
         .join(",");
-    let mut out = (joined.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(joined.as_bytes());
-    out
+    ssh_string(joined.as_bytes())
 }
 
 /// Parses a `name-list` payload.
@@ -99,8 +97,15 @@ impl WindowSize {
 
 /// `signal` payload: the signal name without `SIG`, as an SSH string.
 pub fn signal_payload(name: &str) -> Vec<u8> {
-    let mut out = (name.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(name.as_bytes());
+    ssh_string(name.as_bytes())
+}
+
+/// An SSH `string`: a u32 BE length, then the bytes. Payloads here are IDs and signal
+/// names, far below the 4 GiB a length can say (an SSH packet holds 256 KiB at most).
+fn ssh_string(bytes: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    let mut out = len.to_be_bytes().to_vec();
+    out.extend_from_slice(bytes);
     out
 }
 

@@ -137,14 +137,25 @@ fn writable(pairs: Vec<(String, String)>) -> Vec<(String, String)> {
 /// Reads a config through a per-key getter that cannot list keys (the VMware backdoor):
 /// walks the schema, asking for every key it could contain (one call per key, like the
 /// original), and returns the keys found. Getter errors abort the walk.
-pub fn discover_keys(
-    get: &mut dyn FnMut(&str) -> Result<Option<String>, String>,
-) -> Result<Map, String> {
+pub fn discover_keys<E: std::fmt::Display>(
+    get: &mut dyn FnMut(&str) -> Result<Option<String>, E>,
+) -> Result<Map, DiscoverError<E>> {
     let src = Discovery::new(get);
     let result: Result<ContainerConfig, DecodeError> = from_source(&src, registry);
     if let Some(e) = src.failure.borrow_mut().take() {
-        return Err(e);
+        return Err(DiscoverError::Get(e));
     }
-    result.map_err(|e| e.to_string())?;
+    result?;
     Ok(src.found.into_inner())
+}
+
+/// Why [`discover_keys`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError<E> {
+    /// the getter failed
+    #[error(transparent)]
+    Get(E),
+    /// what was found does not decode
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
 }

@@ -16,19 +16,30 @@ use crate::tags::{hidden, ro, rw, tagged, untagged, FieldTag};
 use crate::value::GoTime;
 
 /// Trust levels of `NetworkEndpoint.network.trust_level` (`executor.TrustLevel`).
+/// The firewall a network gets in the guest (tether-lifecycle.md §7).
 pub mod trust_level {
+    /// Not set: treated as [`PUBLISHED`].
     pub const UNSPECIFIED: i64 = 0;
+    /// Outbound traffic, ping, and the published ports.
     pub const PUBLISHED: i64 = 1;
+    /// Everything in and out.
     pub const OPEN: i64 = 2;
+    /// Nothing.
     pub const CLOSED: i64 = 3;
+    /// Outbound traffic and its replies only.
     pub const OUTBOUND: i64 = 4;
+    /// Outbound traffic, and anything from the network's own address pools.
     pub const PEERS: i64 = 5;
 }
 
 /// Values of `MountSpec.copy_mode` (`executor.CopyMode`).
+/// Whether a volume gets the image's content at its mount point (copy-up).
 pub mod copy_mode {
+    /// Not set: no copy.
     pub const UNSET: i64 = 0;
+    /// `CopyNever`: no copy.
     pub const NEVER: i64 = 1;
+    /// `CopyNew`: the image's content is copied into the volume when it is empty.
     pub const NEW: i64 = 2;
 }
 
@@ -42,6 +53,7 @@ pub struct ContainerConfig {
     pub common: Common,
     /// `RW:createtime`, nanoseconds since the epoch.
     pub create_time: i64,
+    /// `diagnostics/…`: the debug level, relaunch and exit records.
     pub diagnostics: Diagnostics,
     /// `RO:sessions`, keyed by session id; the primary session's id is the container id.
     pub sessions: BTreeMap<String, SessionConfig>,
@@ -183,8 +195,11 @@ pub(crate) const SYSLOG_TAGS: &[FieldTag] =
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ExitLog {
+    /// When the process exited.
     pub time: GoTime,
+    /// Its exit status.
     pub exit_status: i64,
+    /// Why, when it was not a plain exit (`killed by signal N`).
     pub message: String,
 }
 
@@ -272,7 +287,7 @@ pub(crate) const DETAIL_TAGS: &[FieldTag] = &[
 pub struct Cmd {
     /// `Path`.
     pub path: String,
-    /// `Args`, including argv[0].
+    /// `Args`, including `argv[0]`.
     pub args: Vec<String>,
     /// `Env`, `KEY=VALUE`.
     pub env: Vec<String>,
@@ -313,13 +328,21 @@ pub(crate) const MOUNT_TAGS: &[FieldTag] = &[
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Url {
+    /// `Scheme`: `label` or `nfs` for a volume source.
     pub scheme: String,
+    /// `Opaque`.
     pub opaque: String,
+    /// `Host`: the NFS server.
     pub host: String,
+    /// `Path`: the disk label or the NFS export.
     pub path: String,
+    /// `RawPath`.
     pub raw_path: String,
+    /// `ForceQuery`.
     pub force_query: bool,
+    /// `RawQuery`.
     pub raw_query: String,
+    /// `Fragment`.
     pub fragment: String,
 }
 
@@ -340,8 +363,10 @@ pub(crate) const URL_TAGS: &[FieldTag] = &[
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct IpNet {
+    /// `IP`: the address; `None` is Go's nil.
     #[serde(with = "crate::value::ip_opt")]
     pub ip: Option<IpAddr>,
+    /// `Mask`, as an address of the same family.
     #[serde(with = "crate::value::ip_opt")]
     pub mask: Option<IpAddr>,
 }
@@ -377,7 +402,9 @@ impl IpNet {
             IpAddr::V6(m) => u128::from(m),
         };
         let ones = bits.leading_ones();
-        (bits.checked_shl(ones).unwrap_or(0) == 0).then_some(ones as u8)
+        u8::try_from(ones)
+            .ok()
+            .filter(|_| bits.checked_shl(ones).unwrap_or(0) == 0)
     }
 
     /// True when no address is set (Go's nil IP).
@@ -489,10 +516,15 @@ pub(crate) const IP_RANGE_TAGS: &[FieldTag] = &[ro("first", "first"), ro("last",
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Build {
+    /// `Version`.
     pub version: String,
+    /// `GitCommit`.
     pub git_commit: String,
+    /// `BuildDate`.
     pub build_date: String,
+    /// `BuildNumber`.
     pub build_number: String,
+    /// `State`.
     pub state: String,
     /// `PluginVersion`: the container data version used by VCH migration.
     pub plugin_version: i64,

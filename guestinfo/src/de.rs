@@ -176,16 +176,17 @@ impl Source for MapSource {
 
 /// Walks the schema asking a getter for every key it could need (used where the transport
 /// cannot list keys, i.e. the VMware backdoor). Every lookup is recorded.
-pub(crate) type Getter<'g> = &'g mut dyn FnMut(&str) -> Result<Option<String>, String>;
+pub(crate) type Getter<'g, E> = &'g mut dyn FnMut(&str) -> Result<Option<String>, E>;
 
-pub(crate) struct Discovery<'g> {
-    get: RefCell<Getter<'g>>,
+pub(crate) struct Discovery<'g, E> {
+    get: RefCell<Getter<'g, E>>,
     pub found: RefCell<Map>,
-    pub failure: RefCell<Option<String>>,
+    /// The getter's first error: it ends the walk.
+    pub failure: RefCell<Option<E>>,
 }
 
-impl<'g> Discovery<'g> {
-    pub fn new(get: Getter<'g>) -> Discovery<'g> {
+impl<'g, E> Discovery<'g, E> {
+    pub fn new(get: Getter<'g, E>) -> Discovery<'g, E> {
         Discovery {
             get: RefCell::new(get),
             found: RefCell::new(Map::new()),
@@ -194,7 +195,7 @@ impl<'g> Discovery<'g> {
     }
 }
 
-impl std::fmt::Debug for Discovery<'_> {
+impl<E> std::fmt::Debug for Discovery<'_, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Discovery")
             .field("found", &self.found)
@@ -202,7 +203,7 @@ impl std::fmt::Debug for Discovery<'_> {
     }
 }
 
-impl Source for Discovery<'_> {
+impl<E: std::fmt::Display> Source for Discovery<'_, E> {
     fn lookup(&self, key: &str, _: bool) -> Result<Option<String>, DecodeError> {
         let result = {
             let mut get = self.get.borrow_mut();
@@ -215,10 +216,11 @@ impl Source for Discovery<'_> {
             }
             Ok(None) => Ok(None),
             Err(e) => {
-                *self.failure.borrow_mut() = Some(e.clone());
+                let message = e.to_string();
+                *self.failure.borrow_mut() = Some(e);
                 Err(DecodeError::Value {
                     key: key.to_owned(),
-                    message: e,
+                    message,
                 })
             }
         }

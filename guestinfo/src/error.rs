@@ -8,8 +8,11 @@ pub enum EncodeError {
     /// `{key}`: map key `{map_key}` cannot be carried: {reason}
     #[error("`{key}`: map key `{map_key}` cannot be carried: {reason}")]
     BadMapKey {
+        /// The extraConfig key at fault.
         key: String,
+        /// The map key that cannot be part of a key.
         map_key: String,
+        /// Why not.
         reason: &'static str,
     },
 
@@ -17,27 +20,49 @@ pub enum EncodeError {
     #[error(
         "`{key}`: the literal value `<nil>` cannot be carried (it reads back as the empty string)"
     )]
-    NilLiteral { key: String },
+    NilLiteral {
+        /// The extraConfig key at fault.
+        key: String,
+    },
 
     /// `{key}`: {what} cannot be encoded
     #[error("`{key}`: {what} cannot be encoded")]
-    Unsupported { key: String, what: &'static str },
+    Unsupported {
+        /// The extraConfig key at fault.
+        key: String,
+        /// The kind of value.
+        what: &'static str,
+    },
 
     /// `{key}`: secret fields need the original's NaCl encryption, which this crate does not implement
     #[error("`{key}`: secret fields need the original's NaCl encryption, which this crate does not implement")]
-    Secret { key: String },
+    Secret {
+        /// The extraConfig key at fault.
+        key: String,
+    },
 
     /// `{key}` and `{other}` are the same VMX key (VMX keys are case-insensitive)
     #[error("`{key}` and `{other}` are the same VMX key (VMX keys are case-insensitive)")]
-    Collision { key: String, other: String },
+    Collision {
+        /// One spelling.
+        key: String,
+        /// The other spelling.
+        other: String,
+    },
 
     /// no session or exec with id `{id}`
     #[error("no session or exec with id `{id}`")]
-    UnknownSession { id: String },
+    UnknownSession {
+        /// The ID asked for.
+        id: String,
+    },
 
     /// schema error: {what}
     #[error("schema error: {what}")]
-    Schema { what: String },
+    Schema {
+        /// What the serializer reported.
+        what: String,
+    },
 }
 
 impl serde::ser::Error for EncodeError {
@@ -54,22 +79,38 @@ pub enum DecodeError {
     /// `{key}`: invalid {expected} value {value:?}
     #[error("`{key}`: invalid {expected} value {value:?}")]
     InvalidValue {
+        /// The extraConfig key at fault.
         key: String,
+        /// The value found.
         value: String,
+        /// The kind of value expected.
         expected: &'static str,
     },
 
     /// `{key}`: list length {length} does not match the data present
     #[error("`{key}`: list length {length} does not match the data present")]
-    BadLength { key: String, length: String },
+    BadLength {
+        /// The extraConfig key at fault.
+        key: String,
+        /// The length key's value.
+        length: String,
+    },
 
     /// `{key}`: {message}
     #[error("`{key}`: {message}")]
-    Value { key: String, message: String },
+    Value {
+        /// The extraConfig key at fault.
+        key: String,
+        /// What is wrong with its value.
+        message: String,
+    },
 
     /// `{key}`: secret values are encrypted with the original's NaCl scheme, which this crate does not implement
     #[error("`{key}`: secret values are encrypted with the original's NaCl scheme, which this crate does not implement")]
-    Secret { key: String },
+    Secret {
+        /// The extraConfig key at fault.
+        key: String,
+    },
 
     /// the in-memory config cannot be merged with the new map: {0}
     #[error("the in-memory config cannot be merged with the new map: {0}")]
@@ -77,11 +118,17 @@ pub enum DecodeError {
 
     /// schema error: {what}
     #[error("schema error: {what}")]
-    Schema { what: String },
+    Schema {
+        /// What the deserializer reported.
+        what: String,
+    },
 
     /// {message}
     #[error("{message}")]
-    Custom { message: String },
+    Custom {
+        /// The message, not yet tied to a key (see `DecodeError::at`).
+        message: String,
+    },
 }
 
 impl serde::de::Error for DecodeError {

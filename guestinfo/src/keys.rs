@@ -19,21 +19,32 @@ const NON_PERSISTENT: &str = "non-persistent";
 pub struct Scope(u8);
 
 impl Scope {
+    /// Not a usable scope.
     pub const INVALID: Scope = Scope(1);
+    /// No `guestinfo.` prefix: the guest cannot see the key.
     pub const HIDDEN: Scope = Scope(2);
+    /// `guestinfo.vice./…`: the guest reads it, only the host writes it.
     pub const READ_ONLY: Scope = Scope(4);
+    /// Written by the guest, never read back.
     pub const WRITE_ONLY: Scope = Scope(8);
+    /// `guestinfo.vice..…`: the guest writes it back.
     pub const READ_WRITE: Scope = Scope(16);
+    /// `@non-persistent`: gone when the VM powers off (exec keys).
     pub const NON_PERSISTENT: Scope = Scope(32);
+    /// Changes while the VM runs; no effect on the key's shape.
     pub const VOLATILE: Scope = Scope(64);
+    /// `@secret`: encrypted by the original (not supported here).
     pub const SECRET: Scope = Scope(128);
 
+    /// The bits, as the original numbers them.
     pub const fn bits(self) -> u8 {
         self.0
     }
+    /// Whether any bit of `other` is set.
     pub const fn contains(self, other: Scope) -> bool {
         self.0 & other.0 != 0
     }
+    /// This scope with the bits of `other` added.
     #[must_use]
     pub const fn with(self, other: Scope) -> Scope {
         Scope(self.0 | other.0)

@@ -14,6 +14,8 @@
 //! The codec's maps hold *plain* values; `<nil>` (the wire spelling of the empty string) is
 //! applied and removed at the transport and store boundary.
 
+#![warn(missing_docs)]
+
 mod codec;
 pub mod config;
 mod de;
@@ -27,10 +29,11 @@ pub mod value;
 
 pub use codec::{
     decode, decode_into, discover_keys, encode, encode_pairs, guest_writeback, session_writeback,
+    DiscoverError,
 };
 pub use config::*;
 pub use error::{DecodeError, EncodeError};
-pub use transport::{load_config, reload_config, HostCommand, Transport, TransportError};
+pub use transport::{reload_config, write_pairs, HostCommand, Transport, TransportError};
 
 /// A flat extraConfig map with plain values (no `<nil>`).
 pub type Map = std::collections::BTreeMap<String, String>;

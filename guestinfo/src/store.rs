@@ -23,13 +23,20 @@ pub enum StoreError {
     /// store file {path}: {source}
     #[error("store file {path}: {source}")]
     Io {
+        /// The store file.
         path: PathBuf,
+        /// What the file system said.
         #[source]
         source: io::Error,
     },
     /// line {line}: {message}
     #[error("line {line}: {message}")]
-    Parse { line: usize, message: String },
+    Parse {
+        /// The line of the file, from 1.
+        line: usize,
+        /// What is wrong with it.
+        message: String,
+    },
     /// encoding the config failed: {0}
     #[error("encoding the config failed: {0}")]
     Encode(#[from] EncodeError),
@@ -73,6 +80,7 @@ pub struct MemStore {
 }
 
 impl MemStore {
+    /// An empty store.
     pub fn new() -> MemStore {
         MemStore::default()
     }

@@ -17,7 +17,9 @@ pub type Registry = fn(&str) -> Option<&'static [FieldTag]>;
 pub enum TagKind {
     /// A Go field with a `vic` tag: explicit scope words and key segment.
     Tagged {
+        /// The `scope:"…"` words.
         scope: &'static str,
+        /// The `key:"…"` segment.
         key: &'static str,
     },
     /// An exported Go field without a `vic` tag: scope inherited from the parent key, key
@@ -32,6 +34,7 @@ pub enum TagKind {
 pub struct FieldTag {
     /// The serde (Rust) field name.
     pub field: &'static str,
+    /// How its key segment and scope are derived.
     pub kind: TagKind,
     /// `recurse:"skip-encode"`.
     pub skip_encode: bool,
@@ -55,18 +58,21 @@ impl FieldTag {
         }
     }
 
+    /// The tag with `recurse:"skip-decode"`.
     #[must_use]
     pub const fn skip_decode(mut self) -> FieldTag {
         self.skip_decode = true;
         self
     }
 
+    /// The tag with `recurse:"skip-encode"`.
     #[must_use]
     pub const fn skip_encode(mut self) -> FieldTag {
         self.skip_encode = true;
         self
     }
 
+    /// The tag with `tags` for the field's struct value (see [`FieldTag::nested`]).
     #[must_use]
     pub const fn nested(mut self, tags: &'static [FieldTag]) -> FieldTag {
         self.nested = Some(tags);

@@ -110,6 +110,7 @@ impl<'de> Deserialize<'de> for IpOwned {
 pub mod ip_opt {
     use super::*;
 
+    /// Serializes the field (serde's `with` protocol).
     pub fn serialize<S: Serializer>(ip: &Option<IpAddr>, s: S) -> Result<S::Ok, S::Error> {
         match ip {
             Some(ip) => s.serialize_some(&IpRef(ip)),
@@ -117,6 +118,7 @@ pub mod ip_opt {
         }
     }
 
+    /// Deserializes the field (serde's `with` protocol).
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IpAddr>, D::Error> {
         Ok(Option::<IpOwned>::deserialize(d)?.map(|ip| ip.0))
     }
@@ -126,6 +128,7 @@ pub mod ip_opt {
 pub mod ip_vec {
     use super::*;
 
+    /// Serializes the field (serde's `with` protocol).
     pub fn serialize<S: Serializer>(ips: &[IpAddr], s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(ips.len()))?;
         for ip in ips {
@@ -134,6 +137,7 @@ pub mod ip_vec {
         seq.end()
     }
 
+    /// Deserializes the field (serde's `with` protocol).
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
@@ -158,6 +162,7 @@ pub mod ip_vec {
 pub mod bytes_b64 {
     use super::*;
 
+    /// Serializes the field (serde's `with` protocol).
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
             s.serialize_str(&b64_encode(bytes))
@@ -166,6 +171,7 @@ pub mod bytes_b64 {
         }
     }
 
+    /// Deserializes the field (serde's `with` protocol).
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         struct V;
         impl Visitor<'_> for V {
@@ -196,12 +202,19 @@ pub mod bytes_b64 {
 /// the original (which logs and carries on).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GoTime {
+    /// The year (any, as Go's).
     pub year: i64,
+    /// 1 to 12.
     pub month: u8,
+    /// 1 to 31.
     pub day: u8,
+    /// 0 to 23.
     pub hour: u8,
+    /// 0 to 59.
     pub minute: u8,
+    /// 0 to 59.
     pub second: u8,
+    /// 0 to 999 999 999.
     pub nanosecond: u32,
     /// Offset east of UTC in seconds.
     pub offset_seconds: i32,
@@ -251,7 +264,13 @@ fn civil_from_days(z: i64) -> (i64, u8, u8) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m as u8, d as u8)
+    // 1..=12 and 1..=31 by construction.
+    (y, small(m), small(d))
+}
+
+/// A calendar field known to be small (a month, a day, an hour...) as a `u8`.
+fn small(v: i64) -> u8 {
+    u8::try_from(v).unwrap_or(0)
 }
 
 fn days_from_civil(y: i64, m: u8, d: u8) -> i64 {
@@ -275,9 +294,10 @@ impl GoTime {
             year,
             month,
             day,
-            hour: (rem / 3600) as u8,
-            minute: (rem % 3600 / 60) as u8,
-            second: (rem % 60) as u8,
+            // `rem` is in 0..86_400.
+            hour: small(rem / 3600),
+            minute: small(rem % 3600 / 60),
+            second: small(rem % 60),
             nanosecond: nanos.min(999_999_999),
             offset_seconds: 0,
             zone: "UTC".to_owned(),
@@ -325,7 +345,7 @@ impl GoTime {
                 return None;
             }
             let (frac, rest) = rest.split_at(digits);
-            let scale = 10u32.pow(9 - digits as u32);
+            let scale = 10u32.pow(9 - u32::try_from(digits).ok()?);
             nanosecond = frac.parse::<u32>().ok()?.checked_mul(scale)?;
             s = rest;
         }
@@ -344,19 +364,19 @@ impl GoTime {
         if !zone_ok || !(1..=12).contains(&month) || hour > 23 || minute > 59 || second > 59 {
             return None;
         }
-        let month = month as u8;
+        let month = u8::try_from(month).ok()?;
         if day == 0 || day > u32::from(days_in_month(i64::from(year), month)) || om > 59 {
             return None;
         }
         Some(GoTime {
             year: i64::from(year),
             month,
-            day: day as u8,
-            hour: hour as u8,
-            minute: minute as u8,
-            second: second as u8,
+            day: u8::try_from(day).ok()?,
+            hour: u8::try_from(hour).ok()?,
+            minute: u8::try_from(minute).ok()?,
+            second: u8::try_from(second).ok()?,
             nanosecond,
-            offset_seconds: sign * (oh as i32 * 3600 + om as i32 * 60),
+            offset_seconds: sign * (i32::try_from(oh).ok()? * 3600 + i32::try_from(om).ok()? * 60),
             zone: zone.to_owned(),
         })
     }

@@ -82,13 +82,13 @@ fn config() -> impl bincode::config::Config {
 /// Encodes one record as a complete frame.
 pub fn encode(record: &Record) -> Result<Vec<u8>, EncodeError> {
     let body = bincode::encode_to_vec(record, config())?;
-    if body.len() > MAX_BODY {
-        return Err(EncodeError::TooLarge(body.len()));
-    }
+    let len = match u32::try_from(body.len()) {
+        Ok(len) if body.len() <= MAX_BODY => len,
+        _ => return Err(EncodeError::TooLarge(body.len())),
+    };
     let mut out = Vec::with_capacity(HEADER + body.len());
     out.extend_from_slice(&MAGIC);
-    // Cannot truncate: checked against MAX_BODY above.
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
     out.extend_from_slice(&body);
     Ok(out)

@@ -32,8 +32,9 @@ pub fn entry(time_ns: u64, stream: Stream, payload: &[u8]) -> Vec<u8> {
         Stream::Stdout => 0,
         Stream::Stderr => 1,
     };
-    // Cannot truncate: payload.len() <= 4095 fits in 12 bits.
-    let word = (payload.len() as u16) << 4 | stream_bit << 3;
+    // At most MAX_ENTRY (4095) bytes: the length fits the header's 12 bits.
+    let len = u16::try_from(payload.len()).unwrap_or(0x0fff);
+    let word = len << 4 | stream_bit << 3;
     let mut raw = [0u8; 10];
     raw[..8].copy_from_slice(&time_ns.to_le_bytes());
     raw[8..].copy_from_slice(&word.to_le_bytes());

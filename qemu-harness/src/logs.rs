@@ -300,7 +300,7 @@ pub fn parse_since(s: &str, now_ns: u64) -> Result<u64, String> {
             .unwrap_or(0));
     }
     Err(format!(
-        "invalid time {s:?}: give an RFC 3339 time (with or without an offset), Unix seconds or a duration like 10m"
+        "{s:?}: give an RFC 3339 time (with or without an offset), Unix seconds or a duration like 10m"
     ))
 }
 

@@ -3,12 +3,14 @@
 //! ```text
 //! <state>/vms/<id>/meta.json     name, image, command, created, QEMU pid
 //!                  config.vmx    the VM's extraConfig (guestinfo store)
-//!                  disk.qcow2    the container's root disk (overlay of the cached image; disk.img for a rootfs directory)
+//!                  disk.qcow2    the container's root disk: a qcow2 overlay of its image's cached disk
+//!                  image.ext4    a directory image's cached disk, hard-linked (the overlay's backing file)
 //!                  output.log    the output channel, as received (iolog frames)
 //!                  tether.debug  the tether's debug log
 //!                  console.log   the kernel console (ttyS1)
 //! <state>/volumes/<name>/           named and anonymous volumes (see [`crate::volume`])
 //! <state>/networks/<name>.json      user-defined networks (see [`crate::network`])
+//! <state>/images/                   the image store (see [`crate::images`])
 //! ```
 
 use std::fs;
@@ -22,7 +24,12 @@ use serde::{Deserialize, Serialize};
 pub struct Meta {
     pub id: String,
     pub name: String,
+    /// The image as the user named it (a name, an ID prefix or a directory).
     pub image: String,
+    /// The store image it was made from (`sha256:<hex>`); empty for a directory image. What
+    /// `rmi` checks: a tag moved or removed since does not change it.
+    #[serde(default)]
+    pub image_id: String,
     pub command: Vec<String>,
     /// Unix seconds.
     pub created: i64,
@@ -66,6 +73,9 @@ pub struct Meta {
     /// How often the container was started (the first start included).
     #[serde(default)]
     pub starts: u32,
+    /// The last run was killed at its hard time limit (`--timeout`), not ended by itself.
+    #[serde(default)]
+    pub timed_out: bool,
 }
 
 /// A container's settings that only the host uses: the guest never sees them, but `docker
@@ -107,6 +117,9 @@ pub struct Settings {
     /// The network mode as asked (`bridge`, `none`, a network name).
     #[serde(default)]
     pub network_mode: String,
+    /// Ports the image and the request declare (`80/tcp`), published or not.
+    #[serde(default)]
+    pub exposed_ports: Vec<String>,
 }
 
 /// State directory errors.

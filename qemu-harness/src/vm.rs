@@ -20,7 +20,8 @@ use tokio::sync::mpsc;
 use crate::artifacts;
 use crate::config::{self, ComposeError, ContainerSpec};
 use crate::control;
-use crate::image::{self, ImageError};
+use crate::image::{self, ImageError, Resolved, Source};
+use crate::images::{ImageStore, Silent, Terminal};
 use crate::network::{self, AttachedNic, NetworkError, NetworkRequest, NetworkStore};
 use crate::portlayer::PortLayer;
 use crate::state::{self, Meta, State, StateError};
@@ -55,7 +56,7 @@ pub enum VmError {
     #[error("container config: {0}")]
     Config(String),
     /// no command to run
-    #[error("no command given (the busybox image has no default command)")]
+    #[error("no command given (the image has no default command)")]
     NoCommand,
     /// a bad option value
     #[error("{0}")]
@@ -125,8 +126,15 @@ impl Backchannel {
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub spec: ContainerSpec,
-    /// A rootfs directory or `busybox`.
+    /// The image as the user named it: a name, ID or ID prefix of the image store, or a root
+    /// filesystem directory.
     pub image: String,
+    /// The image as the engine resolved it (and merged its config into `spec`); `None`:
+    /// resolved by [`create`], whose caller gives the whole command itself.
+    pub resolved: Option<Resolved>,
+    /// Show the progress of building an image's disk on stderr when it is a terminal (`vch`;
+    /// never the daemon).
+    pub progress: bool,
     /// Hard limit on the VM's whole life; QEMU is killed when it passes.
     pub timeout: Duration,
     pub memory_mb: u32,
@@ -165,6 +173,8 @@ impl RunOptions {
                 ..Default::default()
             },
             image: image.into(),
+            resolved: None,
+            progress: false,
             timeout: Duration::from_secs(600),
             memory_mb: 256,
             disk_mb: 256,
@@ -272,8 +282,11 @@ pub fn create(state: &State, mut opts: RunOptions) -> Result<Created, VmError> {
 
     // Everything the user asked for is checked before anything is made: the image, a
     // config the codec can carry, the volumes and the networks.
-    let cache = artifacts::cache_dir();
-    image::rootfs(&opts.image, &cache)?;
+    let images = ImageStore::new(state.root());
+    let resolved = match opts.resolved.take() {
+        Some(r) => r,
+        None => image::resolve(&images, &opts.image)?,
+    };
     guestinfo::encode(&config::compose(&opts.spec))
         .map_err(|e| VmError::Config(format!("encoding the config failed: {e}")))?;
     let volumes = VolumeStore::new(state.root());
@@ -281,7 +294,7 @@ pub fn create(state: &State, mut opts: RunOptions) -> Result<Created, VmError> {
     let plan = volume::plan(
         &volumes,
         &opts.volumes,
-        &volume::image_volumes(&opts.image)?,
+        &declared_volumes(&resolved, &opts.image)?,
         &in_use,
     )?;
     let nics = network::attach(
@@ -299,10 +312,18 @@ pub fn create(state: &State, mut opts: RunOptions) -> Result<Created, VmError> {
         // reserves it against every other `vch` or daemon creating at the same time.
         let _lock = state.lock()?;
         state.check_name(&opts.spec.name)?;
+        // The engine removes images under this lock: an image still here now stays until
+        // this container is gone (its meta names it from here on).
+        if let Source::Stored(id) = &resolved.source {
+            images
+                .resolve(id.as_str())
+                .map_err(|_| ImageError::NotFound(opts.image.clone()))?;
+        }
         state.save(&Meta {
             id: opts.spec.id.clone(),
             name: opts.spec.name.clone(),
             image: opts.image.clone(),
+            image_id: resolved.id(),
             command: opts.spec.command.clone(),
             created: now_secs(),
             ..Default::default()
@@ -317,7 +338,15 @@ pub fn create(state: &State, mut opts: RunOptions) -> Result<Created, VmError> {
             return Err(e.into());
         }
     };
-    match prepare(state, &opts, &dir, attached.clone(), nics.clone()) {
+    match prepare(
+        state,
+        &opts,
+        &images,
+        &resolved,
+        &dir,
+        attached.clone(),
+        nics.clone(),
+    ) {
         Ok(meta) => Ok(Created { meta, dir }),
         Err(e) => {
             // Nothing was started: leave no half-made container behind.
@@ -341,14 +370,43 @@ pub fn volume_user(state: &State, name: &str) -> Option<String> {
         .map(|m| m.name)
 }
 
+/// The volumes an image declares, each a clean absolute path: a store image's config
+/// `Volumes`, or a directory's `DIR.image.json`.
+fn declared_volumes(image: &Resolved, name: &str) -> Result<Vec<String>, VolumeError> {
+    if let Source::Directory(_) = image.source {
+        return volume::image_volumes(name);
+    }
+    let mut out: Vec<String> = Vec::new();
+    let declared = image.config.as_ref().and_then(|c| c.volumes.as_ref());
+    for dest in declared.into_iter().flat_map(|v| v.keys()) {
+        let clean = volume::clean_dest(dest).ok_or_else(|| VolumeError::BadSpec {
+            spec: dest.clone(),
+            why: format!("declared by image {name}: not an absolute path other than /"),
+        })?;
+        if !out.contains(&clean) {
+            out.push(clean);
+        }
+    }
+    Ok(out)
+}
+
 fn prepare(
     state: &State,
     opts: &RunOptions,
+    images: &ImageStore,
+    resolved: &Resolved,
     dir: &Path,
     volumes: Vec<AttachedVolume>,
     nics: Vec<AttachedNic>,
 ) -> Result<Meta, VmError> {
-    let disk = image::container_disk(&opts.image, &artifacts::cache_dir(), dir, opts.disk_mb)?;
+    let terminal;
+    let progress: &dyn crate::images::Progress = if opts.progress {
+        terminal = Terminal::stderr();
+        &terminal
+    } else {
+        &Silent
+    };
+    let disk = image::container_disk(images, resolved, dir, opts.disk_mb, progress)?;
     let mut cfg = config::compose(&opts.spec);
     config::add_attachments(&mut cfg, &volumes, &nics)?;
     cfg.key = crate::keys::host_key(opts.vic_compat).map_err(|e| VmError::Config(e.to_string()))?;
@@ -370,6 +428,7 @@ fn prepare(
         id: opts.spec.id.clone(),
         name: opts.spec.name.clone(),
         image: opts.image.clone(),
+        image_id: resolved.id(),
         command: opts.spec.command.clone(),
         created: now_secs(),
         qemu_pid: None,
@@ -394,6 +453,7 @@ fn prepare(
         nics,
         settings: opts.settings.clone(),
         starts: 0,
+        timed_out: false,
     };
     state.save(&meta)?;
     Ok(meta)
@@ -509,6 +569,7 @@ pub async fn keep(
     meta.qemu_pid = child.id();
     meta.keeper_pid = Some(std::process::id());
     meta.starts += 1;
+    meta.timed_out = false;
     state.save(&meta)?;
 
     // guestinfo: QEMU connects once at start; serve it on a thread (the server is blocking).
@@ -574,6 +635,7 @@ pub async fn keep(
     let mut meta = state.meta(&meta.id).unwrap_or(meta);
     meta.qemu_pid = None;
     meta.keeper_pid = None;
+    meta.timed_out = timed_out;
     state.save(&meta)?;
 
     let (started, exit_code) = match load_config(&dir) {

@@ -4,6 +4,13 @@
 //! `cargo run --release -p sshproto --example bench [MiB]` (default 256 MiB).
 //! Each side runs on its own thread with a current-thread runtime, as the tether does.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    reason = "a benchmark run by hand: it stops at the first failure"
+)]
+
 #[path = "../tests/support/openssh.rs"]
 mod openssh;
 

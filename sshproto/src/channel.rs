@@ -1,5 +1,5 @@
-//! Channels as async streams, their requests, and typed helpers for the standard
-//! request payloads of RFC 4254.
+//! Channels as async streams: readers and writers of the data and of stderr, the control
+//! operations, and the queue of the peer's requests on a channel.
 
 use std::fmt;
 use std::future::poll_fn;
@@ -11,10 +11,11 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
-use crate::conn::{ChannelRequest, Inner, Shared};
 use crate::error::{Error, Result};
 use crate::msg;
-use crate::wire::{self, Reader};
+use crate::requests::{ChannelRequest, ExitSignal, PtyRequest, WindowChange};
+use crate::shared::{Inner, Shared};
+use crate::wire;
 
 /// Extended data type code of stderr.
 pub const EXTENDED_DATA_STDERR: u32 = 1;
@@ -780,136 +781,5 @@ impl Drop for ChannelRequests {
             }
         };
         drop(queued);
-    }
-}
-
-/// `window-change` / `pty-req` dimensions (RFC 4254 §6.7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct WindowChange {
-    /// Terminal width, columns.
-    pub cols: u32,
-    /// Terminal height, rows.
-    pub rows: u32,
-    /// Width in pixels.
-    pub width_px: u32,
-    /// Height in pixels.
-    pub height_px: u32,
-}
-
-impl WindowChange {
-    /// The request payload.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(16);
-        for x in [self.cols, self.rows, self.width_px, self.height_px] {
-            wire::put_u32(&mut v, x);
-        }
-        v
-    }
-
-    /// Parses a request payload.
-    pub fn decode(data: &[u8]) -> Result<Self> {
-        let mut r = Reader::new(data);
-        Ok(Self {
-            cols: r.u32()?,
-            rows: r.u32()?,
-            width_px: r.u32()?,
-            height_px: r.u32()?,
-        })
-    }
-}
-
-/// `pty-req` payload (RFC 4254 §6.2).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PtyRequest {
-    /// TERM value.
-    pub term: String,
-    /// Dimensions.
-    pub size: WindowChange,
-    /// Encoded terminal modes (RFC 4254 §8); empty is fine.
-    pub modes: Vec<u8>,
-}
-
-impl PtyRequest {
-    /// The request payload.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::new();
-        wire::put_string(&mut v, self.term.as_bytes());
-        v.extend_from_slice(&self.size.encode());
-        wire::put_string(&mut v, &self.modes);
-        v
-    }
-
-    /// Parses a request payload.
-    pub fn decode(data: &[u8]) -> Result<Self> {
-        let mut r = Reader::new(data);
-        let term = r.text()?;
-        let size = WindowChange {
-            cols: r.u32()?,
-            rows: r.u32()?,
-            width_px: r.u32()?,
-            height_px: r.u32()?,
-        };
-        let modes = r.string()?.to_vec();
-        Ok(Self { term, size, modes })
-    }
-}
-
-/// `exit-signal` payload (RFC 4254 §6.10).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ExitSignal {
-    /// Signal name without `SIG`.
-    pub signal: String,
-    /// Whether a core was dumped.
-    pub core_dumped: bool,
-    /// Error message.
-    pub message: String,
-}
-
-impl ExitSignal {
-    /// The request payload.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::new();
-        wire::put_string(&mut v, self.signal.as_bytes());
-        wire::put_bool(&mut v, self.core_dumped);
-        wire::put_string(&mut v, self.message.as_bytes());
-        wire::put_string(&mut v, b"");
-        v
-    }
-
-    /// Parses a request payload.
-    pub fn decode(data: &[u8]) -> Result<Self> {
-        let mut r = Reader::new(data);
-        Ok(Self {
-            signal: r.text()?,
-            core_dumped: r.bool()?,
-            message: r.opt_text()?,
-        })
-    }
-}
-
-impl ChannelRequest {
-    /// The `window-change` payload.
-    pub fn window_change(&self) -> Result<WindowChange> {
-        WindowChange::decode(self.data())
-    }
-
-    /// The `pty-req` payload.
-    pub fn pty_req(&self) -> Result<PtyRequest> {
-        PtyRequest::decode(self.data())
-    }
-
-    /// The `signal` name (without `SIG`).
-    pub fn signal(&self) -> Result<String> {
-        Reader::new(self.data()).text()
-    }
-
-    /// The `exec` command.
-    pub fn exec_command(&self) -> Result<Vec<u8>> {
-        Ok(Reader::new(self.data()).string()?.to_vec())
-    }
-
-    /// The `exit-status` value.
-    pub fn exit_status(&self) -> Result<u32> {
-        Reader::new(self.data()).u32()
     }
 }

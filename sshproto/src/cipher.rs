@@ -478,6 +478,10 @@ impl Drop for DirectionKeys {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "test data: byte patterns that wrap on purpose, and packet counts of 20"
+)]
 mod tests {
     use super::*;
 

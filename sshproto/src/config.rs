@@ -6,44 +6,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::conn::{ChannelOpenRequest, ChannelRequest, GlobalRequest};
+use crate::conn::ChannelOpenRequest;
 use crate::kex::Algorithms;
 use crate::keys::{PrivateKey, PublicKey, SignatureAlgorithm};
-
-/// Bounds on what a connection buffers and accepts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// Largest `packet_length` accepted from the peer (RFC 4253 requires at least 35000).
-    pub max_packet_len: u32,
-    /// Receive window advertised for each channel: the most channel data (stdout +
-    /// stderr) buffered per channel before the peer must wait for the reader.
-    pub channel_window: u32,
-    /// Largest data chunk the peer may send in one channel packet.
-    pub channel_max_packet: u32,
-    /// Open channels (and undecided incoming opens) per connection.
-    pub max_channels: usize,
-    /// Requests the peer may leave unanswered at once, per connection (global) and per
-    /// channel; also the per-channel queue of requests no handler took.
-    pub max_pending_requests: usize,
-    /// Channel data queued for sending before writers wait (per connection).
-    pub outbound_buffer: usize,
-    /// User authentication attempts before the server disconnects.
-    pub max_auth_attempts: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_packet_len: 256 * 1024,
-            channel_window: 2 * 1024 * 1024,
-            channel_max_packet: 32 * 1024,
-            max_channels: 256,
-            max_pending_requests: 64,
-            outbound_buffer: 256 * 1024,
-            max_auth_attempts: 20,
-        }
-    }
-}
+use crate::limits::Limits;
+use crate::requests::{ChannelRequest, GlobalRequest};
 
 /// Keep-alive probing: a `keepalive@openssh.com` global request (want-reply) every
 /// `interval` of silence from the peer; any reply or packet counts as life. After

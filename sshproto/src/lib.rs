@@ -21,7 +21,12 @@
 //!
 //! The README follows (its examples are compiled as doctests).
 #![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
 
+// Layers, each using only those before it (`scripts/import-circles` checks that no two
+// files import each other): error, wire, msg, cipher, keys, kex, limits (the codec and
+// crypto); reply, requests, shared (connection state); channel, conn (the handles);
+// config; session (the driver, which runs it all).
 mod channel;
 mod cipher;
 mod config;
@@ -29,26 +34,30 @@ mod conn;
 mod error;
 mod kex;
 mod keys;
+mod limits;
 mod msg;
+mod reply;
+mod requests;
 mod session;
+mod shared;
 mod wire;
 
 pub use channel::{
-    Channel, ChannelReader, ChannelRequests, ChannelWriter, ExitSignal, PtyRequest, StderrReader,
-    StderrWriter, WindowChange, EXTENDED_DATA_STDERR,
+    Channel, ChannelReader, ChannelRequests, ChannelWriter, StderrReader, StderrWriter,
+    EXTENDED_DATA_STDERR,
 };
 pub use cipher::{Cipher, Mac};
 pub use config::{
-    ClientConfig, Config, Handlers, HostKeyCheck, Keepalive, Limits, NoneAuth, ServerAuth,
-    ServerConfig,
+    ClientConfig, Config, Handlers, HostKeyCheck, Keepalive, NoneAuth, ServerAuth, ServerConfig,
 };
-pub use conn::{
-    ChannelOpenRequest, ChannelRequest, Connection, GlobalReply, GlobalRequest, SessionInfo,
-};
+pub use conn::{ChannelOpenRequest, Connection};
 pub use error::{DisconnectReason, Error, KeyError, OpenFailureReason};
 pub use kex::{Algorithms, KexAlgorithm, Negotiated};
 pub use keys::{PrivateKey, PublicKey, SignatureAlgorithm};
+pub use limits::Limits;
+pub use requests::{ChannelRequest, ExitSignal, GlobalRequest, PtyRequest, WindowChange};
 pub use session::{Client, Driver, Server};
+pub use shared::{GlobalReply, SessionInfo};
 
 /// Encodes a list of strings as an SSH `name-list` (one `string` of the items joined by
 /// `,`): the payload of `container-ids`.
@@ -166,18 +175,21 @@ pub mod testing {
         let mut wire = Vec::with_capacity(payload.len() + 128);
         let mut st = OpenState::default();
         let (mut seal, mut open) = (0.0, 0.0);
-        for i in 0..n {
+        let mut seq = 0u32;
+        for _ in 0..n {
             wire.clear();
             let t0 = std::time::Instant::now();
-            tx.seal(i as u32, &payload, &mut wire);
+            tx.seal(seq, &payload, &mut wire);
             let t1 = std::time::Instant::now();
-            let ok = matches!(rx.open(i as u32, &mut wire, &mut st, 300_000), Ok(Some(_)));
+            let ok = matches!(rx.open(seq, &mut wire, &mut st, 300_000), Ok(Some(_)));
             let t2 = std::time::Instant::now();
             if !ok {
                 break;
             }
             seal += (t1 - t0).as_secs_f64();
             open += (t2 - t1).as_secs_f64();
+            // Sequence numbers wrap, as on a connection.
+            seq = seq.wrapping_add(1);
         }
         (seal, open)
     }

@@ -3,6 +3,13 @@
 //! Every test runs on tokio's paused clock: time moves only when no task can make progress,
 //! so each timeout below fires when a side is stuck, never because the machine is slow.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    reason = "a test: a panic is its failure, and its numbers are small"
+)]
+
 mod common;
 
 use std::sync::Arc;

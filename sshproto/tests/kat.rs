@@ -1,6 +1,13 @@
 //! Known-answer tests. The expected values were computed independently by
 //! `tests/kat/gen_kat.py` (Python hashlib + the `cryptography` package).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    reason = "a test: a panic is its failure, and its numbers are small"
+)]
+
 mod common;
 
 use common::*;

@@ -1,5 +1,12 @@
 //! Our client against our server over an in-memory pipe.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    reason = "a test: a panic is its failure, and its numbers are small"
+)]
+
 mod common;
 
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,13 @@
 //! Interoperability with OpenSSH (Debian packages openssh-client and openssh-server).
 //! These tests fail, never skip, when the programs are missing.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    reason = "a test: a panic is its failure, and its numbers are small"
+)]
+
 mod common;
 #[path = "support/openssh.rs"]
 mod openssh;

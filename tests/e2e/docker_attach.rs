@@ -12,21 +12,21 @@ fn docker_run_it_detach_then_attach_and_exit() {
     assert!(
         run.expect("/ #", Duration::from_secs(120)),
         "no prompt: {:?}\n{}",
-        run.text(),
+        run.screen(),
         d.log()
     );
-    run.send(b"echo one-$((40+2))\r");
+    run.type_keys(b"echo one-$((40+2))\r");
     assert!(
         run.expect("one-42", Duration::from_secs(30)),
         "{:?}",
-        run.text()
+        run.screen()
     );
-    run.send(b"\x10\x11");
+    run.type_keys(b"\x10\x11");
     assert_eq!(
         run.wait(Duration::from_secs(30)),
         Some(0),
         "detach: {:?}",
-        run.text()
+        run.screen()
     );
     assert_eq!(
         d.ok(&["inspect", "-f", "{{.State.Running}}", "shell"]),
@@ -35,18 +35,18 @@ fn docker_run_it_detach_then_attach_and_exit() {
 
     let mut att = d.pty(&["attach", "shell"], 24, 80);
     std::thread::sleep(Duration::from_secs(1));
-    att.send(b"echo two-$((40+3))\r");
+    att.type_keys(b"echo two-$((40+3))\r");
     assert!(
         att.expect("two-43", Duration::from_secs(30)),
         "{:?}",
-        att.text()
+        att.screen()
     );
-    att.send(b"exit 9\r");
+    att.type_keys(b"exit 9\r");
     assert_eq!(
         att.wait(Duration::from_secs(60)),
         Some(9),
         "{:?}",
-        att.text()
+        att.screen()
     );
     assert_eq!(
         d.ok(&[

@@ -34,12 +34,12 @@ fn docker_exec_codes_stdin_tty_and_detach() {
         pty.wait(Duration::from_secs(120)),
         Some(0),
         "{}",
-        pty.text()
+        pty.screen()
     );
     assert!(
-        pty.text().contains("33 77"),
+        pty.screen().contains("33 77"),
         "terminal size: {:?}",
-        pty.text()
+        pty.screen()
     );
     // -d: runs on its own.
     d.ok(&["exec", "-d", "box", "sh", "-c", "echo detached > /tmp/mark"]);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::pty::Pty;
+use crate::pty::Terminal;
 use crate::vch_binary;
 
 /// How long one docker command may take before the test gives up on it.
@@ -209,10 +209,10 @@ impl Daemon {
     }
 
     /// `docker ARGS` on a pseudo-terminal of `rows` x `cols`.
-    pub fn pty(&self, args: &[&str], rows: u16, cols: u16) -> Pty {
+    pub fn pty(&self, args: &[&str], rows: u16, cols: u16) -> Terminal {
         let mut c = self.command(&self.client, args);
         c.env("TERM", "xterm");
-        Pty::spawn(c, rows, cols)
+        Terminal::spawn(c, rows, cols)
     }
 
     /// The daemon's raw HTTP endpoint (for requests the client never sends).

@@ -566,145 +566,16 @@ pub fn fsck_clean(disk: &Path) -> (bool, String) {
     )
 }
 
-/// A `vch` whose stdin, stdout and stderr are a real terminal (a pty it has as its
-/// controlling terminal, in a session of its own), as when a user types the command:
-/// raw mode, the terminal's size, SIGWINCH on a resize and ctrl-p ctrl-q all behave as they
-/// would for them. What the terminal shows is collected on a thread.
-#[derive(Debug)]
-pub struct Terminal {
-    child: std::process::Child,
-    master: std::fs::File,
-    screen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-    /// How much of `screen` [`Terminal::expect`] has already matched.
-    seen: usize,
-}
+pub use pty::Terminal;
 
 impl Vch {
     /// Starts `vch ARGS` on a new `rows` x `cols` terminal.
     pub fn on_terminal(&self, args: &[&str], rows: u16, cols: u16) -> Terminal {
-        use std::os::unix::process::CommandExt;
-        let size = nix::pty::Winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
-        let slave = |what| {
-            std::process::Stdio::from(pty.slave.try_clone().unwrap_or_else(|e| {
-                panic!("dup the pty for {what}: {e}");
-            }))
-        };
         let mut cmd = Command::new(vch_binary());
         cmd.arg("--state")
             .arg(self.dir.path())
-            .args(with_run_timeout(args))
-            .stdin(slave("stdin"))
-            .stdout(slave("stdout"))
-            .stderr(slave("stderr"));
-        // SAFETY: the closure runs in the forked child before exec and only makes two
-        // async-signal-safe system calls on its own file descriptors; it allocates nothing
-        // and touches no lock.
-        unsafe {
-            cmd.pre_exec(|| {
-                // A session of its own, with the pty (its stdin) as controlling terminal: the
-                // kernel then sends it SIGWINCH when the size changes, as for a user's shell.
-                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("run vch on a pty");
-        // Only the child holds the slave now: its exit ends the reader below (EIO).
-        drop(pty.slave);
-        let master = std::fs::File::from(pty.master);
-        let screen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let mut reader = master.try_clone().expect("dup the pty master");
-        let sink = screen.clone();
-        std::thread::spawn(move || {
-            use std::io::Read;
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend_from_slice(&buf[..n]);
-            }
-        });
-        Terminal {
-            child,
-            master,
-            screen,
-            seen: 0,
-        }
-    }
-}
-
-impl Terminal {
-    /// Everything the terminal has shown so far.
-    pub fn screen(&self) -> String {
-        String::from_utf8_lossy(&self.screen.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
-    }
-
-    /// Waits until `needle` shows after what earlier calls matched; true if it did within
-    /// `limit`.
-    pub fn expect(&mut self, needle: &str, limit: Duration) -> bool {
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            let screen = self.screen();
-            if let Some(at) = screen.get(self.seen..).and_then(|s| s.find(needle)) {
-                self.seen += at + needle.len();
-                return true;
-            }
-            if std::time::Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Types `bytes` on the terminal's keyboard.
-    pub fn type_keys(&mut self, bytes: &[u8]) {
-        use std::io::Write;
-        self.master.write_all(bytes).expect("write to the pty");
-    }
-
-    /// Resizes the terminal, as a user resizing their window does (the kernel signals
-    /// SIGWINCH to the terminal's foreground process group).
-    pub fn resize(&self, rows: u16, cols: u16) {
-        use std::os::fd::AsRawFd;
-        let ws = libc::winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCSWINSZ reads one `winsize` from the valid pointer we pass; the fd is
-        // the open pty master this struct owns.
-        let r = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-        assert_eq!(r, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
-    }
-
-    /// Waits for vch to exit (bounded); its exit code.
-    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
-        let deadline = std::time::Instant::now() + limit;
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return s.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Terminal {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+            .args(with_run_timeout(args));
+        Terminal::spawn(cmd, rows, cols)
     }
 }
 
@@ -792,3 +663,8 @@ mod tests {
         );
     }
 }
+
+// ------------------------------------------------------------------ image scenarios
+
+/// Image archives built offline and the Debian tarballs (the `image_*` scenarios).
+pub mod images;

@@ -186,8 +186,11 @@ fn handlers(t: &Arc<Tether>) -> Handlers {
                 return;
             }
             let id = String::from_utf8_lossy(open.data()).into_owned();
-            if let Err(msg) = t_open.check_attach(&id) {
-                open.reject(OpenFailureReason::ADMINISTRATIVELY_PROHIBITED, &msg);
+            if let Err(refusal) = t_open.check_attach(&id) {
+                open.reject(
+                    OpenFailureReason::ADMINISTRATIVELY_PROHIBITED,
+                    &refusal.to_string(),
+                );
                 return;
             }
             match open.accept() {
@@ -207,29 +210,6 @@ fn handlers(t: &Arc<Tether>) -> Handlers {
             let msg = format!("unknown global request type: {}", r.name());
             r.fail_with(msg.into_bytes());
         })
-}
-
-impl Tether {
-    /// The original's rules for accepting an `attach` channel, with its messages.
-    pub fn check_attach(&self, id: &str) -> Result<(), String> {
-        let st = self.lock();
-        let Some(sc) = st.session_cfg(id) else {
-            return Err(format!("session {id} is invalid"));
-        };
-        if !(sc.started.is_empty() || sc.started == "true") {
-            return Err(format!("launch failed with: {}", sc.started));
-        }
-        if sc.detail.stop_time != 0 {
-            return Err(format!(
-                "process finished with exit code: {}",
-                sc.exit_status
-            ));
-        }
-        if !st.sessions.contains_key(id) {
-            return Err(format!("session {id} is invalid"));
-        }
-        Ok(())
-    }
 }
 
 /// Binds one `attach` channel to a session: its output to the channel, the channel's data

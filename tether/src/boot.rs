@@ -9,21 +9,31 @@ use anyhow::Context;
 use guestinfo::{ContainerConfig, Transport};
 use nix::mount::MsFlags;
 
+use crate::clock::boottime_us;
 use crate::platform::Platform;
-use crate::writeback::WriteBack;
-use crate::{disk, early, etc, log, net, platform, runtime, volumes};
+use crate::writeback::{write_keys, WriteBack};
+use crate::{disk, early, etc, log, net, platform, supervisor, volumes};
 
 /// Where the container disk is mounted before it becomes `/`.
 const NEW_ROOT: &str = "/root";
 /// How long to wait for the container disk to show up.
 const DISK_WAIT: Duration = Duration::from_secs(10);
 
-/// `CLOCK_BOOTTIME` in microseconds: time since the kernel started, so the first stamp is
-/// the kernel's own time to PID 1.
-pub fn boottime_us() -> i64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map(|t| t.tv_sec() * 1_000_000 + t.tv_nsec() / 1_000)
-        .unwrap_or(0)
+/// A config the tether cannot run, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidConfig {
+    /// the keys do not decode
+    #[error(transparent)]
+    Decode(#[from] guestinfo::DecodeError),
+    /// no container ID
+    #[error("no container ID (guestinfo.vice./common/id)")]
+    NoId,
+    /// no session for the container ID
+    #[error("no session for the container ID (guestinfo.vice./sessions|{0})")]
+    NoPrimary(String),
+    /// the primary session has no command
+    #[error("no command (guestinfo.vice./sessions|{0}/cmd/Path)")]
+    NoCommand(String),
 }
 
 /// Boots and runs the container. Returns when the VM should power off.
@@ -68,13 +78,11 @@ pub fn run() -> anyhow::Result<()> {
     let _flush_at_exit = writeback.flush_on_drop();
     let transport: Box<dyn Transport> = Box::new(writeback.clone());
     let raw = transport.get_all().context("read config")?;
-    let mut cfg = match guestinfo::decode(&raw)
-        .map_err(|e| e.to_string())
-        .and_then(|c| validate(&c).map(|()| c))
-    {
+    let decoded = guestinfo::decode(&raw).map_err(InvalidConfig::from);
+    let mut cfg = match decoded.and_then(|c| validate(&c).map(|()| c)) {
         Ok(c) => c,
-        Err(msg) => {
-            let msg = format!("invalid container config: {msg}");
+        Err(e) => {
+            let msg = format!("invalid container config: {e}");
             report_to_all_sessions(&*transport, &raw, &msg);
             anyhow::bail!(msg);
         }
@@ -121,15 +129,13 @@ pub fn run() -> anyhow::Result<()> {
     // thread does it, from a copy, ahead of every later write, while the launch goes on.
     let (w1, host) = (cfg.clone(), raw.clone());
     writeback.defer(move |transport| match guestinfo::guest_writeback(&w1) {
-        Ok(kvs) => {
-            // The original rewrote every key here; a value the host already holds changes
-            // nothing it can observe, and each write is a round trip.
-            for (k, v) in kvs.into_iter().filter(|(k, v)| host.get(k) != Some(v)) {
-                if let Err(e) = transport.set(&k, &v) {
-                    tracing::warn!(key = %k, error = %e, "initial write-back failed");
-                }
-            }
-        }
+        // The original rewrote every key here; a value the host already holds changes
+        // nothing it can observe, and each write is a round trip.
+        Ok(kvs) => write_keys(
+            transport,
+            kvs.into_iter().filter(|(k, v)| host.get(k) != Some(v)),
+            "initial write-back",
+        ),
         Err(e) => tracing::error!(error = %e, "cannot encode the config write-back"),
     });
 
@@ -150,7 +156,8 @@ pub fn run() -> anyhow::Result<()> {
         .on_thread_start(crate::writeback::background_priority)
         .build()
         .context("start runtime")?;
-    runtime.block_on(runtime::run(cfg, writeback, platform, leases))
+    runtime.block_on(supervisor::run(cfg, writeback, platform, leases))?;
+    Ok(())
 }
 
 /// Limits every process in the container inherits, as the original set them: many files,
@@ -206,22 +213,16 @@ impl Transport for SharedBackdoor {
     }
 }
 
-/// Checks what the tether cannot run without, naming the key at fault.
-fn validate(cfg: &ContainerConfig) -> Result<(), String> {
+/// Checks what the tether cannot run without.
+fn validate(cfg: &ContainerConfig) -> Result<(), InvalidConfig> {
     if cfg.common.id.is_empty() {
-        return Err("no container ID (guestinfo.vice./common/id)".into());
+        return Err(InvalidConfig::NoId);
     }
     let Some(primary) = cfg.sessions.get(&cfg.common.id) else {
-        return Err(format!(
-            "no session for the container ID (guestinfo.vice./sessions|{})",
-            cfg.common.id
-        ));
+        return Err(InvalidConfig::NoPrimary(cfg.common.id.clone()));
     };
     if primary.cmd.path.is_empty() {
-        return Err(format!(
-            "no command (guestinfo.vice./sessions|{}/cmd/Path)",
-            cfg.common.id
-        ));
+        return Err(InvalidConfig::NoCommand(cfg.common.id.clone()));
     }
     Ok(())
 }
@@ -240,17 +241,21 @@ fn report_to_all_sessions(transport: &dyn Transport, raw: &guestinfo::Map, msg: 
                 .collect::<Vec<_>>()
         })
         .unwrap_or_default();
-    for id in ids {
-        // A session ID that would corrupt the key is not written to.
-        if id.contains(['/', '.', '@']) {
-            continue;
-        }
-        let _ = transport.set(&format!("guestinfo.vice..sessions|{id}.started"), msg);
-        let _ = transport.set(
-            &format!("guestinfo.vice..sessions|{id}.status"),
-            &crate::launch::START_FAILED.to_string(),
-        );
-    }
+    // A session ID that would corrupt the key is not written to.
+    let status = crate::launch::START_FAILED.to_string();
+    let pairs = ids
+        .iter()
+        .filter(|id| !id.contains(['/', '.', '@']))
+        .flat_map(|id| {
+            [
+                (format!("guestinfo.vice..sessions|{id}.started"), msg),
+                (
+                    format!("guestinfo.vice..sessions|{id}.status"),
+                    status.as_str(),
+                ),
+            ]
+        });
+    write_keys(transport, pairs, "launch error write-back");
 }
 
 fn mount_root() -> anyhow::Result<()> {

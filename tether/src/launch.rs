@@ -341,7 +341,7 @@ unsafe fn child_after_clone(a: &ChildArgs<'_>) -> ! {
         // SAFETY: reading errno is a read of this thread's (the parent's, shared) errno slot,
         // which the failing syscall just set; _exit ends only this child.
         unsafe {
-            let errno = *libc::__errno_location() as u32;
+            let errno = (*libc::__errno_location()).unsigned_abs();
             a.failure
                 .store(u64::from(stage) << 32 | u64::from(errno), Ordering::Release);
             libc::_exit(127)
@@ -381,8 +381,7 @@ unsafe fn child_after_clone(a: &ChildArgs<'_>) -> ! {
         // Its own session and process group, so signals to the group reach the whole job
         // and nothing of the tether.
         libc::syscall(libc::SYS_setsid);
-        for (target, fd) in a.fds.iter().enumerate() {
-            let target = target as RawFd;
+        for (target, fd) in (0 as RawFd..).zip(a.fds.iter()) {
             if *fd == target {
                 let flags = libc::syscall(libc::SYS_fcntl, target, libc::F_GETFD);
                 libc::syscall(

@@ -1,4 +1,6 @@
-//! The tether after boot: sessions and execs, reloads, host commands, and the way out.
+//! The tether after boot: the config and the run-time state of every session and exec, what
+//! changes them (reloads, launches, exits, host commands, the back-channel's requests), and
+//! the write-backs that tell the host. [`crate::supervisor`] runs it.
 //!
 //! Everything runs on one current-thread runtime. Shared state sits behind one mutex that
 //! is never held across an `await`; blocking transport calls (a few milliseconds each)
@@ -8,23 +10,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use guestinfo::{ContainerConfig, ExitLog, HostCommand, SessionConfig, Transport};
-use tokio::sync::{mpsc, oneshot, watch};
+use guestinfo::{ContainerConfig, HostCommand, SessionConfig};
+use tokio::sync::{oneshot, watch};
 
-use crate::output::{self, OutputSink};
-use crate::platform::Platform;
+use crate::output::OutputSink;
 use crate::reaper::{self, Reaper};
-use crate::session::{self, LaunchIo, Session};
-use crate::writeback::WriteBack;
-use crate::{shutdown, signals};
+use crate::session::{self, Session, SessionMut};
+use crate::writeback::{write_keys, WriteBack};
+use crate::{clock, signals};
 
 /// How long a process may hold the output pipes after the session process exited.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 /// Grace between the stop signal and SIGKILL when the host halts the VM, unless the config
 /// says otherwise.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
-/// Exit records kept per session (the original's unused `MaxDeathRecords`).
-const EXIT_LOGS_KEPT: usize = 5;
 /// How long the tether's own deferrable work (write-backs, parsing the host key) stays out
 /// of the way of a starting entrypoint that neither prints nor exits. Under TCG a round
 /// trip to the host or a key parse during the entrypoint's first milliseconds delays its
@@ -32,6 +31,39 @@ const EXIT_LOGS_KEPT: usize = 5;
 pub const STARTUP_GRACE: Duration = Duration::from_millis(100);
 /// First and longest pause before relaunching a session with a restart policy.
 const RESTART_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
+
+/// Why a signal did not reach a session.
+#[derive(Debug, thiserror::Error)]
+pub enum KillError {
+    /// the signal is not one
+    #[error(transparent)]
+    Signal(#[from] signals::SignalError),
+    /// the session has no process (yet)
+    #[error("the session {0} hasn't launched yet")]
+    NotLaunched(String),
+    /// the kernel refused
+    #[error("failed to signal {id}: {source}")]
+    Send {
+        id: String,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// Why an `attach` channel is refused. The messages are the original's: the port layer
+/// shows them to the user.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachRefusal {
+    /// no such session or exec
+    #[error("session {0} is invalid")]
+    Invalid(String),
+    /// its launch failed (the reason is what `started` holds)
+    #[error("launch failed with: {0}")]
+    LaunchFailed(String),
+    /// it has exited
+    #[error("process finished with exit code: {0}")]
+    Finished(i64),
+}
 
 /// The config and the run-time state of every session and exec.
 #[derive(Debug)]
@@ -46,12 +78,15 @@ impl State {
         self.cfg.execs.get(id).or_else(|| self.cfg.sessions.get(id))
     }
 
-    fn session_cfg_mut(&mut self, id: &str) -> Option<&mut SessionConfig> {
-        if self.cfg.execs.contains_key(id) {
+    /// A session's config and run-time state, to record what happened to it.
+    pub fn session_mut(&mut self, id: &str) -> Option<SessionMut<'_>> {
+        let cfg = if self.cfg.execs.contains_key(id) {
             self.cfg.execs.get_mut(id)
         } else {
             self.cfg.sessions.get_mut(id)
-        }
+        }?;
+        let rt = self.sessions.get_mut(id)?;
+        Some(SessionMut { cfg, rt })
     }
 }
 
@@ -72,6 +107,29 @@ pub struct Tether {
 }
 
 impl Tether {
+    /// The tether of `cfg`, with no session started yet (see [`Tether::reconcile`]);
+    /// `networks` are the endpoints configured at boot and their leases.
+    pub fn new(
+        cfg: ContainerConfig,
+        transport: WriteBack,
+        reaper: Reaper,
+        sink: OutputSink,
+        networks: crate::net::Leases,
+    ) -> Arc<Tether> {
+        Arc::new(Tether {
+            state: Mutex::new(State {
+                cfg,
+                sessions: HashMap::new(),
+            }),
+            transport,
+            reaper,
+            sink,
+            shutdown: watch::channel(false).0,
+            ids_changed: watch::channel(0).0,
+            networks,
+        })
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -100,6 +158,11 @@ impl Tether {
         self.ids_changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
+    /// The output channel the sessions' records go to.
+    pub fn sink(&self) -> &OutputSink {
+        &self.sink
+    }
+
     /// Writes a session's or exec's RW keys back to the host and waits until the host has
     /// them, without holding up the runtime (the write-back thread makes the round trips).
     /// Failures are logged: the VM keeps running whether or not the host heard us.
@@ -112,20 +175,14 @@ impl Tether {
     fn queue_write_back(&self, id: &str) {
         let kvs = guestinfo::session_writeback(&self.lock().cfg, id);
         match kvs {
-            Ok(kvs) => {
-                for (k, v) in kvs {
-                    if let Err(e) = self.transport.set(&k, &v) {
-                        tracing::error!(key = %k, error = %e, "write-back failed");
-                    }
-                }
-            }
+            Ok(kvs) => write_keys(&self.transport, kvs, "session write-back"),
             Err(e) => tracing::error!(session = id, error = %e, "cannot encode session write-back"),
         }
     }
 
     /// Records a renewed DHCP lease and, when what the host sees changed (address, gateway,
     /// name servers), writes the networks' RW keys back (the original's W5).
-    fn lease_renewed(&self, r: &crate::net::Renewal) {
+    pub fn lease_renewed(&self, r: &crate::net::Renewal) {
         let kvs = {
             let mut st = self.lock();
             match crate::net::record_renewal(&mut st.cfg, r) {
@@ -138,16 +195,12 @@ impl Tether {
             }
         };
         match kvs {
-            Ok(kvs) => {
-                for (k, v) in kvs
-                    .iter()
-                    .filter(|(k, _)| k.starts_with("guestinfo.vice..networks|"))
-                {
-                    if let Err(e) = self.transport.set(k, v) {
-                        tracing::warn!(key = %k, error = %e, "lease write-back failed");
-                    }
-                }
-            }
+            Ok(kvs) => write_keys(
+                &self.transport,
+                kvs.into_iter()
+                    .filter(|(k, _)| k.starts_with("guestinfo.vice..networks|")),
+                "lease write-back",
+            ),
             Err(e) => tracing::warn!(error = %e, "cannot encode the lease write-back"),
         }
     }
@@ -159,7 +212,7 @@ impl Tether {
     }
 
     /// Ends the start-up: the held write-backs go out, deferred work may run.
-    fn end_startup(&self) {
+    pub fn end_startup(&self) {
         self.transport.release();
     }
 
@@ -187,16 +240,12 @@ impl Tether {
         let mut only = ContainerConfig::default();
         only.tether.boot_stamps = stamps;
         match guestinfo::encode(&only) {
-            Ok(map) => {
-                for (k, v) in map
-                    .iter()
-                    .filter(|(k, _)| k.starts_with("guestinfo.vice..tether.bootstamps"))
-                {
-                    if let Err(e) = self.transport.set(k, v) {
-                        tracing::warn!(key = %k, error = %e, "boot stamp write-back failed");
-                    }
-                }
-            }
+            Ok(map) => write_keys(
+                &self.transport,
+                map.iter()
+                    .filter(|(k, _)| k.starts_with("guestinfo.vice..tether.bootstamps")),
+                "boot stamp write-back",
+            ),
             Err(e) => tracing::warn!(error = %e, "cannot encode boot stamps"),
         }
     }
@@ -220,35 +269,74 @@ impl Tether {
             st.cfg
                 .execs
                 .iter()
-                .filter(|(_, s)| live(s) && (s.started.is_empty() || s.started == "true"))
+                .filter(|(_, s)| live(s) && launch_not_failed(s))
                 .map(|(id, _)| id.clone()),
         );
         ids
     }
 
+    /// The original's rules for accepting an `attach` channel.
+    pub fn check_attach(&self, id: &str) -> Result<(), AttachRefusal> {
+        let st = self.lock();
+        let Some(sc) = st.session_cfg(id) else {
+            return Err(AttachRefusal::Invalid(id.to_owned()));
+        };
+        if !launch_not_failed(sc) {
+            return Err(AttachRefusal::LaunchFailed(sc.started.clone()));
+        }
+        if sc.detail.stop_time != 0 {
+            return Err(AttachRefusal::Finished(sc.exit_status));
+        }
+        if !st.sessions.contains_key(id) {
+            return Err(AttachRefusal::Invalid(id.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Acts on a command from the host.
+    pub fn host_command(self: &Arc<Self>, cmd: HostCommand) {
+        tracing::info!(?cmd, "host command");
+        let (sig, group) = match &cmd {
+            HostCommand::Reload => return self.reload(),
+            HostCommand::Halt => return self.halt(),
+            HostCommand::Kill(sig) => (sig, false),
+            HostCommand::GroupKill(sig) => (sig, true),
+        };
+        if let Err(e) = self.signal(&self.primary_id(), sig, group) {
+            tracing::error!("{}: {e}", cmd.verb());
+        }
+    }
+
     /// Re-reads the config from the host and acts on what changed.
     pub fn reload(self: &Arc<Self>) {
-        let map = match self.transport.get_all() {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!(error = %e, "reload: cannot read the config");
-                return;
-            }
-        };
-        if let Err(e) = guestinfo::decode_into(&map, &mut self.lock().cfg) {
-            tracing::error!(error = %e, "reload: config does not decode; keeping the previous one");
+        // Decoded into a copy: a config that does not decode leaves the current one whole.
+        // Nothing else changes the state meanwhile (this runs on the runtime thread).
+        let mut cfg = self.lock().cfg.clone();
+        if let Err(e) = guestinfo::reload_config(&self.transport, &mut cfg) {
+            tracing::error!(error = %e, "reload: keeping the previous config");
             return;
         }
+        self.lock().cfg = cfg;
         tracing::debug!("config reloaded");
         self.reconcile();
-        self.reload_networks(&map);
+        self.reload_networks();
     }
 
     /// Networks connected or disconnected while the container runs (see
     /// [`crate::net::reload`]), done off the runtime (a new NIC is waited for), one reload
     /// after the other; what changed is written back as a DHCP renewal is.
-    fn reload_networks(self: &Arc<Self>, map: &guestinfo::Map) {
-        let Some(listed) = crate::net::reload::listed(map) else {
+    fn reload_networks(self: &Arc<Self>) {
+        // The host's list of networks: a reload merges maps, so the config keeps networks
+        // the host no longer lists.
+        let listed =
+            match guestinfo::Transport::get(&self.transport, crate::net::reload::NETWORKS_KEY) {
+                Ok(v) => crate::net::reload::listed(v.as_deref()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reload: cannot read the list of networks");
+                    return;
+                }
+            };
+        let Some(listed) = listed else {
             return;
         };
         let t = self.clone();
@@ -279,16 +367,12 @@ impl Tether {
                 guestinfo::guest_writeback(&st.cfg)
             };
             match kvs {
-                Ok(kvs) => {
-                    for (k, v) in kvs
-                        .iter()
-                        .filter(|(k, _)| k.starts_with("guestinfo.vice..networks|"))
-                    {
-                        if let Err(e) = t.transport.set(k, v) {
-                            tracing::warn!(key = %k, error = %e, "network write-back failed");
-                        }
-                    }
-                }
+                Ok(kvs) => write_keys(
+                    &t.transport,
+                    kvs.into_iter()
+                        .filter(|(k, _)| k.starts_with("guestinfo.vice..networks|")),
+                    "network write-back",
+                ),
                 Err(e) => tracing::warn!(error = %e, "cannot encode the network write-back"),
             }
         });
@@ -349,10 +433,7 @@ impl Tether {
     /// session exists and did not fail to launch.
     pub fn unblock(&self, id: &str) -> bool {
         let mut st = self.lock();
-        let ok = st
-            .session_cfg(id)
-            .map(|s| s.started.is_empty() || s.started == "true")
-            .unwrap_or(false);
+        let ok = st.session_cfg(id).map(launch_not_failed).unwrap_or(false);
         if ok {
             if let Some(latch) = st.sessions.get_mut(id).and_then(|s| s.latch.take()) {
                 let _ = latch.send(());
@@ -362,14 +443,17 @@ impl Tether {
     }
 
     /// Sends a signal to a session's process, or its process group.
-    pub fn signal(&self, id: &str, sig: &str, group: bool) -> Result<(), String> {
-        let signo = signals::parse(sig).map_err(|e| e.to_string())?;
+    pub fn signal(&self, id: &str, sig: &str, group: bool) -> Result<(), KillError> {
+        let signo = signals::parse(sig)?;
         let pid = self.lock().sessions.get(id).and_then(|s| s.pid);
         let Some(pid) = pid else {
-            return Err(format!("the session {id} hasn't launched yet"));
+            return Err(KillError::NotLaunched(id.to_owned()));
         };
         let target = if group { -pid.as_raw() } else { pid.as_raw() };
-        signals::send(target, signo).map_err(|e| format!("failed to signal {id}: {e}"))
+        signals::send(target, signo).map_err(|source| KillError::Send {
+            id: id.to_owned(),
+            source,
+        })
     }
 
     /// The host's halt: the primary's stop signal, SIGKILL after the grace period if it is
@@ -382,8 +466,8 @@ impl Tether {
                 .session_cfg(&id)
                 .map(|s| stop_signal(s).to_owned())
                 .unwrap_or_else(|| "TERM".into());
-            let grace = match st.cfg.tether.stop_timeout {
-                t if t > 0 => Duration::from_secs(t as u64),
+            let grace = match u64::try_from(st.cfg.tether.stop_timeout) {
+                Ok(secs) if secs > 0 => Duration::from_secs(secs),
                 _ => DEFAULT_STOP_GRACE,
             };
             (sig, grace)
@@ -430,6 +514,31 @@ impl Tether {
             }
         });
     }
+
+    /// Waits (at most `limit`) until every launched session has written its last output
+    /// records: once every process is gone, every pump reaches its end. One that never
+    /// launched never finishes, hence the bound.
+    pub async fn sessions_done(&self, limit: Duration) {
+        let mut dones: Vec<watch::Receiver<bool>> = self
+            .lock()
+            .sessions
+            .values()
+            .filter(|s| s.launched)
+            .map(|s| s.done.subscribe())
+            .collect();
+        let all_done = async {
+            for d in dones.iter_mut() {
+                let _ = d.wait_for(|v| *v).await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, all_done).await;
+    }
+}
+
+/// Whether a session's launch has not failed: `started` is empty (not launched yet) or
+/// `true`; anything else is the launch error.
+fn launch_not_failed(s: &SessionConfig) -> bool {
+    s.started.is_empty() || s.started == "true"
 }
 
 impl Tether {
@@ -437,21 +546,8 @@ impl Tether {
     /// 9, with the stop time), as a reaped one would be: otherwise its status would read as
     /// the 0 of a process still running.
     async fn record_unreaped_kill(&self, id: &str) {
-        {
-            let mut st = self.lock();
-            if let Some(s) = st.session_cfg_mut(id) {
-                let stop = session::now_secs();
-                s.exit_status = 128 + i64::from(libc::SIGKILL);
-                s.detail.stop_time = stop;
-                s.diagnostics.exit_logs.push(ExitLog {
-                    time: guestinfo::value::GoTime::from_unix(stop, 0),
-                    exit_status: s.exit_status,
-                    message: "killed by signal 9, still in uninterruptible sleep at power-off"
-                        .into(),
-                });
-                let excess = s.diagnostics.exit_logs.len().saturating_sub(EXIT_LOGS_KEPT);
-                s.diagnostics.exit_logs.drain(..excess);
-            }
+        if let Some(mut s) = self.lock().session_mut(id) {
+            s.record_unreaped_kill(clock::now_secs());
         }
         self.write_back(id).await;
     }
@@ -496,15 +592,8 @@ async fn run_session(t: Arc<Tether>, id: String, latch: Option<oneshot::Receiver
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(RESTART_BACKOFF.1);
-        {
-            let mut st = t.lock();
-            if let Some(s) = st.session_cfg_mut(&id) {
-                s.diagnostics.resurrection_count += 1;
-                tracing::info!(session = %id, count = s.diagnostics.resurrection_count, "restarting");
-            }
-            if let Some(rt) = st.sessions.get_mut(&id) {
-                rt.reset_io();
-            }
+        if let Some(count) = t.lock().session_mut(&id).map(|mut s| s.record_restart()) {
+            tracing::info!(session = %id, count, "restarting");
         }
         t.write_back(&id).await;
     }
@@ -515,65 +604,33 @@ async fn run_session(t: Arc<Tether>, id: String, latch: Option<oneshot::Receiver
 }
 
 /// One launch. Returns the exit code, or `None` when the launch failed.
+///
+/// The order matters to the host: it has the launch error (or the exit status) before an
+/// attached client is told the session ended, since the client then reads it back.
 async fn launch_and_wait(t: &Arc<Tether>, id: &str) -> Option<i64> {
-    let prepared = {
+    let (sc, io) = {
         let mut st = t.lock();
-        let sc = st.session_cfg(id).cloned();
-        match (sc, st.sessions.get_mut(id)) {
-            (Some(sc), Some(rt)) => Some((
-                sc,
-                LaunchIo {
-                    stdout: rt.stdout.clone(),
-                    stderr: rt.stderr.clone(),
-                    winsize: rt.winsize,
-                    stdin: rt.stdin_rx.take(),
-                },
-            )),
-            _ => None,
-        }
+        let mut s = st.session_mut(id)?;
+        (s.cfg.clone(), s.launch_io())
     };
-    let (sc, io) = prepared?;
     let launched = session::launch(id, &sc, io, &t.reaper, &t.sink);
-    let now = session::now_secs();
+    let now = clock::now_secs();
     let mut running = match launched {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(session = %id, error = %e, "launch failed");
-            {
-                let mut st = t.lock();
-                if let Some(s) = st.session_cfg_mut(id) {
-                    s.started = e.to_string();
-                    s.exit_status = e.exit_status();
-                    s.detail.stop_time = now;
-                    s.run_block = false;
-                }
+            if let Some(mut s) = t.lock().session_mut(id) {
+                s.record_launch_failure(&e, now);
             }
-            // The host has the reason before an attached client is told the session ended
-            // (it reads `started` once the channel closes).
             t.write_back(id).await;
-            if let Some(rt) = t.lock().sessions.get_mut(id) {
-                rt.stdout.close();
-                rt.stderr.close();
-                rt.done.send_replace(true);
-            }
+            finish(t, id);
             return None;
         }
     };
     tracing::info!(session = %id, pid = running.pid.as_raw(), "session started");
-    let exec_at = crate::boot::boottime_us();
-    {
-        let mut st = t.lock();
-        if let Some(s) = st.session_cfg_mut(id) {
-            s.started = "true".into();
-            s.detail.start_time = now;
-            s.detail.stop_time = 0;
-            s.exit_status = 0;
-            s.run_block = false;
-        }
-        if let Some(rt) = st.sessions.get_mut(id) {
-            rt.pid = Some(running.pid);
-            rt.pty = running.pty.take();
-        }
+    let exec_at = clock::boottime_us();
+    if let Some(mut s) = t.lock().session_mut(id) {
+        s.record_start(&mut running, now);
     }
     // Queued: the write-back thread makes the round trips once the start-up is over.
     t.queue_write_back(id);
@@ -591,44 +648,23 @@ async fn launch_and_wait(t: &Arc<Tether>, id: &str) -> Option<i64> {
         tracing::info!(session = %id, "descendants still hold the output after exit; not waiting for them");
     }
     tracing::info!(session = %id, code, "session exited");
-    {
-        let mut st = t.lock();
-        let stop = session::now_secs();
-        if let Some(s) = st.session_cfg_mut(id) {
-            s.exit_status = code;
-            s.detail.stop_time = stop;
-            let message = if code > 128 {
-                format!("killed by signal {}", code - 128)
-            } else {
-                String::new()
-            };
-            s.diagnostics.exit_logs.push(ExitLog {
-                time: guestinfo::value::GoTime::from_unix(stop, 0),
-                exit_status: code,
-                message,
-            });
-            let excess = s.diagnostics.exit_logs.len().saturating_sub(EXIT_LOGS_KEPT);
-            s.diagnostics.exit_logs.drain(..excess);
-        }
-        if let Some(rt) = st.sessions.get_mut(id) {
-            rt.pid = None;
-            rt.pty = None;
-        }
+    if let Some(mut s) = t.lock().session_mut(id) {
+        s.record_exit(code, clock::now_secs());
     }
-    // The host has the exit status before attached clients are sent it.
     t.write_back(id).await;
-    if let Some(rt) = t.lock().sessions.get_mut(id) {
-        // Output that a lingering descendant writes later still reaches the log, but
-        // attached clients are told the session ended.
-        rt.stdout.close();
-        rt.stderr.close();
-        rt.done.send_replace(true);
-    }
+    finish(t, id);
     Some(code)
 }
 
+/// Tells the session's attached clients it is over.
+fn finish(t: &Tether, id: &str) {
+    if let Some(rt) = t.lock().sessions.get_mut(id) {
+        rt.finish();
+    }
+}
+
 /// The primary's start-up: until its first output, its exit (returned) or the end of
-/// [`STARTUP_GRACE`] after the runtime started (a timer in `run` ends it).
+/// [`STARTUP_GRACE`] after the runtime started (a timer in the supervisor ends it).
 async fn startup(
     t: &Arc<Tether>,
     id: &str,
@@ -650,120 +686,45 @@ async fn startup(
     }
 }
 
-/// Forwards host commands from the transport's thread into the runtime.
-fn bridge_commands(transport: &dyn Transport) -> mpsc::Receiver<HostCommand> {
-    let (tx, rx) = mpsc::channel(16);
-    if let Some(commands) = transport.commands() {
-        let spawned = std::thread::Builder::new()
-            .name("host-commands".into())
-            .spawn(move || {
-                while let Ok(c) = commands.recv() {
-                    if tx.blocking_send(c).is_err() {
-                        break;
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the host command thread");
-        }
-    }
-    rx
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Runs the container until its primary session ends (or the host halts it), then stops
-/// every process and flushes the output channel.
-pub async fn run(
-    cfg: ContainerConfig,
-    transport: WriteBack,
-    platform: Platform,
-    leases: crate::net::Leases,
-) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let reaper = Reaper::start().context("start reaper")?;
-    let format = if cfg.tether.log_format == "vic" {
-        output::Format::Vic {
-            primary: cfg.common.id.clone(),
-        }
-    } else {
-        output::Format::Tether
-    };
-    let sink = output::start(platform.output_channel(), format);
-    let mut commands = bridge_commands(&transport);
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("SIGHUP handler")?;
-    let t = Arc::new(Tether {
-        state: Mutex::new(State {
-            cfg,
+    #[test]
+    fn attach_refusals_say_what_the_original_said() {
+        assert_eq!(
+            AttachRefusal::Invalid("abc".into()).to_string(),
+            "session abc is invalid"
+        );
+        assert_eq!(
+            AttachRefusal::LaunchFailed("stat /x: no such file or directory".into()).to_string(),
+            "launch failed with: stat /x: no such file or directory"
+        );
+        assert_eq!(
+            AttachRefusal::Finished(3).to_string(),
+            "process finished with exit code: 3"
+        );
+    }
+
+    #[test]
+    fn a_session_is_found_with_its_config_exec_first() {
+        let mut state = State {
+            cfg: ContainerConfig::default(),
             sessions: HashMap::new(),
-        }),
-        transport,
-        reaper: reaper.clone(),
-        sink,
-        shutdown: watch::channel(false).0,
-        ids_changed: watch::channel(0).0,
-        networks: leases.clone(),
-    });
-    t.reconcile();
-    let timer = t.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(STARTUP_GRACE).await;
-        timer.end_startup();
-    });
-    tokio::spawn(crate::attach::serve(t.clone(), platform.attach_channel()));
-    let renewer = t.clone();
-    tokio::spawn(crate::net::maintain(leases.clone(), move |r| {
-        renewer.lease_renewed(&r)
-    }));
-    let panic_after = t.lock().cfg.tether.panic_after_ms;
-    if panic_after > 0 {
-        tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(panic_after.unsigned_abs())).await;
-            // The panic hook, not this task, decides what happens next: that is under test.
-            panic!("test hook tether/panicafter fired after {panic_after} ms");
-        });
+        };
+        state
+            .cfg
+            .sessions
+            .insert("a".into(), SessionConfig::default());
+        assert!(state.session_mut("a").is_none(), "no run-time state yet");
+        state.sessions.insert("a".into(), Session::new());
+        let exec = SessionConfig {
+            tty: true,
+            ..SessionConfig::default()
+        };
+        state.cfg.execs.insert("a".into(), exec);
+        let found = state.session_mut("a").map(|s| s.cfg.tty);
+        assert_eq!(found, Some(true), "an ID in both maps is the exec");
+        assert!(state.session_cfg("a").is_some_and(|s| s.tty));
     }
-
-    let mut stop = t.shutdown_signal();
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
-            Some(cmd) = commands.recv() => {
-                tracing::info!(?cmd, "host command");
-                let primary = t.primary_id();
-                match cmd {
-                    HostCommand::Reload => t.reload(),
-                    HostCommand::Kill(sig) => if let Err(e) = t.signal(&primary, &sig, false) { tracing::error!("kill: {e}") },
-                    HostCommand::GroupKill(sig) => if let Err(e) = t.signal(&primary, &sig, true) { tracing::error!("group-kill: {e}") },
-                    HostCommand::Halt => t.halt(),
-                }
-            }
-            // The hypervisor's reload path in the original (the toolbox signals PID 1).
-            Some(()) = hup.recv() => t.reload(),
-        }
-    }
-
-    tracing::info!("stopping remaining processes");
-    shutdown::terminate_all(&reaper, shutdown::TERM_GRACE).await;
-    // Every process is gone, so every pump reaches EOF: wait for the sessions to finish
-    // writing their records (bounded: one that never launched never finishes).
-    let mut dones: Vec<watch::Receiver<bool>> = t
-        .lock()
-        .sessions
-        .values()
-        .filter(|s| s.launched)
-        .map(|s| s.done.subscribe())
-        .collect();
-    let all_done = async {
-        for d in dones.iter_mut() {
-            let _ = d.wait_for(|v| *v).await;
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(3), all_done).await;
-    if !t.sink.flush(Duration::from_secs(5)) {
-        tracing::warn!("output channel did not drain in time");
-    }
-    if !leases.is_empty() {
-        let _ = tokio::task::spawn_blocking(move || crate::net::release_all(&leases)).await;
-    }
-    Ok(())
 }

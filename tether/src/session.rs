@@ -3,10 +3,10 @@
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use backchannel::requests::WindowSize;
-use guestinfo::SessionConfig;
+use guestinfo::{ExitLog, SessionConfig};
 use iolog::Stream;
 use nix::unistd::Pid;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -46,6 +46,9 @@ impl StartError {
         }
     }
 }
+
+/// Exit records kept per session (the original's unused `MaxDeathRecords`).
+const EXIT_LOGS_KEPT: usize = 5;
 
 /// Run-time state of one session or exec, shared between its launcher task, the reload
 /// logic and attached clients.
@@ -108,6 +111,15 @@ impl Session {
         self.done.send_replace(false);
     }
 
+    /// The session is over (it exited and the host has its status, or it failed to
+    /// launch): attached clients are told. Output that a lingering descendant writes later
+    /// still reaches the log.
+    pub fn finish(&mut self) {
+        self.stdout.close();
+        self.stderr.close();
+        self.done.send_replace(true);
+    }
+
     /// Applies a terminal size: now if the pty exists, at launch otherwise.
     pub fn resize(&mut self, ws: WindowSize) -> Result<(), nix::Error> {
         self.winsize = Some(ws);
@@ -115,6 +127,88 @@ impl Session {
             Some(master) => set_winsize(master, ws),
             None => Ok(()),
         }
+    }
+}
+
+/// A session's config and its run-time state together: where its start, its exit and a
+/// failed launch are recorded, in the config the host reads back (write-backs W2 and W4 of
+/// executor-config.md) and in the state that attached clients and signals use.
+#[derive(Debug)]
+pub struct SessionMut<'a> {
+    pub cfg: &'a mut SessionConfig,
+    pub rt: &'a mut Session,
+}
+
+impl SessionMut<'_> {
+    /// What a launch takes from the run-time state; the receiving end of stdin goes with it.
+    pub fn launch_io(&mut self) -> LaunchIo {
+        LaunchIo {
+            stdout: self.rt.stdout.clone(),
+            stderr: self.rt.stderr.clone(),
+            winsize: self.rt.winsize,
+            stdin: self.rt.stdin_rx.take(),
+        }
+    }
+
+    /// The process started at `at` (UTC seconds): `started` = `true`, a new start time, no
+    /// stop time or status yet, and `runblock` is over.
+    pub fn record_start(&mut self, running: &mut Running, at: i64) {
+        self.cfg.started = "true".into();
+        self.cfg.detail.start_time = at;
+        self.cfg.detail.stop_time = 0;
+        self.cfg.exit_status = 0;
+        self.cfg.run_block = false;
+        self.rt.pid = Some(running.pid);
+        self.rt.pty = running.pty.take();
+    }
+
+    /// The launch failed at `at`: the reason goes to `started` (what the host reports), with
+    /// the exit status of a session that never ran; `runblock` is over.
+    pub fn record_launch_failure(&mut self, error: &StartError, at: i64) {
+        self.cfg.started = error.to_string();
+        self.cfg.exit_status = error.exit_status();
+        self.cfg.detail.stop_time = at;
+        self.cfg.run_block = false;
+    }
+
+    /// The process exited with `code` at `at`: its status, stop time and an exit record (the
+    /// last [`EXIT_LOGS_KEPT`] are kept).
+    pub fn record_exit(&mut self, code: i64, at: i64) {
+        self.cfg.exit_status = code;
+        self.cfg.detail.stop_time = at;
+        let message = if code > 128 {
+            format!("killed by signal {}", code - 128)
+        } else {
+            String::new()
+        };
+        let logs = &mut self.cfg.diagnostics.exit_logs;
+        logs.push(ExitLog {
+            time: guestinfo::value::GoTime::from_unix(at, 0),
+            exit_status: code,
+            message,
+        });
+        let excess = logs.len().saturating_sub(EXIT_LOGS_KEPT);
+        logs.drain(..excess);
+        self.rt.pid = None;
+        self.rt.pty = None;
+    }
+
+    /// SIGKILL could not end the process before the power-off (it sleeps uninterruptibly,
+    /// e.g. on an NFS server that is gone): recorded as killed by it (128 + 9) at `at`, as a
+    /// reaped one would be, so that its status does not read as the 0 of a running process.
+    pub fn record_unreaped_kill(&mut self, at: i64) {
+        self.record_exit(128 + i64::from(libc::SIGKILL), at);
+        if let Some(last) = self.cfg.diagnostics.exit_logs.last_mut() {
+            last.message = "killed by signal 9, still in uninterruptible sleep at power-off".into();
+        }
+    }
+
+    /// A relaunch by the restart policy: one more resurrection, and new I/O (the previous
+    /// fan-outs were closed at the exit). Returns the resurrection count.
+    pub fn record_restart(&mut self) -> i64 {
+        self.cfg.diagnostics.resurrection_count += 1;
+        self.rt.reset_io();
+        self.cfg.diagnostics.resurrection_count
     }
 }
 
@@ -147,14 +241,6 @@ pub struct Running {
     pub exit: oneshot::Receiver<ExitCode>,
     pub pumps: Vec<JoinHandle<()>>,
     pub pty: Option<AsyncStream>,
-}
-
-/// Seconds since the Unix epoch (UTC), the unit of `detail.*time`.
-pub fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// The session's environment: exactly its configured `Env`, plus `HOME` if it has none.
@@ -301,6 +387,61 @@ mod tests {
         assert_eq!(
             environment(&cfg, "/root"),
             vec!["PATH=/bin".to_owned(), "HOME=/x".to_owned()]
+        );
+    }
+
+    fn running() -> Running {
+        Running {
+            pid: Pid::from_raw(42),
+            exit: oneshot::channel().1,
+            pumps: Vec::new(),
+            pty: None,
+        }
+    }
+
+    #[test]
+    fn start_exit_and_failure_are_recorded() {
+        let mut cfg = SessionConfig {
+            run_block: true,
+            exit_status: 7,
+            ..SessionConfig::default()
+        };
+        cfg.detail.stop_time = 5;
+        let mut rt = Session::new();
+        let mut s = SessionMut {
+            cfg: &mut cfg,
+            rt: &mut rt,
+        };
+        s.record_start(&mut running(), 100);
+        assert_eq!(
+            (
+                s.cfg.started.as_str(),
+                s.cfg.detail.start_time,
+                s.cfg.detail.stop_time,
+                s.cfg.exit_status,
+                s.cfg.run_block
+            ),
+            ("true", 100, 0, 0, false)
+        );
+        assert_eq!(s.rt.pid, Some(Pid::from_raw(42)));
+        // Exit records: the last five are kept, a signal is named.
+        for (i, code) in [0, 1, 2, 3, 4, 137].into_iter().enumerate() {
+            s.record_exit(code, 200 + i64::try_from(i).unwrap());
+        }
+        assert_eq!((s.cfg.exit_status, s.cfg.detail.stop_time), (137, 205));
+        assert_eq!(s.cfg.diagnostics.exit_logs.len(), 5);
+        let last = s.cfg.diagnostics.exit_logs.last().unwrap();
+        assert_eq!(last.message, "killed by signal 9");
+        assert_eq!(s.cfg.diagnostics.exit_logs[0].exit_status, 1);
+        assert_eq!(s.rt.pid, None);
+        assert_eq!(s.record_restart(), 1);
+
+        let err = StartError::Pty(nix::Error::ENOENT);
+        s.record_launch_failure(&err, 300);
+        assert_eq!(s.cfg.started, err.to_string());
+        assert_eq!(
+            (s.cfg.exit_status, s.cfg.detail.stop_time),
+            (crate::launch::START_FAILED, 300)
         );
     }
 

@@ -229,6 +229,21 @@ impl WriteBack {
     }
 }
 
+/// Writes `pairs` through `transport` in order, logging each key the host refused (`what`
+/// names the write-back in the log). Read-only keys are skipped, as the original did.
+pub fn write_keys<K, V>(
+    transport: &dyn Transport,
+    pairs: impl IntoIterator<Item = (K, V)>,
+    what: &str,
+) where
+    K: AsRef<str>,
+    V: AsRef<str>,
+{
+    for (key, error) in guestinfo::write_pairs(transport, pairs) {
+        tracing::warn!(key = %key, error = %error, "{what} failed");
+    }
+}
+
 /// See [`WriteBack::flush_on_drop`].
 #[derive(Debug)]
 pub struct FlushOnDrop(WriteBack);

@@ -5,6 +5,13 @@
 //! Needs root and `ip` (iproute2); the DHCP tests also need `dnsmasq` (Debian package
 //! `dnsmasq-base`). Without them the tests say so and pass without checking anything.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    reason = "a test: a panic is its failure, and its numbers are small"
+)]
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -36,5 +36,7 @@ fuzz_target!(|input: (bool, Vec<(u16, String)>, Vec<(String, String)>)| {
     }
     let mut cfg = guestinfo::ContainerConfig::default();
     let _ = guestinfo::decode_into(&map, &mut cfg);
-    let _ = guestinfo::discover_keys(&mut |k| Ok(map.get(k).cloned()));
+    let _ = guestinfo::discover_keys(&mut |k| {
+        Ok::<_, std::convert::Infallible>(map.get(k).cloned())
+    });
 });

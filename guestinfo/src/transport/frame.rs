@@ -36,18 +36,34 @@ const CONFIG: bincode::config::Configuration<
 pub enum Message {
     /// Guest → host: an RPCI-style request (`info-get KEY`, `info-set KEY VALUE`,
     /// `info-get-all`).
-    Request { id: u64, command: String },
+    Request {
+        /// Chosen by the guest; the reply carries it back.
+        id: u64,
+        /// The request's text.
+        command: String,
+    },
     /// Host → guest: `1 …` / `0 …`; `entries` (wire values) only for `info-get-all`.
     Reply {
+        /// The request answered.
         id: u64,
+        /// The RPCI-style reply text.
         reply: String,
+        /// Every key and its wire value, for `info-get-all`.
         entries: Vec<(String, String)>,
     },
-    /// Host → guest: `reload`, `kill SIG`, `group-kill SIG`, `halt`.
-    Push { command: String },
+    /// Host → guest: a [`crate::HostCommand`] in its text form.
+    Push {
+        /// `reload`, `kill SIG`, `group-kill SIG`, `halt`.
+        command: String,
+    },
     /// Either way: the peer received something it could not use. `id` names the request
     /// when known; `None` means a damaged frame, whose request (if any) is unknown.
-    Error { id: Option<u64>, message: String },
+    Error {
+        /// The request, when known.
+        id: Option<u64>,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// Frame encoding failures.
@@ -82,6 +98,7 @@ pub fn encode_frame(msg: &Message) -> Result<Vec<u8>, FrameError> {
 /// What the reader found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameEvent {
+    /// A whole, intact message.
     Message(Message),
     /// Damaged or undecodable input was skipped.
     Corrupt(String),
@@ -115,6 +132,7 @@ fn valid_header(b: &[u8]) -> Option<usize> {
 }
 
 impl FrameReader {
+    /// A reader with nothing buffered.
     pub fn new() -> FrameReader {
         FrameReader::default()
     }

@@ -11,8 +11,11 @@
 //! containing `/` are read-only and are never written.
 
 pub mod backdoor;
+mod command;
 pub mod frame;
 pub mod qemu;
+
+pub use command::HostCommand;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -20,50 +23,6 @@ use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use crate::{decode_into, ContainerConfig, DecodeError, Map};
-
-/// A command pushed by the host (the VCH / harness) to the guest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostCommand {
-    /// Re-read the config (the toolbox `reload` action; `SIGHUP` in the original).
-    Reload,
-    /// Signal the primary session's process (argument: signal name or number).
-    Kill(String),
-    /// Signal the primary session's process group.
-    GroupKill(String),
-    /// Stop the container and power off (`OS_Halt`).
-    Halt,
-}
-
-impl HostCommand {
-    /// Parses the text form (`reload`, `kill SIG`, `group-kill SIG`, `halt`). A kill without a
-    /// signal means `TERM`, as in the original toolbox action.
-    pub fn parse(text: &str) -> Option<HostCommand> {
-        let text = text.trim_end_matches('\0').trim();
-        let (verb, arg) = text.split_once(' ').unwrap_or((text, ""));
-        let signal = || {
-            let arg = arg.trim();
-            if arg.is_empty() { "TERM" } else { arg }.to_owned()
-        };
-        match verb {
-            "reload" => Some(HostCommand::Reload),
-            "halt" => Some(HostCommand::Halt),
-            "kill" => Some(HostCommand::Kill(signal())),
-            "group-kill" => Some(HostCommand::GroupKill(signal())),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for HostCommand {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HostCommand::Reload => f.write_str("reload"),
-            HostCommand::Halt => f.write_str("halt"),
-            HostCommand::Kill(sig) => write!(f, "kill {sig}"),
-            HostCommand::GroupKill(sig) => write!(f, "group-kill {sig}"),
-        }
-    }
-}
 
 /// Transport failures.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +35,12 @@ pub enum TransportError {
     InvalidKey(String),
     /// `{key}`: the host refused the request: {reply}
     #[error("`{key}`: the host refused the request: {reply}")]
-    Refused { key: String, reply: String },
+    Refused {
+        /// The key of the request.
+        key: String,
+        /// The host's reply.
+        reply: String,
+    },
     /// no reply within {0:?}
     #[error("no reply within {0:?}")]
     Timeout(Duration),
@@ -121,32 +85,39 @@ pub enum LoadError {
     Decode(#[from] DecodeError),
 }
 
-/// Boot-time load with the tether's semantics: [`Transport::get_all`], then
-/// [`decode_into`] a default config (the skip-decode fields `started`, `status`,
-/// `detail.starttime/stoptime` are not read).
-pub fn load_config(t: &dyn Transport) -> Result<ContainerConfig, LoadError> {
-    let mut cfg = ContainerConfig::default();
-    reload_config(t, &mut cfg)?;
-    Ok(cfg)
-}
-
-/// Reload: decodes the current keys into `cfg` (maps merge; see [`decode_into`]).
+/// Loads the config with the tether's semantics: [`Transport::get_all`], then
+/// [`decode_into`] `cfg` (maps merge; the skip-decode fields `started`, `status`,
+/// `detail.starttime/stoptime` are not read). On an error `cfg` may hold part of the new
+/// keys: decode into a copy to keep the previous config whole.
 pub fn reload_config(t: &dyn Transport, cfg: &mut ContainerConfig) -> Result<(), LoadError> {
     let map = t.get_all()?;
     decode_into(&map, cfg)?;
     Ok(())
 }
 
-/// Writes a list of pairs (e.g. from [`crate::session_writeback`]) in order, skipping
-/// read-only keys like the original guest sink. Stops at the first transport error.
-pub fn write_pairs(t: &dyn Transport, pairs: &[(String, String)]) -> Result<(), TransportError> {
+/// Writes pairs in order (e.g. from [`crate::session_writeback`]), skipping read-only keys
+/// as the original guest sink did. Every pair is tried: a key the host refuses does not
+/// keep the others from it. Returns the keys that failed, with why, for the caller to
+/// report.
+pub fn write_pairs<K, V>(
+    t: &dyn Transport,
+    pairs: impl IntoIterator<Item = (K, V)>,
+) -> Vec<(String, TransportError)>
+where
+    K: AsRef<str>,
+    V: AsRef<str>,
+{
+    let mut failed = Vec::new();
     for (k, v) in pairs {
+        let (k, v) = (k.as_ref(), v.as_ref());
         if k.contains('/') {
             continue;
         }
-        t.set(k, v)?;
+        if let Err(e) = t.set(k, v) {
+            failed.push((k.to_owned(), e));
+        }
     }
-    Ok(())
+    failed
 }
 
 /// The wire form of a plain value (`""` ⇒ `<nil>`).
@@ -222,29 +193,6 @@ pub(crate) fn check_set_reply(key: &str, reply: &str) -> Result<(), TransportErr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn commands_parse() {
-        assert_eq!(HostCommand::parse("reload"), Some(HostCommand::Reload));
-        assert_eq!(HostCommand::parse("halt\0"), Some(HostCommand::Halt));
-        assert_eq!(
-            HostCommand::parse("kill KILL"),
-            Some(HostCommand::Kill("KILL".to_owned()))
-        );
-        assert_eq!(
-            HostCommand::parse("group-kill"),
-            Some(HostCommand::GroupKill("TERM".to_owned()))
-        );
-        assert_eq!(HostCommand::parse("reboot"), None);
-        for c in [
-            HostCommand::Reload,
-            HostCommand::Halt,
-            HostCommand::Kill("9".to_owned()),
-            HostCommand::GroupKill("HUP".to_owned()),
-        ] {
-            assert_eq!(HostCommand::parse(&c.to_string()), Some(c));
-        }
-    }
 
     #[test]
     fn wire_rules() {

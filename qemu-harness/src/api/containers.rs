@@ -7,12 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, StatusCode};
 use serde::Deserialize;
 
-use super::http::{
-    self, empty, json, read_json, rfc3339, streaming, ApiError, ApiResult, Body, Query,
-};
+use super::http::{self, empty, json, read_json, rfc3339, streaming, ApiError, ApiResult, Query};
 use super::http::{nullable, strslice};
 use super::{stream, ApiState};
 use crate::config::ContainerSpec;
@@ -367,6 +365,10 @@ fn status_text(v: &ContainerView) -> String {
             };
             format!("Up {}", human_duration(now_secs() - since))
         }
+        ContainerStatus::Exited if v.timed_out() => format!(
+            "Exited ({}) timed out after {} s",
+            v.exit_code, v.meta.timeout_secs
+        ),
         ContainerStatus::Exited => {
             let at = if v.finished_at > 0 {
                 v.finished_at
@@ -484,18 +486,6 @@ fn mounts_json(v: &ContainerView) -> serde_json::Value {
     m
 }
 
-/// The built-in image's ID, computed once: hashing its binary on every inspect would cost
-/// `docker exec` (which inspects first) milliseconds each time.
-fn builtin_id() -> Option<String> {
-    static ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    ID.get_or_init(|| {
-        crate::image::builtin(&crate::artifacts::cache_dir())
-            .ok()
-            .map(|b| b.id)
-    })
-    .clone()
-}
-
 /// docker's `ContainerJSON` (`docker inspect`).
 fn inspect_json(v: &ContainerView) -> serde_json::Value {
     let cfg = v.config.clone().unwrap_or_default();
@@ -507,7 +497,12 @@ fn inspect_json(v: &ContainerView) -> serde_json::Value {
     } else {
         0
     };
-    let error = if v.launch_failed() {
+    let error = if v.timed_out() {
+        format!(
+            "the VM was killed at its time limit ({} s)",
+            v.meta.timeout_secs
+        )
+    } else if v.launch_failed() {
         v.started.clone()
     } else {
         String::new()
@@ -545,6 +540,7 @@ fn inspect_json(v: &ContainerView) -> serde_json::Value {
         .collect();
     let exposed: serde_json::Map<String, serde_json::Value> = port_bindings(v)
         .keys()
+        .chain(&s.exposed_ports)
         .map(|k| (k.clone(), serde_json::json!({})))
         .collect();
     let log = v.dir.join("output.log").display().to_string();
@@ -635,9 +631,12 @@ fn inspect_json(v: &ContainerView) -> serde_json::Value {
         "MacAddress": mac,
         "Networks": networks_json(v),
     });
-    let image = builtin_id()
-        .filter(|_| v.meta.image == crate::image::BUSYBOX)
-        .unwrap_or_else(|| v.meta.image.clone());
+    // The store image's ID; a directory image has none, its path stands in.
+    let image = if v.meta.image_id.is_empty() {
+        v.meta.image.clone()
+    } else {
+        v.meta.image_id.clone()
+    };
     serde_json::json!({
         "Id": v.meta.id,
         "Created": rfc3339(v.meta.created),
@@ -691,7 +690,7 @@ fn summary_json(v: &ContainerView) -> serde_json::Value {
         "Id": v.meta.id,
         "Names": [format!("/{}", v.meta.name)],
         "Image": v.meta.image,
-        "ImageID": v.meta.image,
+        "ImageID": if v.meta.image_id.is_empty() { &v.meta.image } else { &v.meta.image_id },
         "Command": v.meta.command.join(" "),
         "Created": v.meta.created,
         "Ports": ports,
@@ -861,7 +860,7 @@ pub fn logs(state: &ApiState, id: &str, req: &Request<Incoming>) -> ApiResult {
         match q.get(key) {
             "" | "0" => Ok(0),
             v => crate::logs::parse_since(v, crate::engine::now_ns())
-                .map_err(|e| ApiError::bad_request(format!("invalid {key}: {e}"))),
+                .map_err(|e| ApiError::bad_request(format!("invalid {key} {e}"))),
         }
     };
     let tail = match q.get("tail") {
@@ -1003,20 +1002,6 @@ pub fn stats(state: &ApiState, id: &str) -> ApiResult {
     Err(ApiError::not_implemented(format!(
         "stats are not available for container {id}: this VCH's tether does not sample the guest's resources yet"
     )))
-}
-
-/// A 101 answer for a hijacked stream.
-pub fn upgraded() -> Response<Body> {
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(
-            hyper::header::CONTENT_TYPE,
-            "application/vnd.docker.raw-stream",
-        )
-        .header(hyper::header::CONNECTION, "Upgrade")
-        .header(hyper::header::UPGRADE, "tcp")
-        .body(Body::Empty)
-        .unwrap_or_else(|_| Response::new(Body::Empty))
 }
 
 #[cfg(test)]

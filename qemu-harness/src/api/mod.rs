@@ -9,7 +9,7 @@
 mod containers;
 mod exec;
 pub mod http;
-mod images;
+pub mod images;
 mod networks;
 mod router;
 mod stream;

@@ -111,13 +111,28 @@ pub async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Bod
             networks::disconnect(&state, id, req).await
         }
 
-        (&Method::GET, ["images", "json"]) => images::list(&state),
-        (&Method::POST, ["images", "create"]) => images::create(&req),
+        (&Method::GET, ["images", "json"]) => images::list(&state, &req),
+        // Archives in and out: their bodies stream (no JSON body limit).
+        (&Method::POST, ["images", "create"]) => images::create(state.clone(), req).await,
+        (&Method::POST, ["images", "load"]) => images::load(state.clone(), req).await,
+        (&Method::GET, ["images", "get"]) => images::save(&state, &req, None),
+        (&Method::GET, ["images", rest @ .., "get"]) if !rest.is_empty() => {
+            images::save(&state, &req, Some(rest.join("/")))
+        }
         (&Method::GET, ["images", rest @ .., "json"]) if !rest.is_empty() => {
             images::inspect(&state, &rest.join("/"))
         }
+        (&Method::POST, ["images", rest @ .., "tag"]) if !rest.is_empty() => {
+            images::tag(&state, &rest.join("/"), &req)
+        }
+        (&Method::POST, ["images", rest @ .., "push"]) if !rest.is_empty() => {
+            Err(ApiError::not_implemented(format!(
+                "cannot push {}: this VCH has no registry (docker save writes an archive)",
+                rest.join("/")
+            )))
+        }
         (&Method::DELETE, ["images", rest @ ..]) if !rest.is_empty() => {
-            images::remove(&state, &rest.join("/"))
+            images::remove(&state, &rest.join("/"), &req)
         }
 
         _ => Err(ApiError::new(

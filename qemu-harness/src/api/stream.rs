@@ -9,13 +9,12 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::header::HeaderMap;
 use hyper::upgrade::OnUpgrade;
-use hyper::Request;
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Mutex};
 
-use super::containers::upgraded;
-use super::http::{frame, ApiError, ApiResult};
+use super::http::{frame, ApiError, ApiResult, Body};
 use crate::engine::{Attachment, DetachKeys, Ended, LogItem, PendingAttachment};
 
 /// The upgraded connection.
@@ -33,6 +32,20 @@ pub struct Streams {
 
 /// docker's system-error stream: the message ends the stream with an error on the client.
 const SYSTEM_ERROR: u8 = 3;
+
+/// A 101 answer for a hijacked stream.
+fn upgraded() -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(
+            hyper::header::CONTENT_TYPE,
+            "application/vnd.docker.raw-stream",
+        )
+        .header(hyper::header::CONNECTION, "Upgrade")
+        .header(hyper::header::UPGRADE, "tcp")
+        .body(Body::Empty)
+        .unwrap_or_else(|_| Response::new(Body::Empty))
+}
 
 /// Answers `101` and runs `f` on the connection once hyper hands it over.
 pub fn hijack<F, Fut>(mut req: Request<Incoming>, f: F) -> ApiResult

@@ -17,6 +17,14 @@
 //! `bench backchannel [--execs N] [--mib M]`: exec round-trip latency of `true` and attach
 //! throughput of `head -c M MiB /dev/zero`, beside a raw virtio-serial baseline measured in
 //! the same VM and run (round trip of one byte, bulk transfer).
+//!
+//! `bench images [--runs N]`: `vch run --network none IMAGE true` (the `vch` binary beside
+//! this one) for the built-in busybox image and for a Debian bookworm minbase
+//! (`scripts/debian-image`), each as a store image and as a root filesystem directory
+//! (every directory run built a fresh disk before the store; now its disk is cached), the first
+//! run in a new state directory (cold: the image's disks or the directory's disk are made) and
+//! the median of N more; the bytes each extra container adds; the Debian image's import and
+//! load times; what a second image on the same Debian base adds to the store.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -26,6 +34,7 @@ use qemu_harness::control;
 use qemu_harness::engine::{Engine, ExecCreate};
 use qemu_harness::state::State;
 use qemu_harness::vm::{self, Captured, RunOptions};
+use std::io::Write;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn median(v: &mut [f64]) -> f64 {
@@ -64,12 +73,13 @@ fn main() -> Result<()> {
             arg(&args, "--mib", 64)?,
         ),
         Some("docker") => docker(&state, arg(&args, "--runs", 10)? as usize, &args),
+        Some("images") => images(&tmp, arg(&args, "--runs", 3)? as usize),
         Some("network") => network(
             &state,
             arg(&args, "--runs", 3)? as usize,
             arg(&args, "--mib", 64)?,
         ),
-        _ => bail!("usage: bench boot [--runs N] | bench backchannel [--execs N] [--mib M] | bench docker [--runs N] [--client PATH] | bench network [--runs N] [--mib M]"),
+        _ => bail!("usage: bench boot [--runs N] | bench backchannel [--execs N] [--mib M] | bench docker [--runs N] [--client PATH] | bench images [--runs N] | bench network [--runs N] [--mib M]"),
     };
     if r.is_ok() {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -628,4 +638,220 @@ fn network(state: &State, runs: usize, mib: u64) -> Result<()> {
     })();
     let _ = vch_cmd(&["rm", "-f", "sink", "src"]).output();
     result
+}
+
+/// `vch --state STATE ARGS` with the `vch` binary beside this one: its wall time, or the
+/// failure with its stderr.
+fn vch_timed(state: &std::path::Path, args: &[&str]) -> Result<(Duration, String)> {
+    let exe = std::env::current_exe()?.with_file_name("vch");
+    if !exe.is_file() {
+        bail!(
+            "{} missing: cargo build --release -p qemu-harness",
+            exe.display()
+        );
+    }
+    let t = Instant::now();
+    let out = std::process::Command::new(&exe)
+        .arg("--state")
+        .arg(state)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let took = t.elapsed();
+    if !out.status.success() {
+        bail!(
+            "vch {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok((took, String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+/// `vch run --network none IMAGE true` in `state`: the first run, then the median of `runs`
+/// more (seconds).
+fn run_true(state: &std::path::Path, image: &str, runs: usize) -> Result<(f64, f64)> {
+    let args = [
+        "run",
+        "--network",
+        "none",
+        "--timeout",
+        "300",
+        image,
+        "true",
+    ];
+    let first = vch_timed(state, &args)?.0.as_secs_f64();
+    let mut again = Vec::new();
+    for _ in 0..runs {
+        again.push(vch_timed(state, &args)?.0.as_secs_f64());
+    }
+    Ok((first, median(&mut again)))
+}
+
+/// Bytes the newest container's VM folder takes (its overlay and config; a directory
+/// image's hard-linked disk is the cache's, not the container's).
+fn newest_container_bytes(state: &std::path::Path) -> Result<(u64, u64)> {
+    let st = State::open(state)?;
+    let meta = st.list().pop().context("no container")?;
+    let dir = st.vm_dir(&meta.id);
+    let overlay = qemu_harness::images::disk_usage(&dir.join("disk.qcow2"));
+    let shared = qemu_harness::images::disk_usage(&dir.join("image.ext4"));
+    let all = qemu_harness::images::disk_usage(&dir);
+    Ok((overlay, all - shared))
+}
+
+fn images(tmp: &std::path::Path, runs: usize) -> Result<()> {
+    use qemu_harness::images::ImageStore;
+    let root = qemu_harness::artifacts::workspace_root();
+    let debian = std::process::Command::new(root.join("scripts/debian-image")).output()?;
+    if !debian.status.success() {
+        bail!("scripts/debian-image failed (mmdebstrap, Debian's archive)");
+    }
+    let tarball = PathBuf::from(String::from_utf8_lossy(&debian.stdout).trim());
+    let busybox_dir =
+        qemu_harness::image::rootfs("busybox", &qemu_harness::artifacts::cache_dir())?;
+    let debian_dir = tmp.join("debian-rootfs");
+    std::fs::create_dir_all(&debian_dir)?;
+    let ok = std::process::Command::new("tar")
+        .args(["--numeric-owner", "-xpf"])
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&debian_dir)
+        .status()?
+        .success();
+    if !ok {
+        bail!("unpacking {} failed", tarball.display());
+    }
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!("image benchmark: vch run --network none IMAGE true, QEMU TCG q35; first run in a new state directory, then the median of {runs}");
+
+    // The built-in image: the first run also loads it into the new store.
+    let s = tmp.join("busybox-store");
+    let (cold, warm) = run_true(&s, "busybox", runs)?;
+    let (overlay, vm) = newest_container_bytes(&s)?;
+    println!("  busybox, store image:           first {cold:.2} s, then {warm:.2} s; per extra container {:.2} MiB on disk (overlay {:.2} MiB)", mib(vm), mib(overlay));
+    let s = tmp.join("busybox-dir");
+    let dir = busybox_dir.display().to_string();
+    let (cold, warm) = run_true(&s, &dir, runs)?;
+    let (overlay, vm) = newest_container_bytes(&s)?;
+    println!("  busybox, directory image:       first {cold:.2} s, then {warm:.2} s; per extra container {:.2} MiB (overlay {:.2} MiB)", mib(vm), mib(overlay));
+
+    // Debian: imported from the tarball, and as the same root unpacked into a directory.
+    let s = tmp.join("debian-store");
+    let tar_s = tarball.display().to_string();
+    let (import, _) = vch_timed(&s, &["import", &tar_s, "debian:bookworm"])?;
+    let usage = ImageStore::new(&s).usage();
+    let (cold, warm) = run_true(&s, "debian:bookworm", runs)?;
+    let (overlay, vm) = newest_container_bytes(&s)?;
+    println!("  debian minbase, store image:    first {cold:.2} s, then {warm:.2} s; per extra container {:.2} MiB (overlay {:.2} MiB)", mib(vm), mib(overlay));
+    let s2 = tmp.join("debian-dir");
+    let dir = debian_dir.display().to_string();
+    let (cold, warm) = run_true(&s2, &dir, runs)?;
+    let (overlay, vm) = newest_container_bytes(&s2)?;
+    println!("  debian minbase, directory image: first {cold:.2} s, then {warm:.2} s; per extra container {:.2} MiB (overlay {:.2} MiB)", mib(vm), mib(overlay));
+    let size = std::fs::metadata(&tarball)?.len();
+    println!(
+        "  debian minbase import ({:.0} MiB tarball): {:.2} s; store: layers {:.1} MiB, disks {:.1} MiB",
+        mib(size),
+        import.as_secs_f64(),
+        mib(usage.layers),
+        mib(usage.disks)
+    );
+    let saved = tmp.join("debian-save.tar");
+    let saved_s = saved.display().to_string();
+    vch_timed(&s, &["save", "-o", &saved_s, "debian:bookworm"])?;
+    let s3 = tmp.join("debian-load");
+    let (load, _) = vch_timed(&s3, &["load", "-i", &saved_s])?;
+    println!(
+        "  debian minbase load (docker save archive, {:.0} MiB): {:.2} s",
+        mib(std::fs::metadata(&saved)?.len()),
+        load.as_secs_f64()
+    );
+
+    // A second image on the same base: the Debian layer plus 16 MiB of new files.
+    let before = ImageStore::new(&s).usage();
+    let derived = derived_archive(&s, &tarball, 16)?;
+    let derived_s = derived.display().to_string();
+    let (took, _) = vch_timed(&s, &["load", "-i", &derived_s])?;
+    let after = ImageStore::new(&s).usage();
+    println!(
+        "  second image on the debian base (+1 layer, 16 MiB of files): load {:.2} s; the store grew by {:.1} MiB (layers {:.1}, disks {:.1}) against {:.1} MiB for the base",
+        took.as_secs_f64(),
+        mib((after.layers + after.disks).saturating_sub(before.layers + before.disks)),
+        mib(after.layers.saturating_sub(before.layers)),
+        mib(after.disks.saturating_sub(before.disks)),
+        mib(before.layers + before.disks)
+    );
+    Ok(())
+}
+
+/// A `docker save` archive of an image whose first layer is `base_tar` (byte for byte, so the
+/// same diff ID as the imported image's layer) and whose second adds `mib` MiB of files.
+fn derived_archive(
+    state: &std::path::Path,
+    base_tar: &std::path::Path,
+    mib: usize,
+) -> Result<PathBuf> {
+    use qemu_harness::images::Digest;
+    let mut upper = tar::Builder::new(Vec::new());
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..mib {
+        // Incompressible-looking bytes (xorshift), so that the figure is the bytes' own.
+        let data: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_700_000_000);
+        upper.append_data(&mut h, format!("opt/app/blob{i}"), &data[..])?;
+    }
+    let upper = upper.into_inner()?;
+    let base_id = {
+        let mut f = std::fs::File::open(base_tar)?;
+        let mut h = qemu_harness::images::digest::Hasher::new();
+        std::io::copy(&mut f, &mut h)?;
+        h.finish().0
+    };
+    let upper_id = Digest::of(&upper);
+    let cfg = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux", "created": "2025-01-01T00:00:00Z",
+        "config": {"Cmd": ["bash"]},
+        "rootfs": {"type": "layers", "diff_ids": [base_id.to_string(), upper_id.to_string()]},
+    }))?;
+    let cfg_name = format!("{}.json", Digest::of(&cfg).hex());
+    let out = state.join("derived.tar");
+    let mut ar = tar::Builder::new(std::io::BufWriter::new(std::fs::File::create(&out)?));
+    let mut put = |name: &str, size: u64, r: &mut dyn std::io::Read| -> Result<()> {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(size);
+        ar.append_data(&mut h, name, r)?;
+        Ok(())
+    };
+    let base_name = format!("{}/layer.tar", base_id.hex());
+    let upper_name = format!("{}/layer.tar", upper_id.hex());
+    put(
+        &base_name,
+        std::fs::metadata(base_tar)?.len(),
+        &mut std::fs::File::open(base_tar)?,
+    )?;
+    put(&upper_name, upper.len() as u64, &mut &upper[..])?;
+    put(&cfg_name, cfg.len() as u64, &mut &cfg[..])?;
+    let manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": cfg_name, "RepoTags": ["debian-derived:1"], "Layers": [base_name, upper_name],
+    }]))?;
+    put("manifest.json", manifest.len() as u64, &mut &manifest[..])?;
+    ar.into_inner()?.flush()?;
+    Ok(out)
 }

@@ -13,6 +13,7 @@ use qemu_harness::engine::{
     self, ContainerStatus, ContainerView, CreateRequest, DetachKeys, Ended, Engine, EngineError,
     ExecCreate, ListOptions, LogItem, LogOptions, RemoveOptions, WaitCondition,
 };
+use qemu_harness::images;
 use qemu_harness::network::{self, NetworkRequest};
 use qemu_harness::state::{self, State};
 use qemu_harness::vm::{self, Passthrough, RunOptions};
@@ -130,12 +131,75 @@ enum Cmd {
         /// (its interface is one level deeper, <device>/virtioN/net/)
         #[arg(long = "nic-model", default_value = "vmxnet3")]
         nic_model: String,
-        /// A root filesystem directory, or "busybox"
+        /// The image: NAME[:TAG], an image ID or unique ID prefix (vch images), or a root
+        /// filesystem directory (a path)
         image: String,
-        /// Command and arguments
+        /// Command and arguments [default: the image's]
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// Load images from a `docker save` archive or an OCI image layout (tar, plain or
+    /// compressed)
+    Load {
+        /// Read from this file instead of stdin
+        #[arg(short = 'i', long = "input")]
+        input: Option<std::path::PathBuf>,
+        /// Show no progress
+        #[arg(short = 'q', long)]
+        quiet: bool,
+    },
+    /// Make an image of a root filesystem tarball (plain or compressed; "-" reads stdin)
+    Import {
+        /// Apply a Dockerfile instruction to the image (CMD, ENTRYPOINT, ENV, EXPOSE, LABEL,
+        /// ONBUILD, STOPSIGNAL, USER, VOLUME, WORKDIR)
+        #[arg(short = 'c', long = "change")]
+        changes: Vec<String>,
+        /// Set the commit message of the image
+        #[arg(short = 'm', long)]
+        message: Option<String>,
+        /// The tarball, or "-" for stdin
+        file: String,
+        /// NAME[:TAG] of the new image
+        reference: Option<String>,
+    },
+    /// List images
+    Images {
+        /// Show all images (there are no intermediate ones here)
+        #[arg(short = 'a', long)]
+        all: bool,
+        /// Only show image IDs
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        /// Show full image IDs
+        #[arg(long = "no-trunc")]
+        no_trunc: bool,
+        /// Only images of this repository (NAME or NAME:TAG, * matches)
+        reference: Option<String>,
+    },
+    /// Manage images
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Remove images
+    Rmi {
+        /// Untag an image a stopped container uses, or delete an image with several
+        /// repositories, anyway
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Give an image another name: SOURCE[:TAG] TARGET[:TAG]
+    Tag { source: String, target: String },
+    /// Write images to a tar archive (`docker save`; also an OCI image layout)
+    Save {
+        /// Write to this file instead of stdout
+        #[arg(short = 'o', long = "output")]
+        output: Option<std::path::PathBuf>,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Get the built-in busybox image back (there is no registry to pull anything else from)
+    Pull { name: String },
     /// Run a command in a running container
     Exec {
         /// Keep stdin open and send it to the command
@@ -285,6 +349,33 @@ enum Cmd {
     /// Manage networks
     #[command(subcommand)]
     Network(NetworkCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCmd {
+    /// Show images as JSON (docker's fields)
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// List images
+    #[command(alias = "list")]
+    Ls {
+        /// Only show image IDs
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        /// Show full image IDs
+        #[arg(long = "no-trunc")]
+        no_trunc: bool,
+        reference: Option<String>,
+    },
+    /// Remove images
+    Rm {
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -587,6 +678,8 @@ async fn command(engine: &Engine, cmd: Cmd) -> Result<ExitCode> {
                 "vic" => "vic".into(),
                 other => bail!("unknown log format {other:?} (tether, vic)"),
             };
+            // Building an image's disk (its first container) shows progress on a terminal.
+            opts.progress = true;
             let mut req = CreateRequest::new(opts);
             req.entrypoint = entrypoint.map(|e| vec![e]);
             if detach || interactive || tty {
@@ -756,9 +849,10 @@ async fn command(engine: &Engine, cmd: Cmd) -> Result<ExitCode> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(0);
-            let time = |t: Option<String>| -> Result<u64> {
+            let time = |flag: &str, t: Option<String>| -> Result<u64> {
                 Ok(match t {
-                    Some(s) => logs::parse_since(&s, now_ns).map_err(anyhow::Error::msg)?,
+                    Some(s) => logs::parse_since(&s, now_ns)
+                        .map_err(|e| anyhow::anyhow!("invalid --{flag} {e}"))?,
                     None => 0,
                 })
             };
@@ -766,8 +860,8 @@ async fn command(engine: &Engine, cmd: Cmd) -> Result<ExitCode> {
                 follow,
                 stdout,
                 stderr,
-                since_ns: time(since)?,
-                until_ns: time(until)?,
+                since_ns: time("since", since)?,
+                until_ns: time("until", until)?,
                 tail: match tail.as_str() {
                     "all" => None,
                     n => Some(n.parse().with_context(|| format!("invalid --tail {n:?}"))?),
@@ -805,6 +899,7 @@ async fn command(engine: &Engine, cmd: Cmd) -> Result<ExitCode> {
                 "Id": view.meta.id,
                 "Name": view.meta.name,
                 "Image": view.meta.image,
+                "ImageID": view.meta.image_id,
                 "Created": view.meta.created,
                 "State": state_text(&view),
                 "Mounts": inspect::mounts(&view.meta),
@@ -843,6 +938,73 @@ async fn command(engine: &Engine, cmd: Cmd) -> Result<ExitCode> {
                 &["CONTAINER ID", "NAME", "IMAGE", "COMMAND", "STATUS"],
                 &rows,
             ));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Load { input, quiet } => image_load(engine, input, quiet).await,
+        Cmd::Import {
+            changes,
+            message,
+            file,
+            reference,
+        } => image_import(engine, file, reference, changes, message).await,
+        Cmd::Images {
+            all: _,
+            quiet,
+            no_trunc,
+            reference,
+        } => image_list(engine, quiet, no_trunc, reference),
+        Cmd::Image(ImageCmd::Ls {
+            quiet,
+            no_trunc,
+            reference,
+        }) => image_list(engine, quiet, no_trunc, reference),
+        Cmd::Image(ImageCmd::Inspect { names }) => {
+            let mut out = Vec::new();
+            for n in &names {
+                out.push(qemu_harness::api::images::inspect_json(&engine.image(n)?));
+            }
+            print_out(&format!("{}\n", serde_json::to_string_pretty(&out)?));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Rmi { force, names } | Cmd::Image(ImageCmd::Rm { force, names }) => {
+            let mut failed = false;
+            for n in &names {
+                match engine.image_remove(n, force) {
+                    Ok(removed) => {
+                        let mut text = String::new();
+                        for r in removed {
+                            match r {
+                                images::Removed::Untagged(t) => {
+                                    text.push_str(&format!("Untagged: {t}\n"))
+                                }
+                                images::Removed::Deleted(id) => {
+                                    text.push_str(&format!("Deleted: {id}\n"))
+                                }
+                            }
+                        }
+                        print_out(&text);
+                    }
+                    Err(e) => {
+                        eprintln!("vch: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Cmd::Tag { source, target } => {
+            engine.image_tag(&source, &target)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Save { output, names } => image_save(engine, output, names).await,
+        Cmd::Pull { name } => {
+            let engine = engine.clone();
+            let id = tokio::task::spawn_blocking(move || engine.image_pull(&name)).await??;
+            println!("{id}");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Volume(cmd) => volume_cmd(engine, cmd).await,
@@ -1140,6 +1302,9 @@ where
 }
 
 fn state_text(view: &ContainerView) -> String {
+    if view.timed_out() {
+        return format!("Killed (timed out after {} s)", view.meta.timeout_secs);
+    }
     match (view.status, view.started.as_str()) {
         (ContainerStatus::Running, "true") => "Up".into(),
         (ContainerStatus::Running, _) => "Starting".into(),
@@ -1326,4 +1491,257 @@ async fn daemon(
     }
     eprintln!("vch daemon: stopped (containers keep running)");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `vch load`: prints what `docker load` prints.
+async fn image_load(
+    engine: &Engine,
+    input: Option<std::path::PathBuf>,
+    quiet: bool,
+) -> Result<ExitCode> {
+    use std::io::IsTerminal;
+    let reader: Box<dyn std::io::Read + Send> = match &input {
+        Some(p) if p.as_os_str() != "-" => {
+            Box::new(std::fs::File::open(p).with_context(|| format!("open {}", p.display()))?)
+        }
+        _ => {
+            if std::io::stdin().is_terminal() {
+                bail!(
+                    "requested load from stdin, but stdin is a terminal: give -i FILE or redirect"
+                );
+            }
+            Box::new(std::io::stdin())
+        }
+    };
+    let engine = engine.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        let progress: Box<dyn images::Progress> = if quiet {
+            Box::new(images::Silent)
+        } else {
+            Box::new(images::Terminal::stderr())
+        };
+        engine.image_load(
+            std::io::BufReader::with_capacity(1 << 20, reader),
+            &*progress,
+        )
+    })
+    .await??;
+    let mut text = String::new();
+    for img in loaded {
+        for (tag, old) in &img.moved {
+            text.push_str(&format!(
+                "The image {tag} already exists, renaming the old one with ID {old} to empty string\n"
+            ));
+        }
+        if img.tags.is_empty() {
+            text.push_str(&format!("Loaded image ID: {}\n", img.id));
+        }
+        for t in &img.tags {
+            text.push_str(&format!("Loaded image: {t}\n"));
+        }
+    }
+    print_out(&text);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vch import`: prints the new image's ID, as `docker import` does.
+async fn image_import(
+    engine: &Engine,
+    file: String,
+    reference: Option<String>,
+    changes: Vec<String>,
+    message: Option<String>,
+) -> Result<ExitCode> {
+    let reader: Box<dyn std::io::Read + Send> = if file == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(&file).with_context(|| format!("open {file}"))?)
+    };
+    let opts = images::ImportOptions {
+        reference,
+        changes,
+        message,
+    };
+    let engine = engine.clone();
+    let image = tokio::task::spawn_blocking(move || {
+        engine.image_import(
+            std::io::BufReader::with_capacity(1 << 20, reader),
+            &opts,
+            &images::Terminal::stderr(),
+        )
+    })
+    .await??;
+    println!("{}", image.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vch images`: docker's columns.
+fn image_list(
+    engine: &Engine,
+    quiet: bool,
+    no_trunc: bool,
+    reference: Option<String>,
+) -> Result<ExitCode> {
+    let all = engine.images()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let id_text = |id: &images::ImageId| {
+        if no_trunc {
+            id.to_string()
+        } else {
+            id.short().to_owned()
+        }
+    };
+    let wanted = |tag: &str| match &reference {
+        None => true,
+        Some(r) => {
+            let name = tag.rsplit_once(':').map_or(tag, |(n, _)| n);
+            r == tag || r == name
+        }
+    };
+    let mut rows: Vec<[String; 5]> = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
+    for i in &all {
+        let created = format!("{} ago", human_duration(now - i.created));
+        let size = human_size(i.size);
+        if i.repo_tags.is_empty() && reference.is_none() {
+            rows.push([
+                "<none>".into(),
+                "<none>".into(),
+                id_text(&i.id),
+                created.clone(),
+                size.clone(),
+            ]);
+            ids.push(id_text(&i.id));
+        }
+        for t in i.repo_tags.iter().filter(|t| wanted(t)) {
+            let (repo, tag) = t.rsplit_once(':').unwrap_or((t.as_str(), "<none>"));
+            rows.push([
+                repo.to_owned(),
+                tag.to_owned(),
+                id_text(&i.id),
+                created.clone(),
+                size.clone(),
+            ]);
+            if !ids.contains(&id_text(&i.id)) {
+                ids.push(id_text(&i.id));
+            }
+        }
+    }
+    if quiet {
+        print_out(&ids.iter().map(|i| format!("{i}\n")).collect::<String>());
+    } else {
+        print_out(&table(
+            &["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
+            &rows,
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vch save`: to a file (written beside it and renamed at the end, so that a failed save
+/// leaves no partial archive) or to stdout, never to a terminal.
+async fn image_save(
+    engine: &Engine,
+    output: Option<std::path::PathBuf>,
+    names: Vec<String>,
+) -> Result<ExitCode> {
+    use std::io::IsTerminal;
+    let engine = engine.clone();
+    match output {
+        Some(path) => {
+            let tmp = path.with_file_name(format!(
+                ".{}.{}.tmp",
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                std::process::id()
+            ));
+            let file =
+                std::fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+            let saved = tokio::task::spawn_blocking(move || {
+                engine.image_save(&names, std::io::BufWriter::new(file))
+            })
+            .await?;
+            if let Err(e) = saved {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.into());
+            }
+            std::fs::rename(&tmp, &path)
+                .with_context(|| format!("rename to {}", path.display()))?;
+        }
+        None => {
+            if std::io::stdout().is_terminal() {
+                bail!("cowardly refusing to save to a terminal: use -o FILE or redirect");
+            }
+            tokio::task::spawn_blocking(move || {
+                engine.image_save(&names, std::io::BufWriter::new(std::io::stdout()))
+            })
+            .await??;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// docker's (go-units) `HumanDuration`: "5 seconds", "About an hour", "3 weeks".
+fn human_duration(secs: i64) -> String {
+    let s = secs.max(0);
+    let (min, hour, day) = (60, 3600, 86400);
+    match s {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        _ if s < min => format!("{s} seconds"),
+        _ if s < 2 * min => "About a minute".into(),
+        _ if s < hour => format!("{} minutes", s / min),
+        _ if s < 2 * hour => "About an hour".into(),
+        _ if s < 48 * hour => format!("{} hours", s / hour),
+        _ if s < 14 * day => format!("{} days", s / day),
+        _ if s < 90 * day => format!("{} weeks", s / (7 * day)),
+        _ if s < 730 * day => format!("{} months", s / (30 * day)),
+        _ => format!("{} years", s / (365 * day)),
+    }
+}
+
+/// docker's (go-units) `HumanSizeWithPrecision(size, 3)`: decimal units, three significant
+/// digits ("4.26MB", "170MB").
+fn human_size(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < units.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    let digits = if v >= 100.0 {
+        0
+    } else if v >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let mut text = format!("{v:.digits$}");
+    if text.contains('.') {
+        text = text.trim_end_matches('0').trim_end_matches('.').to_owned();
+    }
+    format!("{text}{}", units[u])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_ages_as_docker_prints_them() {
+        assert_eq!(human_size(4_261_550), "4.26MB");
+        assert_eq!(human_size(170_401_280), "170MB");
+        assert_eq!(human_size(12_300), "12.3kB");
+        assert_eq!(human_size(4_000_000), "4MB");
+        assert_eq!(human_size(999), "999B");
+        assert_eq!(human_duration(30), "30 seconds");
+        assert_eq!(human_duration(90), "About a minute");
+        assert_eq!(human_duration(3 * 86400), "3 days");
+        assert_eq!(human_duration(21 * 86400), "3 weeks");
+    }
 }

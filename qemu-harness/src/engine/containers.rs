@@ -22,8 +22,9 @@ use crate::volume::{self, VolumeStore};
 const START_WAIT: Duration = Duration::from_secs(120);
 /// Docker's default grace period between the stop signal and SIGKILL.
 const DEFAULT_STOP_GRACE: u64 = 10;
-/// Beyond the grace period: the tether's SIGKILL, unmounting and power-off.
-const POWER_OFF_MARGIN: Duration = Duration::from_secs(15);
+/// Beyond the grace period: the tether's own worst case after its SIGKILL (waiting for
+/// stuck processes, flushing, the 20 s unmount bound for a slow NFS server, power-off).
+const POWER_OFF_MARGIN: Duration = Duration::from_secs(45);
 
 /// What `create` is asked for: the run options (whose `spec.command` is the user's CMD,
 /// possibly empty) and an entrypoint that replaces the image's.
@@ -110,6 +111,11 @@ impl ContainerView {
         self.primary()
             .map(|s| s.tty)
             .unwrap_or(self.meta.settings.tty)
+    }
+
+    /// The VM was killed at its hard time limit (the exit code is then 137).
+    pub fn timed_out(&self) -> bool {
+        self.status == ContainerStatus::Exited && self.meta.timed_out
     }
 
     /// The launch failed: the tether wrote an error instead of `true`.
@@ -291,6 +297,12 @@ impl Engine {
         } else {
             ContainerStatus::Exited
         };
+        // Killed from outside at the time limit: what an OOM or `kill -9` reports.
+        let exit_code = if status == ContainerStatus::Exited && meta.timed_out {
+            128 + 9
+        } else {
+            exit_code
+        };
         ContainerView {
             meta,
             config,
@@ -311,6 +323,16 @@ impl Engine {
 
     /// Lists containers, newest first.
     pub fn list(&self, opts: &ListOptions) -> Vec<ContainerView> {
+        // `ancestor=IMAGE`: the image it names now, by ID (a container keeps the ID it was
+        // made from).
+        let store = self.image_store();
+        let ancestors: BTreeMap<String, String> = opts
+            .filters
+            .get("ancestor")
+            .into_iter()
+            .flatten()
+            .filter_map(|a| Some((a.clone(), store.resolve(a).ok()?.to_string())))
+            .collect();
         let mut all: Vec<ContainerView> = self
             .state()
             .list()
@@ -318,7 +340,7 @@ impl Engine {
             .rev()
             .map(|m| self.view(m))
             .filter(|v| opts.all || opts.limit.is_some() || v.running())
-            .filter(|v| matches_filters(v, &opts.filters))
+            .filter(|v| matches_filters(v, &opts.filters, &ancestors))
             .collect();
         if let Some(n) = opts.limit {
             all.truncate(n);
@@ -328,16 +350,27 @@ impl Engine {
 
     /// Creates a container: its folder, disk and config. Nothing runs.
     pub async fn create(&self, req: CreateRequest) -> Result<CreateResponse, EngineError> {
-        let (opts, warnings) = self.prepare_create(req)?;
-        let state = self.state().clone();
-        let created = tokio::task::spawn_blocking(move || vm::create(&state, opts))
-            .await
-            .map_err(|e| EngineError::Backchannel(format!("create: {e}")))??;
+        let (created, warnings) = self.create_blocking(req).await?;
         self.publish(self.container_event("create", &created.meta));
         Ok(CreateResponse {
             id: created.meta.id,
             warnings,
         })
+    }
+
+    /// `prepare_create` and `vm::create` on a blocking thread: the image may need its disk
+    /// built (or the built-in image loaded) first.
+    async fn create_blocking(
+        &self,
+        req: CreateRequest,
+    ) -> Result<(vm::Created, Vec<String>), EngineError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let (opts, warnings) = me.prepare_create(req)?;
+            Ok((vm::create(me.state(), opts)?, warnings))
+        })
+        .await
+        .map_err(|e| EngineError::Backchannel(format!("create: {e}")))?
     }
 
     /// Checks a request and turns it into the VM's run options.
@@ -356,27 +389,39 @@ impl Engine {
             }
             run.spec.name = name;
         }
-        let image = crate::image::normalize(&run.image);
-        crate::image::rootfs(&image, &crate::artifacts::cache_dir()).map_err(|e| match e {
-            // A name (docker's client pulls on a 404); a path keeps the harness's hint.
-            crate::image::ImageError::NotFound(_) if !run.image.contains('/') => {
-                EngineError::NoSuchImage(run.image.clone())
-            }
-            other => EngineError::Vm(other.into()),
+        // The image and docker's rules for its config: Entrypoint and Cmd (`--entrypoint`
+        // drops the image's Cmd), Env under the user's `-e`, WorkingDir, User, StopSignal,
+        // ExposedPorts and Labels; its Volumes are made by `vm::create`.
+        let image = self.image_resolve(&run.image)?;
+        let asked = crate::images::RunRequest {
+            entrypoint,
+            cmd: run.spec.command.clone(),
+            env: run.spec.env.clone(),
+            working_dir: Some(run.spec.workdir.clone()),
+            user: Some(run.spec.user.clone()),
+            volumes: Vec::new(),
+            exposed_ports: run.settings.exposed_ports.clone(),
+            stop_signal: Some(run.settings.stop_signal.clone()),
+            labels: run.settings.labels.clone(),
+        };
+        let merged = crate::images::merge(image.config.as_ref(), &asked).map_err(|_| {
+            EngineError::BadRequest(format!(
+                "No command specified: the image {} has no default command (Cmd or Entrypoint)",
+                run.image
+            ))
         })?;
-        run.image = image;
-        // docker's rule: an entrypoint (none in the built-in images yet) followed by the
-        // command.
-        let entry = entrypoint.unwrap_or_default();
-        let mut command = entry.clone();
-        command.extend(run.spec.command.iter().cloned());
-        if command.is_empty() {
-            return Err(EngineError::BadRequest(
-                "No command specified (the image has no default command)".into(),
-            ));
+        for what in &merged.ignored {
+            warnings.push(format!("The image's {what} is ignored by this VCH"));
         }
-        run.spec.command = command;
-        run.settings.entrypoint = entry;
+        run.spec.command = merged.argv();
+        run.settings.entrypoint = merged.entrypoint;
+        run.spec.env = merged.env;
+        run.spec.workdir = merged.working_dir;
+        run.spec.user = merged.user;
+        run.settings.stop_signal = merged.stop_signal.unwrap_or_default();
+        run.settings.labels = merged.labels;
+        run.settings.exposed_ports = merged.exposed_ports;
+        run.resolved = Some(image);
         if !run.settings.stop_signal.is_empty() {
             run.spec.stop_signal = parse_signal(&run.settings.stop_signal)?;
         }
@@ -409,11 +454,7 @@ impl Engine {
         req: CreateRequest,
         out: &mut dyn OutputHandler,
     ) -> Result<RunOutcome, EngineError> {
-        let (opts, _) = self.prepare_create(req)?;
-        let state = self.state().clone();
-        let created = tokio::task::spawn_blocking(move || vm::create(&state, opts))
-            .await
-            .map_err(|e| EngineError::Backchannel(format!("create: {e}")))??;
+        let (created, _) = self.create_blocking(req).await?;
         self.publish(self.container_event("create", &created.meta));
         self.publish(self.container_event("start", &created.meta));
         let meta = created.meta.clone();
@@ -1007,7 +1048,11 @@ fn follow_output(
     end(reader.damaged, reader.lost);
 }
 
-fn matches_filters(v: &ContainerView, filters: &BTreeMap<String, Vec<String>>) -> bool {
+fn matches_filters(
+    v: &ContainerView,
+    filters: &BTreeMap<String, Vec<String>>,
+    ancestors: &BTreeMap<String, String>,
+) -> bool {
     filters.iter().all(|(key, values)| {
         // docker's rule: labels must all be there (compose selects a project's service by
         // two labels); the other keys' values are alternatives.
@@ -1019,7 +1064,10 @@ fn matches_filters(v: &ContainerView, filters: &BTreeMap<String, Vec<String>>) -
                 Some((k, val)) => v.meta.settings.labels.get(k).map(String::as_str) == Some(val),
                 None => v.meta.settings.labels.contains_key(want.as_str()),
             },
-            "ancestor" => v.meta.image == crate::image::normalize(want),
+            "ancestor" => {
+                v.meta.image == *want
+                    || ancestors.get(want).is_some_and(|id| *id == v.meta.image_id)
+            }
             // Unknown filters select nothing, as docker refuses them.
             _ => false,
         };

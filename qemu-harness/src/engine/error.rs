@@ -1,6 +1,8 @@
 //! What can go wrong in an engine operation, and what kind of failure it is (a front end maps
 //! the kind to its exit code or HTTP status).
 
+use crate::image::ImageError;
+use crate::images::StoreError;
 use crate::network::NetworkError;
 use crate::state::StateError;
 use crate::vm::VmError;
@@ -30,6 +32,9 @@ pub enum EngineError {
     NoSuchExec(String),
     #[error("No such image: {0}")]
     NoSuchImage(String),
+    /// A pull of anything but the built-in image: there is no registry.
+    #[error("pull access denied for {0}: this VCH has no registry to pull from; docker load and docker import (vch load, vch import) add images")]
+    PullDenied(String),
     #[error("Container {0} is not running")]
     NotRunning(String),
     #[error("Container {0} is already running")]
@@ -56,6 +61,10 @@ pub enum EngineError {
     Network(#[from] NetworkError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -68,7 +77,9 @@ impl EngineError {
     pub fn kind(&self) -> ErrorKind {
         use EngineError as E;
         match self {
-            E::NoSuchContainer(_) | E::NoSuchExec(_) | E::NoSuchImage(_) => ErrorKind::NotFound,
+            E::NoSuchContainer(_) | E::NoSuchExec(_) | E::NoSuchImage(_) | E::PullDenied(_) => {
+                ErrorKind::NotFound
+            }
             E::NotRunning(_) | E::RemoveRunning(_) | E::Conflict(_) => ErrorKind::Conflict,
             E::AlreadyRunning(_) | E::AlreadyStopped(_) => ErrorKind::NotModified,
             E::BadRequest(_) => ErrorKind::BadRequest,
@@ -78,8 +89,10 @@ impl EngineError {
             E::State(_) => ErrorKind::Internal,
             E::Volume(v) => volume_kind(v),
             E::Network(n) => network_kind(n),
+            E::Image(i) => image_kind(i),
+            E::Store(s) => store_kind(s),
             E::Vm(v) => match v {
-                VmError::Image(crate::image::ImageError::NotFound(_)) => ErrorKind::NotFound,
+                VmError::Image(i) => image_kind(i),
                 VmError::State(StateError::NameInUse(..)) => ErrorKind::Conflict,
                 VmError::NoCommand | VmError::Usage(_) | VmError::Compose(_) => {
                     ErrorKind::BadRequest
@@ -89,6 +102,27 @@ impl EngineError {
                 _ => ErrorKind::Internal,
             },
         }
+    }
+}
+
+fn image_kind(i: &ImageError) -> ErrorKind {
+    match i {
+        ImageError::NotFound(_) => ErrorKind::NotFound,
+        ImageError::BadConfig { .. } => ErrorKind::BadRequest,
+        ImageError::Store(s) => store_kind(s),
+        _ => ErrorKind::Internal,
+    }
+}
+
+fn store_kind(s: &StoreError) -> ErrorKind {
+    if s.is_not_found() {
+        ErrorKind::NotFound
+    } else if s.is_conflict() {
+        ErrorKind::Conflict
+    } else if s.is_bad_input() {
+        ErrorKind::BadRequest
+    } else {
+        ErrorKind::Internal
     }
 }
 

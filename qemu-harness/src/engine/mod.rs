@@ -21,7 +21,7 @@
 //! | volumes | [`Engine::volume_create`] … [`Engine::volume_prune`] | over [`crate::volume::VolumeStore`] |
 //! | networks | [`Engine::network_create`] … [`Engine::network_prune`] | over [`crate::network::NetworkStore`] |
 //! | connect / disconnect | [`Engine::network_connect`], [`Engine::network_disconnect`] | a running VM's NIC is hot-added / removed |
-//! | images | [`Engine::images`], [`Engine::image`] | what can be run |
+//! | images | [`Engine::images`], [`Engine::image`], [`Engine::image_load`], [`Engine::image_import`], [`Engine::image_tag`], [`Engine::image_remove`], [`Engine::image_save`], [`Engine::image_pull`] (the built-in busybox only) | over [`crate::images::ImageStore`]; `create` resolves names, IDs, prefixes and directories with [`Engine::image_resolve`] |
 //! | events | [`Engine::events`] | create, start, die, destroy, … |
 //!
 //! Containers live in the state directory ([`crate::state`]) and are kept by `vch keeper`
@@ -34,6 +34,7 @@ mod containers;
 mod error;
 mod events;
 mod exec;
+mod images;
 mod objects;
 
 use std::collections::HashMap;
@@ -51,7 +52,8 @@ pub use containers::{
 pub use error::{EngineError, ErrorKind};
 pub use events::{Event, EventKind};
 pub use exec::{ExecCreate, ExecView};
-pub use objects::{network_id, ImageView, NetworkView, VolumeView};
+pub use images::{ImageDetail, ImageView};
+pub use objects::{network_id, NetworkView, VolumeView};
 
 use crate::state::State;
 

@@ -1,5 +1,5 @@
-//! Volumes, networks and images: the stores' operations with the checks that need the
-//! containers (what is in use by whom).
+//! Volumes and networks: the stores' operations with the checks that need the containers
+//! (what is in use by whom).
 
 use std::path::PathBuf;
 
@@ -33,20 +33,6 @@ pub struct NetworkView {
     pub endpoints: Vec<crate::network::AttachedNic>,
 }
 
-/// An image that can be run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageView {
-    /// `sha256:<hex>`.
-    pub id: String,
-    pub repo_tags: Vec<String>,
-    /// Unix seconds.
-    pub created: i64,
-    /// Bytes of its root filesystem.
-    pub size: u64,
-    /// Containers made from it.
-    pub containers: usize,
-}
-
 /// A network's ID: derived from its name, so that it is stable without being stored.
 pub fn network_id(name: &str) -> String {
     let digest = Sha256::digest(format!("tether-vch network {name}").as_bytes());
@@ -54,7 +40,7 @@ pub fn network_id(name: &str) -> String {
 }
 
 impl Engine {
-    fn running(meta: &Meta) -> bool {
+    pub(super) fn running(meta: &Meta) -> bool {
         super::containers::qemu_alive(meta) || super::containers::keeper_alive(meta)
     }
 
@@ -266,40 +252,6 @@ impl Engine {
             }
         }
         Ok(removed)
-    }
-
-    /// The images that can be run by name.
-    pub fn images(&self) -> Result<Vec<ImageView>, EngineError> {
-        let metas = self.state().list();
-        let busybox = crate::image::builtin(&crate::artifacts::cache_dir())
-            .map_err(|e| EngineError::Vm(e.into()))?;
-        let containers = metas
-            .iter()
-            .filter(|m| m.image == crate::image::BUSYBOX)
-            .count();
-        Ok(vec![ImageView {
-            id: busybox.id,
-            repo_tags: vec![format!("{}:latest", crate::image::BUSYBOX)],
-            created: busybox.created,
-            size: busybox.size,
-            containers,
-        }])
-    }
-
-    /// One image by name (`busybox`, `busybox:latest`, `docker.io/library/busybox`), ID or
-    /// ID prefix.
-    pub fn image(&self, name: &str) -> Result<ImageView, EngineError> {
-        let want = crate::image::normalize(name);
-        let bare = name.strip_prefix("sha256:").unwrap_or(name);
-        self.images()?
-            .into_iter()
-            .find(|i| {
-                i.repo_tags
-                    .iter()
-                    .any(|t| crate::image::normalize(t) == want)
-                    || (bare.len() >= 4 && i.id.trim_start_matches("sha256:").starts_with(bare))
-            })
-            .ok_or_else(|| EngineError::NoSuchImage(name.to_owned()))
     }
 }
 

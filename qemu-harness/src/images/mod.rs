@@ -19,6 +19,8 @@
 //!                dirs/<key>.ext4 + .json  directory images: mkfs of a rootfs directory,
 //!                                         keyed by its path, size and every entry's metadata
 //!                tmp/<what>-<pid>-<rand>/ staging of one load, import or build
+//!                builtin                  the store was given the built-in busybox image
+//!                                         once ([`crate::image::ensure_builtin`])
 //! /dev/shm/tether-images-<pid>-<rand>/      host copies of one layer's files while debugfs
 //!                                         writes them in (on disk under tmp/ when the layer
 //!                                         does not fit easily in memory)

@@ -12,7 +12,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use guestinfo::{ContainerConfig, Map};
+use guestinfo::ContainerConfig;
 
 use super::apply::{self, Addressing, Leases};
 use super::link::Netlink;
@@ -23,7 +23,7 @@ use super::{pci, NetError};
 pub const NIC_WAIT: Duration = Duration::from_secs(20);
 
 /// The key listing the container's networks.
-const NETWORKS_KEY: &str = "guestinfo.vice./networks";
+pub const NETWORKS_KEY: &str = "guestinfo.vice./networks";
 
 /// Held while a reload's network changes are worked out and made, so that a second reload
 /// sees the first one's result.
@@ -32,9 +32,11 @@ pub fn serialize() -> std::sync::MutexGuard<'static, ()> {
     ONE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The networks the host lists now; `None` if the map does not say (nothing changes then).
-pub fn listed(map: &Map) -> Option<Vec<String>> {
-    let value = map.get(NETWORKS_KEY)?;
+/// The networks the host lists now, from the list key's value (`<nil>` or empty: none);
+/// `None` if there is no such key (nothing changes then: a config that never listed
+/// networks).
+pub fn listed(value: Option<&str>) -> Option<Vec<String>> {
+    let value = value?;
     Some(
         value
             .split('|')
@@ -157,15 +159,13 @@ mod tests {
 
     #[test]
     fn the_hosts_list_decides() {
-        let mut map = Map::new();
-        map.insert(NETWORKS_KEY.into(), "back|bridge".into());
         assert_eq!(
-            listed(&map),
+            listed(Some("back|bridge")),
             Some(vec!["back".to_owned(), "bridge".to_owned()])
         );
-        map.insert(NETWORKS_KEY.into(), "<nil>".into());
-        assert_eq!(listed(&map), Some(vec![]));
-        assert_eq!(listed(&Map::new()), None);
+        assert_eq!(listed(Some("<nil>")), Some(vec![]));
+        assert_eq!(listed(Some("")), Some(vec![]));
+        assert_eq!(listed(None), None);
 
         let mut cfg = ContainerConfig::default();
         cfg.networks

@@ -2,26 +2,41 @@
 //! (guestinfo.md §2). Pure register logic over a [`Port`].
 
 use super::port::{Port, Regs};
-use super::BackdoorError;
+use crate::transport::TransportError;
 
+/// `BDOOR_MAGIC`, in eax of every backdoor call.
 pub const MAGIC: u32 = 0x564D_5868;
+/// The low-bandwidth port (one register's worth per `in`).
 pub const LB_PORT: u32 = 0x5658;
+/// The high-bandwidth port (`rep outsb` / `rep insb`).
 pub const HB_PORT: u32 = 0x5659;
+/// `BDOOR_CMD_MESSAGE`, the message protocol's command.
 pub const CMD_MESSAGE: u32 = 0x1E;
 /// `BDOORHB_CMD_MESSAGE`.
 pub const HB_CMD_MESSAGE: u32 = 0;
 
+/// Message type: open a channel.
 pub const TYPE_OPEN: u32 = 0;
+/// Message type: announce the size of what we send.
 pub const TYPE_SENDSIZE: u32 = 1;
+/// Message type: send payload (4 bytes at a time on the low-bandwidth port).
 pub const TYPE_SENDPAYLOAD: u32 = 2;
+/// Message type: ask the size of the reply.
 pub const TYPE_RECVSIZE: u32 = 3;
+/// Message type: receive payload.
 pub const TYPE_RECVPAYLOAD: u32 = 4;
+/// Message type: acknowledge a received payload.
 pub const TYPE_RECVSTATUS: u32 = 5;
+/// Message type: close the channel.
 pub const TYPE_CLOSE: u32 = 6;
 
+/// Status bit: the call succeeded.
 pub const STATUS_SUCCESS: u32 = 0x0001;
+/// Status bit: a reply waits to be received.
 pub const STATUS_DORECV: u32 = 0x0002;
+/// Status bit: a checkpoint interrupted the transfer (retry).
 pub const STATUS_CPT: u32 = 0x0010;
+/// Status bit: the high-bandwidth port may be used.
 pub const STATUS_HB: u32 = 0x0080;
 
 /// Guest → VMX requests.
@@ -34,6 +49,35 @@ const COOKIE_FLAG: u32 = 0x8000_0000;
 pub const MAX_MESSAGE: u32 = 1 << 20;
 /// A checkpoint (VM snapshot/migration) interrupted a transfer: retry, but not forever.
 const MAX_RETRIES: usize = 16;
+
+/// Backdoor protocol failures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackdoorError {
+    /// opening a backdoor channel for protocol {0:#x} failed
+    #[error("opening a backdoor channel for protocol {0:#x} failed")]
+    Open(u32),
+    /// backdoor send failed ({0})
+    #[error("backdoor send failed ({0})")]
+    Send(&'static str),
+    /// backdoor receive failed ({0})
+    #[error("backdoor receive failed ({0})")]
+    Receive(&'static str),
+    /// closing a backdoor channel failed
+    #[error("closing a backdoor channel failed")]
+    Close,
+    /// backdoor message of {0} bytes is too large
+    #[error("backdoor message of {0} bytes is too large")]
+    TooLarge(usize),
+    /// backdoor transfer kept being interrupted by checkpoints
+    #[error("backdoor transfer kept being interrupted by checkpoints")]
+    Checkpoint,
+}
+
+impl From<BackdoorError> for TransportError {
+    fn from(e: BackdoorError) -> TransportError {
+        TransportError::Protocol(e.to_string())
+    }
+}
 
 /// An open message channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

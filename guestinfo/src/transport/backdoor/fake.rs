@@ -191,7 +191,7 @@ impl Port for FakePort {
                 Some(msg) => {
                     out.cx = ok(STATUS_DORECV | if hb { STATUS_HB } else { 0 });
                     out.dx = TYPE_SENDSIZE << 16;
-                    out.bx = msg.len() as u32;
+                    out.bx = u32::try_from(msg.len()).unwrap_or(u32::MAX);
                 }
                 None => out.cx = ok(0),
             },

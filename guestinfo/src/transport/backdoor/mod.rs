@@ -24,6 +24,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use self::channel::rpci;
+pub use self::channel::BackdoorError;
 pub use self::port::{is_vmware, Port, Regs};
 use self::toolbox::{Service, ToolboxState};
 use super::{
@@ -31,35 +32,6 @@ use super::{
     Transport, TransportError,
 };
 use crate::Map;
-
-/// Backdoor protocol failures.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BackdoorError {
-    /// opening a backdoor channel for protocol {0:#x} failed
-    #[error("opening a backdoor channel for protocol {0:#x} failed")]
-    Open(u32),
-    /// backdoor send failed ({0})
-    #[error("backdoor send failed ({0})")]
-    Send(&'static str),
-    /// backdoor receive failed ({0})
-    #[error("backdoor receive failed ({0})")]
-    Receive(&'static str),
-    /// closing a backdoor channel failed
-    #[error("closing a backdoor channel failed")]
-    Close,
-    /// backdoor message of {0} bytes is too large
-    #[error("backdoor message of {0} bytes is too large")]
-    TooLarge(usize),
-    /// backdoor transfer kept being interrupted by checkpoints
-    #[error("backdoor transfer kept being interrupted by checkpoints")]
-    Checkpoint,
-}
-
-impl From<BackdoorError> for TransportError {
-    fn from(e: BackdoorError) -> TransportError {
-        TransportError::Protocol(e.to_string())
-    }
-}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -188,19 +160,10 @@ impl Transport for Backdoor {
 
     /// RPCI cannot list keys: walks the container schema, one `info-get` per key.
     fn get_all(&self) -> Result<Map, TransportError> {
-        let mut failure = None;
-        let result = crate::discover_keys(&mut |key| {
-            self.get(key).map_err(|e| {
-                let text = e.to_string();
-                failure = Some(e);
-                text
-            })
-        });
-        match (result, failure) {
-            (_, Some(e)) => Err(e),
-            (Ok(map), None) => Ok(map),
-            (Err(e), None) => Err(TransportError::Protocol(e)),
-        }
+        crate::discover_keys(&mut |key| self.get(key)).map_err(|e| match e {
+            crate::DiscoverError::Get(e) => e,
+            crate::DiscoverError::Decode(e) => TransportError::Protocol(e.to_string()),
+        })
     }
 
     fn commands(&self) -> Option<Receiver<HostCommand>> {

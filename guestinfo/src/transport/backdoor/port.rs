@@ -4,12 +4,19 @@
 /// The registers the backdoor protocol uses (low 32 bits).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Regs {
+    /// eax: the magic on the way in, a result on the way out.
     pub ax: u32,
+    /// ebx: an argument or a result.
     pub bx: u32,
+    /// ecx: the command (and message type) in, the status out.
     pub cx: u32,
+    /// edx: the port (and channel ID) in.
     pub dx: u32,
+    /// esi: the channel's cookie, or a transfer's source.
     pub si: u32,
+    /// edi: the channel's cookie, or a transfer's destination.
     pub di: u32,
+    /// ebp: a transfer's address on the high-bandwidth port.
     pub bp: u32,
 }
 
@@ -67,6 +74,17 @@ impl IoPort {
     }
 }
 
+/// A register's value as the backdoor protocol means it: its values are 32 bits wide, and
+/// the upper half of the 64-bit register is not part of the reply.
+#[cfg(target_arch = "x86_64")]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "dropping the upper half is the point"
+)]
+fn low32(r: u64) -> u32 {
+    r as u32
+}
+
 #[cfg(target_arch = "x86_64")]
 impl Port for IoPort {
     fn call(&self, r: Regs) -> Regs {
@@ -101,13 +119,13 @@ impl Port for IoPort {
             );
         }
         Regs {
-            ax: ax as u32,
-            bx: bx as u32,
-            cx: cx as u32,
-            dx: dx as u32,
-            si: si as u32,
-            di: di as u32,
-            bp: bp as u32,
+            ax: low32(ax),
+            bx: low32(bx),
+            cx: low32(cx),
+            dx: low32(dx),
+            si: low32(si),
+            di: low32(di),
+            bp: low32(bp),
         }
     }
 
@@ -139,13 +157,13 @@ impl Port for IoPort {
             );
         }
         Regs {
-            ax: ax as u32,
-            bx: bx as u32,
-            cx: cx as u32,
-            dx: dx as u32,
-            si: si as u32,
-            di: di as u32,
-            bp: bp as u32,
+            ax: low32(ax),
+            bx: low32(bx),
+            cx: low32(cx),
+            dx: low32(dx),
+            si: low32(si),
+            di: low32(di),
+            bp: low32(bp),
         }
     }
 
@@ -176,13 +194,13 @@ impl Port for IoPort {
             );
         }
         Regs {
-            ax: ax as u32,
-            bx: bx as u32,
-            cx: cx as u32,
-            dx: dx as u32,
-            si: si as u32,
-            di: di as u32,
-            bp: bp as u32,
+            ax: low32(ax),
+            bx: low32(bx),
+            cx: low32(cx),
+            dx: low32(dx),
+            si: low32(si),
+            di: low32(di),
+            bp: low32(bp),
         }
     }
 }

@@ -115,7 +115,8 @@ fn transport_get_set_and_schema_walk() {
             .collect()
     };
     assert_eq!(lower(&all), lower(&guest));
-    let cfg = must(crate::load_config(&bd));
+    let mut cfg = crate::ContainerConfig::default();
+    must(crate::reload_config(&bd, &mut cfg));
     assert_eq!(cfg.networks["bridge"].network.common.name, "bridge");
     bd.shutdown();
 }

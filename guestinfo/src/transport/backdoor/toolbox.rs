@@ -26,11 +26,13 @@ pub struct ToolboxState {
     pub users: Mutex<BTreeSet<String>>,
     /// Answer to `Set_Option broadcastIP 1`.
     pub primary_ip: Mutex<Option<String>>,
+    /// Where the commands the VMX sends go (the tether's [`crate::Transport::commands`]).
     pub commands: Sender<HostCommand>,
     next_pid: AtomicU64,
 }
 
 impl ToolboxState {
+    /// A toolbox that lets nobody act yet and sends commands to `commands`.
     pub fn new(commands: Sender<HostCommand>) -> ToolboxState {
         ToolboxState {
             users: Mutex::new(BTreeSet::new()),
@@ -141,6 +143,7 @@ pub struct Service {
 }
 
 impl Service {
+    /// A service polling the VMX through `port`, with channels opened on the first step.
     pub fn new(port: Arc<dyn Port>, state: Arc<ToolboxState>) -> Service {
         Service {
             port,

@@ -4,18 +4,28 @@
 use crate::transport::HostCommand;
 use crate::value::b64_decode;
 
+/// `VIX_COMMAND_MAGIC_WORD`, first in every request header.
 pub const MAGIC: u32 = 0xd00d_0001;
+/// `VIX_COMMAND_GET_TOOLS_STATE`.
 pub const OP_GET_TOOLS_STATE: u32 = 62;
+/// `VIX_COMMAND_START_PROGRAM`: how the VCH asks for `kill`, `group-kill` and `reload`.
 pub const OP_START_PROGRAM: u32 = 185;
+/// `VIX_USER_CREDENTIAL_NAME_PASSWORD`, the only credential type accepted.
 pub const CREDENTIAL_NAME_PASSWORD: u32 = 1;
 /// `VIX_COMMAND_GUEST_RETURNS_BINARY`.
 pub const RETURNS_BINARY: u8 = 0x80;
 
+/// `VIX_OK`.
 pub const OK: u32 = 0;
+/// `VIX_E_FAIL`.
 pub const FAIL: u32 = 1;
+/// The credential was refused: its user may not act.
 pub const AUTHENTICATION_FAIL: u32 = 35;
+/// `VIX_E_UNRECOGNIZED_COMMAND_IN_GUEST`.
 pub const UNRECOGNIZED_COMMAND_IN_GUEST: u32 = 3025;
+/// `VIX_E_INVALID_MESSAGE_HEADER`.
 pub const INVALID_MESSAGE_HEADER: u32 = 10000;
+/// `VIX_E_INVALID_MESSAGE_BODY`.
 pub const INVALID_MESSAGE_BODY: u32 = 10001;
 
 /// Packed little-endian request header: common header (23 bytes) + command fields (28).
@@ -24,11 +34,17 @@ pub const HEADER_LEN: usize = 51;
 /// The fields of `CommandRequestHeader` we use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Header {
+    /// Must be [`MAGIC`].
     pub magic: u32,
+    /// Bytes of the command body after the header.
     pub body_length: u32,
+    /// Bytes of the credential after the body.
     pub credential_length: u32,
+    /// Flags, [`RETURNS_BINARY`] among them.
     pub common_flags: u8,
+    /// The command ([`OP_START_PROGRAM`], ...).
     pub opcode: u32,
+    /// How the credential is encoded.
     pub credential_type: u32,
 }
 
@@ -89,8 +105,11 @@ impl Header {
 /// `StartProgram` fields.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StartProgram {
+    /// The program: here the name of a built-in action ([`HostCommand::from_vix_program`]).
     pub program_path: String,
+    /// Its arguments: the action's signal.
     pub arguments: String,
+    /// Its working directory (unused).
     pub working_dir: String,
 }
 
@@ -144,6 +163,11 @@ pub struct Outcome {
     pub command: Option<HostCommand>,
 }
 
+/// A VIX request too short to hold its header: it cannot even be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("VIX request shorter than its header")]
+pub struct ShortRequest;
+
 /// Handles `Vix_1_Relayed_Command` arguments. `authorized(user)` says whether a credential's
 /// user may act (the container id or a volume label); `pid` supplies pseudo PIDs.
 /// `Err` means the request could not even be parsed (the toolbox then answers `ERR `).
@@ -151,7 +175,7 @@ pub fn dispatch(
     data: &[u8],
     authorized: &dyn Fn(&str) -> bool,
     pid: &mut dyn FnMut() -> u64,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, ShortRequest> {
     // Optional quoted request name, then a NUL.
     let mut data = data.strip_prefix(b"\"").unwrap_or(data);
     if let Some(ix) = data.iter().position(|&b| b == b'"') {
@@ -161,7 +185,7 @@ pub fn dispatch(
     }
     let data = data.strip_prefix(&[0u8]).unwrap_or(data);
     let mut c = Cursor(data);
-    let header = Header::parse(&mut c).ok_or("VIX request shorter than its header")?;
+    let header = Header::parse(&mut c).ok_or(ShortRequest)?;
     let reply = |rc: u32, payload: &[u8]| Outcome {
         reply: result(&header, rc, payload),
         command: None,
@@ -195,13 +219,7 @@ pub fn dispatch(
     let Some(start) = parse_start_program(body) else {
         return Ok(reply(INVALID_MESSAGE_BODY, b""));
     };
-    let command = match start.program_path.as_str() {
-        "kill" => HostCommand::parse(&format!("kill {}", start.arguments)),
-        "group-kill" => HostCommand::parse(&format!("group-kill {}", start.arguments)),
-        "reload" => Some(HostCommand::Reload),
-        _ => None,
-    };
-    let Some(command) = command else {
+    let Some(command) = HostCommand::from_vix_program(&start.program_path, &start.arguments) else {
         let msg = format!("unknown command {:?}", start.program_path);
         return Ok(reply(FAIL, msg.as_bytes()));
     };
@@ -215,10 +233,15 @@ pub fn dispatch(
 
 /// Builders for tests (and for anyone who wants to poke a tether by hand).
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "test requests: their lengths are a few bytes"
+)]
 pub mod build {
     use super::*;
     use crate::value::b64_encode;
 
+    /// A name-password credential.
     pub fn credential(user: &str, password: &str) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&(user.len() as u32).to_le_bytes());
@@ -228,6 +251,7 @@ pub mod build {
         out
     }
 
+    /// A `StartProgram` body.
     pub fn start_program(path: &str, args: &str) -> Vec<u8> {
         let mut body = vec![0u8];
         let lens = |s: &str| if s.is_empty() { 0 } else { s.len() as u32 + 1 };
@@ -277,7 +301,7 @@ mod tests {
 
     const CID: &str = "0123abcd";
 
-    fn run(req: &[u8]) -> Result<Outcome, String> {
+    fn run(req: &[u8]) -> Result<Outcome, ShortRequest> {
         let args = req.splitn(2, |&b| b == b' ').nth(1).unwrap_or_default();
         let mut n = 1000;
         dispatch(args, &|u| u == CID || u == "vol1-label", &mut || {

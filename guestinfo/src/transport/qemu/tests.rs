@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::store::{write_config, MemStore};
 use crate::transport::frame::{encode_frame, FrameEvent, FrameReader, Message};
-use crate::transport::{load_config, Transport, TransportError};
+use crate::transport::{reload_config, Transport, TransportError};
+use crate::ContainerConfig;
 
 fn must<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
     match r {
@@ -108,11 +109,12 @@ fn get_set_get_all_and_wire_rules() {
             .map(String::as_str),
         Some("")
     );
-    let cfg = must(load_config(&client));
+    let mut cfg = ContainerConfig::default();
+    must(reload_config(&client, &mut cfg));
     assert_eq!(cfg.common.id, ID);
     assert_eq!(
         cfg.sessions[ID].started, "",
-        "load_config has the tether's semantics"
+        "reload_config has the tether's semantics"
     );
     assert_eq!(cfg.sessions[ID].cmd.path, "/bin/sh");
 }
@@ -399,13 +401,15 @@ fn writeback_through_the_transport() {
     let (g, h) = pair();
     let _srv = spawn_server(&server, h);
     let client = client_on(g);
-    let mut cfg = must(load_config(&client));
+    let mut cfg = ContainerConfig::default();
+    must(reload_config(&client, &mut cfg));
     if let Some(s) = cfg.sessions.get_mut(ID) {
         s.started = "true".to_owned();
         s.detail.start_time = 1_700_000_000;
     }
     let pairs = must(crate::session_writeback(&cfg, ID));
-    must(crate::transport::write_pairs(&client, &pairs));
+    let failed = crate::transport::write_pairs(&client, pairs.iter().map(|(k, v)| (k, v)));
+    assert!(failed.is_empty(), "{failed:?}");
     let seen: Vec<(String, String)> = (0..pairs.len())
         .filter_map(|_| sets.recv_timeout(Duration::from_secs(5)).ok())
         .collect();
