@@ -20,9 +20,12 @@ use std::process::Command;
 /// `console=ttyS1` as the original: ttyS0 is the back-channel on vSphere. `panic=-1` turns a
 /// PID 1 death into an immediate reboot, which `-no-reboot` (QEMU) or the VM's power policy
 /// turn into a power-off, so a broken VM never hangs. `rdinit=/init` runs the tether from the
-/// initramfs. The rest trims boot time.
+/// initramfs. `pcie_ports=native` lets the kernel drive PCIe hot-plug itself (a NIC added to
+/// or removed from a running container VM: `network connect`/`disconnect`): the firmware
+/// grants that only to a kernel with ASPM, which the container kernel leaves out. The rest
+/// trims boot time.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS1,115200n8 quiet loglevel=3 panic=-1 rdinit=/init \
-     noreplace-smp cpu_init_udelay=0 rcupdate.rcu_expedited=1 tsc=reliable";
+     noreplace-smp cpu_init_udelay=0 rcupdate.rcu_expedited=1 tsc=reliable pcie_ports=native";
 
 /// Modules the tether needs from a modular kernel (Debian's cloud kernel), by module name.
 /// Built-in kernels ignore the list.

@@ -152,14 +152,16 @@ pub fn mount_spec(
 /// (decimal), no interface name, `static` + `ip` (with the subnet's mask) only for a
 /// user-given address, the network's name, type, gateway (with the subnet's mask),
 /// nameservers, pools (the whole subnet) and trust level, `default` on the first network,
-/// `destinations` from `--route`, and the published ports. Unlike VIC's bridge networks
-/// (whose addresses the port layer assigns), a dynamic endpoint here is addressed by DHCP.
+/// `destinations` from `--route`, and the published ports. As on VIC's bridge networks the
+/// port layer assigns the address ([`crate::ipam`]) and writes it as `ip`; `static` says
+/// whether the user chose it (`--ip`). The tether configures either without DHCP. A NIC
+/// without an address (metadata from before addresses were assigned) is left to DHCP.
 pub fn endpoint(nic: &AttachedNic, default: bool) -> NetworkEndpoint {
     let net = &nic.network;
     let mut ep = NetworkEndpoint::default();
     ep.common.id = nic.slot.to_string();
     ep.static_ip = nic.ip.is_some();
-    ep.ip = nic.ip.map(|ip| IpNet {
+    ep.ip = nic.address().map(|ip| IpNet {
         ip: Some(ip.into()),
         mask: Some(net.subnet.mask().into()),
     });
@@ -274,6 +276,8 @@ mod tests {
             model: NicModel::Virtio,
             mac: network::mac_for("ab", 0),
             ip: ip.map(|i| i.parse().unwrap()),
+            address: ip.map(|i| i.parse().unwrap()),
+            aliases: vec![],
             ports: ports
                 .iter()
                 .map(|p| network::parse_port_spec(p).unwrap())
@@ -443,6 +447,8 @@ mod tests {
             model: NicModel::Vmxnet3,
             mac: network::mac_for("ab", 1),
             ip: None,
+            address: Some("10.20.0.2".parse().unwrap()),
+            aliases: vec!["api".into()],
             ports: vec![],
         };
         let (cfg, map) = encoded(&[], &[bridge_nic(Some("172.16.0.10"), &[]), second]);
@@ -453,6 +459,10 @@ mod tests {
         assert_eq!(key(&map, &format!("{n}/ip/Mask")), b64_ip("255.255.0.0"));
         let b = "guestinfo.vice./networks|back";
         assert_eq!(key(&map, &format!("{b}/Common/id")), "1216");
+        // The port layer's address, not the user's: `static` stays false.
+        assert_eq!(key(&map, &format!("{b}/static")), "false");
+        assert_eq!(key(&map, &format!("{b}/ip/IP")), b64_ip("10.20.0.2"));
+        assert_eq!(key(&map, &format!("{b}/ip/Mask")), b64_ip("255.255.255.0"));
         assert_eq!(key(&map, &format!("{b}/network/default")), "false");
         assert_eq!(
             key(&map, "guestinfo.vice..networks|back.network.type"),

@@ -29,6 +29,9 @@ pub const REQ_KILL: &str = "vch-kill@tether";
 pub const REQ_STOP: &str = "vch-stop@tether";
 /// Global request: drop the back-channel connection (tests and demos of reconnection).
 pub const REQ_DROP: &str = "vch-drop-backchannel@tether";
+/// Global request: connect or disconnect a network (payload: JSON
+/// [`crate::hotplug::Change`]).
+pub const REQ_NETWORK: &str = "vch-network@tether";
 
 /// How long to wait for the tether's back-channel when a client needs it.
 const BACKCHANNEL_WAIT: Duration = Duration::from_secs(60);
@@ -57,6 +60,8 @@ pub struct Keeper {
     pub store: Arc<dyn Store>,
     pub guestinfo: HostServer,
     pub portlayer: Arc<PortLayer>,
+    /// The VM's NICs and their segments (networks connected while it runs).
+    pub nics: Arc<crate::hotplug::Nics>,
 }
 
 /// Serves the control socket until the task is aborted.
@@ -99,6 +104,7 @@ fn handlers(k: Keeper) -> Handlers {
         .on_global_request(REQ_KILL, with(kill))
         .on_global_request(REQ_STOP, with(stop))
         .on_global_request(REQ_DROP, with(drop_backchannel))
+        .on_global_request(REQ_NETWORK, with(network))
 }
 
 fn exec(k: &Keeper, r: GlobalRequest) {
@@ -139,6 +145,27 @@ fn stop(k: &Keeper, r: GlobalRequest) {
         Ok(()) => r.succeed(Vec::new()),
         Err(e) => r.fail_with(e.into_bytes()),
     }
+}
+
+fn network(k: &Keeper, r: GlobalRequest) {
+    let k = k.clone();
+    tokio::spawn(async move {
+        let change =
+            serde_json::from_slice(r.data()).map_err(|e| format!("bad network request: {e}"));
+        let reload = || {
+            k.guestinfo
+                .push(HostCommand::Reload)
+                .map_err(|e| e.to_string())
+        };
+        let done = match change {
+            Ok(c) => k.nics.apply(c, &*k.store, reload).await,
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(()) => r.succeed(Vec::new()),
+            Err(e) => r.fail_with(e.into_bytes()),
+        }
+    });
 }
 
 fn drop_backchannel(k: &Keeper, r: GlobalRequest) {

@@ -75,6 +75,7 @@ pub fn network_settings(meta: &Meta, cfg: &ContainerConfig) -> serde_json::Value
                 "MacAddress": nic.mac,
                 "PciSlot": nic.slot,
                 "StaticIP": nic.ip,
+                "Aliases": nic.aliases,
                 "Default": i == 0,
                 "Type": nic.network.kind.as_str(),
                 "Model": nic.model.device(),
@@ -159,6 +160,8 @@ mod tests {
                 model: NicModel::Vmxnet3,
                 mac: "00:50:56:00:00:01".into(),
                 ip: None,
+                address: None,
+                aliases: vec![],
                 ports: vec![network::parse_port_spec("8080-8081:80-81").unwrap()],
             }],
             ..Default::default()

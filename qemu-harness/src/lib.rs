@@ -11,8 +11,9 @@
 //! - [`state`] keeps VMs in a state directory so `vch inspect` and `vch ps` work across
 //!   invocations.
 //! - [`volume`] keeps named volumes (ext4 images, NFS exports) as the port layer's volume
-//!   stores do; [`network`] defines networks (QEMU user networking) and places NICs at the
-//!   PCI slots the tether expects.
+//!   stores do; [`network`] defines networks and places NICs at the PCI slots the tether
+//!   expects; [`netd`] runs each network's shared segment (switch, libslirp gateway, DNS)
+//!   and [`ipam`] assigns the containers' addresses on it.
 
 // docker's JSON documents (`/info`, `inspect`) are large `json!` literals.
 #![recursion_limit = "256"]
@@ -23,11 +24,14 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod engine;
+pub mod hotplug;
 pub mod image;
 pub mod images;
 pub mod inspect;
+pub mod ipam;
 pub mod keys;
 pub mod logs;
+pub mod netd;
 pub mod network;
 pub mod portlayer;
 pub mod state;

@@ -1,26 +1,23 @@
-//! Container networks: QEMU user networking in the role of the VCH's port groups, and NICs
-//! placed where the tether looks for them.
+//! Container networks: their definitions (the VCH's port groups), the NICs containers have on
+//! them, and where those NICs go so that the tether finds them.
 //!
 //! # Networks
 //!
-//! Each network a container joins is one NIC on one QEMU user-mode (`-netdev user`, slirp)
-//! network configured with the network's subnet: `net=` the subnet, `host=` its gateway (the
-//! address under which the guest reaches the machine running the harness), `dns=` slirp's
-//! DNS forwarder, `dhcpstart=` the first address slirp's DHCP server hands out. Slirp insists
-//! that the DNS address differs from the host address, so the forwarder sits at the subnet's
-//! last usable address unless a `--dns` address inside the subnet is given:
+//! Each network is one shared segment, run by a `vch netd` process ([`crate::netd`]): every
+//! NIC of every container on the network is a QEMU stream netdev to the segment's switch,
+//! and the gateway on it is libslirp (NAT out, published ports, this machine's loopback at
+//! the gateway address), with the segment's own DNS at the gateway. Addresses are the port
+//! layer's ([`crate::ipam`]): each NIC gets the network's lowest free address (or `--ip`),
+//! written into its endpoint, so the tether configures it without DHCP.
 //!
-//! | network | subnet | gateway (`host=`) | container (DHCP) | slirp DNS |
+//! | network | subnet | gateway | first container | libslirp's DNS address |
 //! |---|---|---|---|---|
 //! | `bridge` (built in) | 172.16.0.0/16 (VIC's first bridge subnet) | 172.16.0.1 | 172.16.0.2 | 172.16.255.254 |
 //! | `vch network create NAME` | next free /16 of 172.16.0.0/12 (172.17.0.0/16, …) | .0.1 | .0.2 | last usable |
 //!
-//! Unlike VIC, where every bridge network shares the container's one bridge NIC and the port
-//! layer assigns bridge addresses itself, every network here has its own NIC and the
-//! container asks slirp's DHCP server for its address (endpoint without `ip`,
-//! `static=false`), unless `--ip` gives a static one. Each slirp stack is private to one VM:
-//! containers do not see each other, and the guest can reach the outside only through slirp's
-//! NAT.
+//! libslirp insists that its DNS address differs from the gateway, so it sits at the
+//! subnet's last usable address unless a `--dns` address inside the subnet is given; the
+//! segment answers DNS at both, and no container gets either address.
 //!
 //! # Where a NIC goes: slot number → QEMU devices → guest sysfs
 //!
@@ -296,7 +293,7 @@ pub struct Network {
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
     /// Nameservers the port layer writes into the endpoint (`network/dns`); empty = the
-    /// container asks DHCP.
+    /// container uses the gateway, where the segment answers.
     #[serde(default)]
     pub dns: Vec<Ipv4Addr>,
     /// Routes via the gateway when this is not the container's default network.
@@ -358,9 +355,8 @@ impl Network {
         }
     }
 
-    /// The first address slirp's DHCP server hands out: the lowest host address that is
-    /// neither the gateway nor the DNS forwarder. It is the container's address (each slirp
-    /// stack serves one VM).
+    /// The lowest host address that is neither the gateway nor the DNS address: the first
+    /// container's (and the address of a NIC from before addresses were assigned).
     pub fn dhcp_start(&self) -> Ipv4Addr {
         let dns = self.slirp_dns();
         (1..)
@@ -376,24 +372,6 @@ impl Network {
             first: Some(self.subnet.network().into()),
             last: Some(self.subnet.broadcast().into()),
         }
-    }
-
-    /// The `-netdev user` argument for this network, with port forwards to `guest`.
-    pub fn netdev_arg(&self, id: &str, ports: &[PortSpec], guest: Ipv4Addr) -> String {
-        let mut s = format!(
-            "user,id={id},net={},host={},dns={},dhcpstart={}",
-            self.subnet.normalized(),
-            self.gateway,
-            self.slirp_dns(),
-            self.dhcp_start()
-        );
-        for p in ports {
-            for fwd in p.hostfwds(guest) {
-                s.push_str(",hostfwd=");
-                s.push_str(&fwd);
-            }
-        }
-        s
     }
 
     /// Checks a definition (for `create`, and for stored files).
@@ -463,6 +441,11 @@ impl NetworkStore {
 
     fn path(&self, name: &str) -> PathBuf {
         self.root.join(format!("{name}.json"))
+    }
+
+    /// The state directory the store belongs to.
+    pub fn state_root(&self) -> &Path {
+        self.root.parent().unwrap_or(&self.root)
     }
 
     /// A network by name.
@@ -896,13 +879,48 @@ pub struct NicDevice {
     pub netdev_id: String,
 }
 
+/// Empty hot-plug root ports a VM gets beyond its NICs: each costs boot time under TCG (the
+/// firmware and the kernel set up every port; all ten free ones cost about 0.3 s before
+/// PID 1, measured on this project's machines), and a running container rarely joins more
+/// than a network or two.
+pub const SPARE_SLOTS: usize = 3;
+
+/// The slots a VM gets empty root ports for, so that NICs can be hot-added (`network
+/// connect` on a running container): the first [`SPARE_SLOTS`] its NICs leave free. A
+/// container without networks (`--network none`) gets none: docker does not connect such
+/// a container either.
+pub fn spare_slots(nics: &[AttachedNic]) -> Vec<NicPlacement> {
+    if nics.is_empty() {
+        return Vec::new();
+    }
+    (0..MAX_NICS)
+        .filter_map(nic_slot)
+        .filter(|s| !nics.iter().any(|n| n.slot == *s))
+        .filter_map(|s| NicPlacement::for_slot(s).ok())
+        .take(SPARE_SLOTS)
+        .collect()
+}
+
+/// The root port a NIC slot's device sits on (its QEMU `id`, the bus of a hot-added NIC).
+pub fn root_port_id(p: &NicPlacement) -> String {
+    format!("nicport{:02x}{}", p.bridge_dev, p.func)
+}
+
 /// QEMU arguments for a VM's NICs: the root ports (function-0 placeholders first), then each
-/// NIC with its netdev. Put them before other devices (see the module docs).
-pub fn qemu_nic_args(nics: &[NicDevice]) -> Vec<String> {
+/// NIC with its netdev; `spare` slots get their root port only, for NICs hot-added later
+/// (`network connect`). Put them before other devices (see the module docs).
+pub fn qemu_nic_args(nics: &[NicDevice], spare: &[NicPlacement]) -> Vec<String> {
     let mut args = Vec::new();
+    if !spare.is_empty() {
+        // Hot-plug the PCIe way (the root ports' own slot control, which the guest kernel's
+        // pciehp drives), not through ACPI, which q35 uses by default since QEMU 6.1 and
+        // the container kernel leaves out.
+        args.push("-global".into());
+        args.push("ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off".into());
+    }
+    let ports: Vec<&NicPlacement> = nics.iter().map(|n| &n.placement).chain(spare).collect();
     let mut placeholders = Vec::new();
-    for n in nics {
-        let p = &n.placement;
+    for p in &ports {
         if p.needs_function0() && !placeholders.contains(&p.bridge_dev) {
             placeholders.push(p.bridge_dev);
             // An empty port: no hot-plug, no windows reserved for devices that never come.
@@ -915,27 +933,41 @@ pub fn qemu_nic_args(nics: &[NicDevice]) -> Vec<String> {
             ));
         }
     }
-    for n in nics {
-        let p = &n.placement;
-        let port = format!("nicport{:02x}{}", p.bridge_dev, p.func);
+    let hotplug = if spare.is_empty() { "off" } else { "on" };
+    for p in &ports {
+        // Hot-plug on when NICs may come and go, so that the one at boot may go too. No I/O
+        // window: neither NIC model has I/O BARs, and the 64 KiB of x86 I/O ports would not
+        // cover a 4 KiB window per port.
         args.push("-device".into());
         args.push(format!(
-            "pcie-root-port,id={port},bus=pcie.0,addr={},chassis=1,slot={},hotplug=off,io-reserve=0",
+            "pcie-root-port,id={},bus=pcie.0,addr={},chassis=1,slot={},hotplug={hotplug},io-reserve=0",
+            root_port_id(p),
             p.root_port_addr(),
             p.bridge_dev * 8 + p.func
         ));
+    }
+    for n in nics {
         args.push("-netdev".into());
         args.push(n.netdev.clone());
         args.push("-device".into());
-        args.push(format!(
-            "{},netdev={},bus={port},addr={:#04x}.0,mac={},romfile=",
-            n.model.device(),
-            n.netdev_id,
-            p.dev,
-            n.mac
-        ));
+        args.push(n.device_arg());
     }
     args
+}
+
+impl NicDevice {
+    /// The `-device` argument (or `device_add` properties) of the NIC.
+    pub fn device_arg(&self) -> String {
+        format!(
+            "{},id=nic{:02x},netdev={},bus={},addr={:#04x}.0,mac={},romfile=",
+            self.model.device(),
+            self.placement.bridge_dev,
+            self.netdev_id,
+            root_port_id(&self.placement),
+            self.placement.dev,
+            self.mac
+        )
+    }
 }
 
 /// A MAC address for a container's NIC: VMware's OUI (00:50:56, as vSphere gives container
@@ -967,29 +999,55 @@ pub struct AttachedNic {
     /// A static address (`--ip`).
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
+    /// The address the port layer assigned from the network's pool (see [`crate::ipam`]);
+    /// equal to `ip` when the user gave one.
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
+    /// Names other containers on the network resolve to this one besides its name and
+    /// short ID (`--network-alias`; user-defined networks only, as docker).
+    #[serde(default)]
+    pub aliases: Vec<String>,
     #[serde(default)]
     pub ports: Vec<PortSpec>,
 }
 
 impl AttachedNic {
-    /// The container's address on this network: static, else slirp's first DHCP address.
+    /// The container's address on this network: the one the port layer assigned (`--ip`
+    /// or the next free one), else, for a container made before addresses were assigned,
+    /// the network's first host address.
     pub fn guest_address(&self) -> Ipv4Addr {
-        self.ip.unwrap_or_else(|| self.network.dhcp_start())
+        self.address().unwrap_or_else(|| self.network.dhcp_start())
     }
 
-    /// What QEMU builds for it.
-    pub fn device(&self, index: usize) -> Result<NicDevice, NetworkError> {
-        let netdev_id = format!("net{index}");
+    /// The address the port layer assigned, if any.
+    pub fn address(&self) -> Option<Ipv4Addr> {
+        self.ip.or(self.address)
+    }
+
+    /// What QEMU builds for it: a NIC whose frames go over a stream socket to the
+    /// network's segment (`sock`, see [`crate::netd`]).
+    pub fn device(&self, sock: &Path) -> Result<NicDevice, NetworkError> {
+        let placement = NicPlacement::for_slot(self.slot)?;
+        // Named after the slot: a NIC hot-added later must not take a boot NIC's name.
+        let netdev_id = format!("net{:02x}", placement.bridge_dev);
         Ok(NicDevice {
-            placement: NicPlacement::for_slot(self.slot)?,
+            placement,
             model: self.model,
             mac: self.mac.clone(),
-            netdev: self
-                .network
-                .netdev_arg(&netdev_id, &self.ports, self.guest_address()),
+            netdev: stream_netdev(&netdev_id, sock),
             netdev_id,
         })
     }
+}
+
+/// The `-netdev` argument of a NIC on a segment: QEMU connects to the segment's switch
+/// over a Unix stream socket and exchanges length-prefixed frames with it (a `,` in the
+/// path is doubled, QEMU's escape).
+pub fn stream_netdev(id: &str, sock: &Path) -> String {
+    format!(
+        "stream,id={id},server=off,addr.type=unix,addr.path={}",
+        sock.display().to_string().replace(',', ",,")
+    )
 }
 
 /// What `run` asks for on the network side.
@@ -1004,19 +1062,71 @@ pub struct NetworkRequest {
     pub model: NicModel,
     /// Nameservers for the container (`--dns`): replace every network's own.
     pub dns: Vec<Ipv4Addr>,
+    /// `--network-alias` names, per network.
+    pub aliases: std::collections::BTreeMap<String, Vec<String>>,
 }
 
-/// Resolves a run's networks into NICs (no side effects): unknown networks, duplicates,
-/// a static address outside the first network, clashing ports are errors.
+/// Resolves a run's networks into NICs: unknown networks, duplicates, a static address
+/// outside the first network, clashing ports and bad aliases are errors. Each NIC's address
+/// is claimed from its network's pool (see [`crate::ipam`]); on an error nothing stays
+/// claimed.
 pub fn attach(
     store: &NetworkStore,
     req: &NetworkRequest,
     id: &str,
 ) -> Result<Vec<AttachedNic>, NetworkError> {
+    let nics = plan(store, req, id)?;
+    let mut claimed: Vec<AttachedNic> = Vec::new();
+    for mut nic in nics {
+        // The network as defined, not with the container's `--dns` in it: the address
+        // rules are the network's.
+        let base = store.get(&nic.network.name)?;
+        match crate::ipam::claim(store.state_root(), &base, id, nic.ip) {
+            Ok(ip) => {
+                nic.address = Some(ip);
+                claimed.push(nic);
+            }
+            Err(e) => {
+                release(store, &claimed, id);
+                return Err(e);
+            }
+        }
+    }
+    Ok(claimed)
+}
+
+/// Gives back the addresses of a container's NICs.
+pub fn release(store: &NetworkStore, nics: &[AttachedNic], id: &str) {
+    for n in nics {
+        if let Some(ip) = n.address {
+            crate::ipam::release(store.state_root(), &n.network.name, ip, id);
+        }
+    }
+}
+
+/// Checks a network alias (a DNS label sequence, as docker's resolver can answer it).
+pub fn valid_alias(alias: &str) -> bool {
+    !alias.is_empty()
+        && alias.len() <= 253
+        && alias.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
+/// [`attach`] without the addresses: the NICs a request asks for.
+fn plan(
+    store: &NetworkStore,
+    req: &NetworkRequest,
+    id: &str,
+) -> Result<Vec<AttachedNic>, NetworkError> {
     if req.networks.is_empty() {
-        if req.ip.is_some() || !req.ports.is_empty() {
+        if req.ip.is_some() || !req.ports.is_empty() || !req.aliases.is_empty() {
             return Err(invalid(
-                "--ip and -p need a network (the container has --network none)",
+                "--ip, -p and --network-alias need a network (the container has --network none)",
             ));
         }
         return Ok(Vec::new());
@@ -1031,6 +1141,11 @@ pub fn attach(
                 why: format!("host port already published by {q}"),
             });
         }
+    }
+    if let Some(n) = req.aliases.keys().find(|n| !req.networks.contains(n)) {
+        return Err(invalid(format!(
+            "--network-alias for network {n}, which the container does not join"
+        )));
     }
     let mut nics = Vec::new();
     for (i, name) in req.networks.iter().enumerate() {
@@ -1052,26 +1167,37 @@ pub fn attach(
         } else {
             (None, Vec::new())
         };
-        if let Some(ip) = ip {
-            if !network.subnet.is_host(ip) || ip == network.gateway || ip == network.slirp_dns() {
-                return Err(invalid(format!(
-                    "--ip {ip} is not a free address of network {name} ({}, gateway {}, DNS {})",
-                    network.subnet,
-                    network.gateway,
-                    network.slirp_dns()
-                )));
-            }
-        }
+        let aliases = req.aliases.get(name).cloned().unwrap_or_default();
+        check_aliases(&network, &aliases)?;
         nics.push(AttachedNic {
             network,
             slot,
             model: req.model,
             mac: mac_for(id, i),
             ip,
+            address: None,
+            aliases,
             ports,
         });
     }
     Ok(nics)
+}
+
+/// Aliases are names on user-defined networks only (docker's rule: its default bridge
+/// resolves no container names).
+pub fn check_aliases(network: &Network, aliases: &[String]) -> Result<(), NetworkError> {
+    if aliases.is_empty() {
+        return Ok(());
+    }
+    if network.is_builtin() {
+        return Err(invalid(
+            "network-scoped aliases are supported only for containers in user-defined networks",
+        ));
+    }
+    if let Some(a) = aliases.iter().find(|a| !valid_alias(a)) {
+        return Err(invalid(format!("invalid network alias {a:?}")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1147,25 +1273,58 @@ mod tests {
             netdev: format!("user,id=net{i}"),
             netdev_id: format!("net{i}"),
         };
-        let args = qemu_nic_args(&[nic(0), nic(1)]);
+        let pair = |args: Vec<String>| -> Vec<(String, String)> {
+            args.chunks(2)
+                .map(|c| (c[0].clone(), c[1].clone()))
+                .collect()
+        };
+        // Without spare slots: root ports without hot-plug.
+        let args = pair(qemu_nic_args(&[nic(0), nic(1)], &[]));
         let devices: Vec<&str> = args
-            .chunks(2)
-            .map(|c| {
-                assert!(c[0] == "-device" || c[0] == "-netdev");
-                c[1].as_str()
+            .iter()
+            .map(|(flag, v)| {
+                assert!(flag == "-device" || flag == "-netdev", "{flag}");
+                v.as_str()
             })
             .collect();
-        assert_eq!(devices.len(), 2 + 3 * 2);
+        assert_eq!(devices.len(), 2 + 2 + 2 * 2);
         assert!(devices[0]
             .starts_with("pcie-root-port,id=nicslot15,bus=pcie.0,addr=0x15.0,multifunction=on,"));
         assert!(devices[1].starts_with("pcie-root-port,id=nicslot16,bus=pcie.0,addr=0x16.0,"));
         assert!(devices[2].starts_with("pcie-root-port,id=nicport151,bus=pcie.0,addr=0x15.1,"));
         assert!(devices[2].contains("hotplug=off"));
-        assert_eq!(devices[3], "user,id=net0");
-        assert!(devices[4]
-            .starts_with("virtio-net-pci,netdev=net0,bus=nicport151,addr=0x00.0,mac=00:50:56:"));
-        assert!(devices[4].ends_with("romfile="));
-        assert!(devices[7].starts_with("vmxnet3,netdev=net1,bus=nicport161,"));
+        assert!(devices[3].starts_with("pcie-root-port,id=nicport161,bus=pcie.0,addr=0x16.1,"));
+        assert_eq!(devices[4], "user,id=net0");
+        assert!(devices[5].starts_with(
+            "virtio-net-pci,id=nic15,netdev=net0,bus=nicport151,addr=0x00.0,mac=00:50:56:"
+        ));
+        assert!(devices[5].ends_with("romfile="));
+        assert!(devices[7].starts_with("vmxnet3,id=nic16,netdev=net1,bus=nicport161,"));
+
+        // With a spare slot: hot-plug on every NIC port (so the boot NICs can go too),
+        // native PCIe hot-plug, and a root port with nothing on it.
+        let spare = NicPlacement::for_slot(nic_slot(2).unwrap()).unwrap();
+        let args = pair(qemu_nic_args(&[nic(0)], &[spare]));
+        assert_eq!(
+            args[0],
+            (
+                "-global".to_owned(),
+                "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off".to_owned()
+            )
+        );
+        let ports: Vec<&str> = args
+            .iter()
+            .map(|(_, v)| v.as_str())
+            .filter(|v| v.starts_with("pcie-root-port,id=nicport"))
+            .collect();
+        assert_eq!(ports.len(), 2);
+        assert!(ports[1].starts_with("pcie-root-port,id=nicport171,bus=pcie.0,addr=0x17.1,"));
+        assert!(ports.iter().all(|p| p.contains("hotplug=on")));
+        assert!(args
+            .iter()
+            .any(|(_, v)| v.starts_with("pcie-root-port,id=nicslot17,")));
+        assert_eq!(args.iter().filter(|(f, _)| f == "-netdev").count(), 1);
+
         // chassis/slot pairs are unique.
         let slots: Vec<&str> = devices
             .iter()
@@ -1179,6 +1338,28 @@ mod tests {
     }
 
     #[test]
+    fn spare_slots_follow_the_nics() {
+        let nic = |i: usize| AttachedNic {
+            network: Network::bridge(),
+            slot: nic_slot(i).unwrap(),
+            model: Default::default(),
+            mac: mac_for("ab", i),
+            ip: None,
+            address: None,
+            aliases: vec![],
+            ports: vec![],
+        };
+        assert!(spare_slots(&[]).is_empty(), "--network none");
+        let s: Vec<u32> = spare_slots(&[nic(0)]).iter().map(|p| p.slot).collect();
+        assert_eq!(s, vec![0x4C0, 0x4E0, 0x500]);
+        // A gap left by a disconnected network is filled first.
+        let s: Vec<u32> = spare_slots(&[nic(1)]).iter().map(|p| p.slot).collect();
+        assert_eq!(s, vec![0x4A0, 0x4E0, 0x500]);
+        let all: Vec<AttachedNic> = (0..MAX_NICS).map(nic).collect();
+        assert!(spare_slots(&all).is_empty());
+    }
+
+    #[test]
     fn bridge_network_layout() {
         let b = Network::bridge();
         b.validate().unwrap();
@@ -1186,13 +1367,8 @@ mod tests {
         assert_eq!(b.dhcp_start(), ip("172.16.0.2"));
         assert_eq!(b.slirp_dns(), ip("172.16.255.254"));
         assert_eq!(
-            b.netdev_arg("net0", &[], b.dhcp_start()),
-            "user,id=net0,net=172.16.0.0/16,host=172.16.0.1,dns=172.16.255.254,dhcpstart=172.16.0.2"
-        );
-        let p = parse_port_spec("8080:80").unwrap();
-        assert_eq!(
-            b.netdev_arg("net0", &[p], ip("172.16.0.9")),
-            "user,id=net0,net=172.16.0.0/16,host=172.16.0.1,dns=172.16.255.254,dhcpstart=172.16.0.2,hostfwd=tcp:127.0.0.1:8080-172.16.0.9:80"
+            stream_netdev("net0", Path::new("/s/netd/ab,c/sw.sock")),
+            "stream,id=net0,server=off,addr.type=unix,addr.path=/s/netd/ab,,c/sw.sock"
         );
         let pool = b.pool();
         assert_eq!(pool.first, Some(ip("172.16.0.0").into()));
@@ -1360,19 +1536,35 @@ mod tests {
             ports: vec![parse_port_spec("8080:80").unwrap()],
             model: NicModel::Virtio,
             dns: Vec::new(),
+            aliases: [("ext".to_owned(), vec!["api".to_owned()])].into(),
         };
         let nics = attach(&store, &req, "abcdef").unwrap();
         assert_eq!(nics.len(), 2);
         assert_eq!(nics[0].slot, 0x4A0);
         assert_eq!(nics[1].slot, 0x4C0);
         assert_eq!(nics[0].guest_address(), ip("172.16.0.10"));
+        // The port layer's next free address (the gateway is .254, the DNS address .53).
         assert_eq!(nics[1].guest_address(), ip("10.20.0.1"));
+        assert_eq!(nics[1].aliases, vec!["api"]);
         assert!(nics[1].ports.is_empty() && nics[1].ip.is_none());
         assert_ne!(nics[0].mac, nics[1].mac);
-        let dev = nics[0].device(0).unwrap();
-        assert!(dev
-            .netdev
-            .contains("hostfwd=tcp:127.0.0.1:8080-172.16.0.10:80"));
+        let dev = nics[0].device(Path::new("/s/sw.sock")).unwrap();
+        assert!(dev.netdev.ends_with("addr.path=/s/sw.sock"));
+        // A second container gets the next addresses; the same --ip is refused.
+        let again = NetworkRequest {
+            networks: vec!["ext".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            attach(&store, &again, "fedcba").unwrap()[0].address,
+            Some(ip("10.20.0.2"))
+        );
+        let taken = NetworkRequest {
+            networks: vec!["bridge".into()],
+            ip: Some(ip("172.16.0.10")),
+            ..Default::default()
+        };
+        assert!(attach(&store, &taken, "other").is_err());
 
         let bad_reqs = [
             NetworkRequest {
@@ -1408,6 +1600,22 @@ mod tests {
                     parse_port_spec("1:1").unwrap(),
                     parse_port_spec("1:2").unwrap(),
                 ],
+                ..Default::default()
+            },
+            // Aliases: not on the default bridge, not for a network not joined, not bad.
+            NetworkRequest {
+                networks: vec!["bridge".into()],
+                aliases: [("bridge".to_owned(), vec!["web".to_owned()])].into(),
+                ..Default::default()
+            },
+            NetworkRequest {
+                networks: vec!["ext".into()],
+                aliases: [("back".to_owned(), vec!["web".to_owned()])].into(),
+                ..Default::default()
+            },
+            NetworkRequest {
+                networks: vec!["ext".into()],
+                aliases: [("ext".to_owned(), vec!["a b".to_owned()])].into(),
                 ..Default::default()
             },
         ];

@@ -70,6 +70,9 @@ pub enum VmError {
     /// mounts and networks that do not fit together
     #[error(transparent)]
     Compose(#[from] ComposeError),
+    /// a network's segment could not be had
+    #[error(transparent)]
+    Netd(#[from] crate::netd::NetdError),
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> VmError + 'a {
@@ -326,10 +329,12 @@ pub fn create(state: &State, mut opts: RunOptions) -> Result<Created, VmError> {
             ..Default::default()
         })?;
     }
+    let networks = NetworkStore::new(state.root());
     let attached = match volume::realize(&volumes, &plan) {
         Ok(a) => a,
         Err(e) => {
             let _ = fs::remove_dir_all(&dir);
+            network::release(&networks, &nics, &opts.spec.id);
             return Err(e.into());
         }
     };
@@ -340,13 +345,14 @@ pub fn create(state: &State, mut opts: RunOptions) -> Result<Created, VmError> {
         &resolved,
         &dir,
         attached.clone(),
-        nics,
+        nics.clone(),
     ) {
         Ok(meta) => Ok(Created { meta, dir }),
         Err(e) => {
             // Nothing was started: leave no half-made container behind.
             let _ = fs::remove_dir_all(&dir);
             volume::release(&volumes, &attached);
+            network::release(&networks, &nics, &opts.spec.id);
             Err(e)
         }
     }
@@ -512,7 +518,7 @@ pub async fn keep(
     let backchannel = Backchannel::parse(&meta.backchannel)?;
 
     let sock = |n: &str| dir.join(n);
-    for n in ["gi.sock", "out.sock", "ctl.sock"] {
+    for n in ["gi.sock", "out.sock", "ctl.sock", "qmp.sock"] {
         let _ = fs::remove_file(sock(n));
     }
     let gi_listener =
@@ -535,10 +541,31 @@ pub async fn keep(
         }
     };
 
-    let nic_args = nic_args(&meta)?;
+    // The networks' segments, held while the VM runs; the first network publishes the
+    // ports (`-p`) at the container's address.
+    let segments = {
+        let (root, nics) = (state.root().to_owned(), meta.nics.clone());
+        tokio::task::spawn_blocking(move || crate::netd::ensure_all(&root, &nics))
+            .await
+            .map_err(|e| VmError::Config(format!("network set-up: {e}")))??
+    };
+    let nic_args = nic_args(&meta, &segments)?;
+    let published = publish(&meta, &segments).await?;
+    let nics = Arc::new(crate::hotplug::Nics::new(
+        state.root(),
+        &dir,
+        &meta.nics,
+        segments,
+    ));
     let mut cmd = qemu_command(&dir, &iso, &meta, &backchannel, attach_port, &nic_args);
     let started_at = tokio::time::Instant::now();
-    let mut child = cmd.spawn().map_err(|e| VmError::Qemu(qemu_binary(), e))?;
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            withdraw(&meta.id, published).await;
+            return Err(VmError::Qemu(qemu_binary(), e));
+        }
+    };
     meta.qemu_pid = child.id();
     meta.keeper_pid = Some(std::process::id());
     meta.starts += 1;
@@ -558,6 +585,7 @@ pub async fn keep(
         store: store_dyn,
         guestinfo: guestinfo.clone(),
         portlayer: portlayer.clone(),
+        nics: nics.clone(),
     };
     let ctl_task = tokio::spawn(control::serve(ctl, keeper));
     if let Some(live) = live {
@@ -597,9 +625,14 @@ pub async fn keep(
         .and_then(|r| r.ok())
         .unwrap_or((0, None));
     ctl_task.abort();
-    for n in ["gi.sock", "out.sock", "ctl.sock", "bench.sock"] {
+    withdraw(&meta.id, published).await;
+    nics.release_all();
+    for n in ["gi.sock", "out.sock", "ctl.sock", "bench.sock", "qmp.sock"] {
         let _ = fs::remove_file(sock(n));
     }
+    // What others changed while the VM ran (a network connected, a rename) stays: the
+    // metadata is read again rather than written from this copy.
+    let mut meta = state.meta(&meta.id).unwrap_or(meta);
     meta.qemu_pid = None;
     meta.keeper_pid = None;
     meta.timed_out = timed_out;
@@ -656,15 +689,55 @@ pub fn qemu_binary() -> String {
     std::env::var("QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into())
 }
 
-/// QEMU arguments for a VM's NICs (see [`network`] for the layout).
-pub fn nic_args(meta: &Meta) -> Result<Vec<String>, NetworkError> {
+/// QEMU arguments for a VM's NICs (see [`network`] for the layout): each NIC on the
+/// segment of its network (`segments`, in NIC order, from [`crate::netd::ensure_all`]).
+pub fn nic_args(meta: &Meta, segments: &[crate::netd::Hold]) -> Result<Vec<String>, NetworkError> {
     let devices = meta
         .nics
         .iter()
-        .enumerate()
-        .map(|(i, n)| n.device(i))
+        .zip(segments)
+        .map(|(n, h)| n.device(&h.segment.switch_sock()))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(network::qemu_nic_args(&devices))
+    Ok(network::qemu_nic_args(
+        &devices,
+        &network::spare_slots(&meta.nics),
+    ))
+}
+
+/// Publishes the container's ports (`-p`, on its first network) at its address; returns
+/// the segment to withdraw them from when the VM is gone.
+async fn publish(
+    meta: &Meta,
+    segments: &[crate::netd::Hold],
+) -> Result<Option<crate::netd::Segment>, VmError> {
+    let (Some(nic), Some(hold)) = (meta.nics.first(), segments.first()) else {
+        return Ok(None);
+    };
+    if nic.ports.is_empty() {
+        return Ok(None);
+    }
+    let (segment, id, guest, ports) = (
+        hold.segment.clone(),
+        meta.id.clone(),
+        nic.guest_address(),
+        nic.ports.clone(),
+    );
+    tokio::task::spawn_blocking(move || segment.forward(&id, guest, &ports).map(|()| Some(segment)))
+        .await
+        .map_err(|e| VmError::Config(format!("publishing ports: {e}")))?
+        .map_err(VmError::from)
+}
+
+/// Withdraws what [`publish`] published (a netd that is gone has nothing to withdraw).
+async fn withdraw(id: &str, published: Option<crate::netd::Segment>) {
+    let Some(segment) = published else { return };
+    let id = id.to_owned();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Err(e) = segment.unforward(&id) {
+            tracing::debug!(error = %e, "withdrawing published ports");
+        }
+    })
+    .await;
 }
 
 fn qemu_command(
@@ -686,6 +759,11 @@ fn qemu_command(
         "-no-user-config",
         "-nographic",
         "-no-reboot",
+    ])
+    // QEMU's monitor, for NICs added and removed while the VM runs (`network connect`).
+    .args([
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", d("qmp.sock")),
     ])
     .args([
         "-m",

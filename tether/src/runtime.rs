@@ -102,15 +102,19 @@ pub struct Tether {
     /// Bumped whenever the set of attachable IDs may have changed (reload, exit), so the
     /// back-channel can push `container-ids`.
     ids_changed: watch::Sender<u64>,
+    /// The networks configured and their leases (networks come and go on reloads).
+    networks: crate::net::Leases,
 }
 
 impl Tether {
-    /// The tether of `cfg`, with no session started yet (see [`Tether::reconcile`]).
+    /// The tether of `cfg`, with no session started yet (see [`Tether::reconcile`]);
+    /// `networks` are the endpoints configured at boot and their leases.
     pub fn new(
         cfg: ContainerConfig,
         transport: WriteBack,
         reaper: Reaper,
         sink: OutputSink,
+        networks: crate::net::Leases,
     ) -> Arc<Tether> {
         Arc::new(Tether {
             state: Mutex::new(State {
@@ -122,6 +126,7 @@ impl Tether {
             sink,
             shutdown: watch::channel(false).0,
             ids_changed: watch::channel(0).0,
+            networks,
         })
     }
 
@@ -314,6 +319,63 @@ impl Tether {
         self.lock().cfg = cfg;
         tracing::debug!("config reloaded");
         self.reconcile();
+        self.reload_networks();
+    }
+
+    /// Networks connected or disconnected while the container runs (see
+    /// [`crate::net::reload`]), done off the runtime (a new NIC is waited for), one reload
+    /// after the other; what changed is written back as a DHCP renewal is.
+    fn reload_networks(self: &Arc<Self>) {
+        // The host's list of networks: a reload merges maps, so the config keeps networks
+        // the host no longer lists.
+        let listed =
+            match guestinfo::Transport::get(&self.transport, crate::net::reload::NETWORKS_KEY) {
+                Ok(v) => crate::net::reload::listed(v.as_deref()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reload: cannot read the list of networks");
+                    return;
+                }
+            };
+        let Some(listed) = listed else {
+            return;
+        };
+        let t = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let kvs = {
+                let _one_at_a_time = crate::net::reload::serialize();
+                let (changes, mut cfg) = {
+                    let mut st = t.lock();
+                    let c = crate::net::reload::changes(&mut st.cfg, &listed, &t.networks);
+                    (c, st.cfg.clone())
+                };
+                if changes.is_empty() {
+                    return;
+                }
+                let hostname =
+                    crate::etc::hostname_for(&cfg.common.id, &cfg.hostname, &cfg.domainname);
+                for e in
+                    crate::net::reload::apply_changes(&mut cfg, &changes, &hostname, &t.networks)
+                {
+                    tracing::error!(error = %e, "network reload");
+                }
+                let mut st = t.lock();
+                for name in &changes.added {
+                    if let Some(ep) = cfg.networks.get(name) {
+                        st.cfg.networks.insert(name.clone(), ep.clone());
+                    }
+                }
+                guestinfo::guest_writeback(&st.cfg)
+            };
+            match kvs {
+                Ok(kvs) => write_keys(
+                    &t.transport,
+                    kvs.into_iter()
+                        .filter(|(k, _)| k.starts_with("guestinfo.vice..networks|")),
+                    "network write-back",
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot encode the network write-back"),
+            }
+        });
     }
 
     /// Starts what should run, releases latches `runblock` no longer holds, stops what was

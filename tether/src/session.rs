@@ -439,7 +439,10 @@ mod tests {
         let err = StartError::Pty(nix::Error::ENOENT);
         s.record_launch_failure(&err, 300);
         assert_eq!(s.cfg.started, err.to_string());
-        assert_eq!((s.cfg.exit_status, s.cfg.detail.stop_time), (crate::launch::START_FAILED, 300));
+        assert_eq!(
+            (s.cfg.exit_status, s.cfg.detail.stop_time),
+            (crate::launch::START_FAILED, 300)
+        );
     }
 
     #[test]

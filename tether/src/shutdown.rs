@@ -182,7 +182,9 @@ mod tests {
 
     #[test]
     fn this_process_is_not_stuck() {
-        assert!(!in_uninterruptible_sleep(i32::try_from(std::process::id()).unwrap_or(i32::MAX)));
+        assert!(!in_uninterruptible_sleep(
+            i32::try_from(std::process::id()).unwrap_or(i32::MAX)
+        ));
         assert!(!in_uninterruptible_sleep(i32::MAX));
     }
 

@@ -54,7 +54,7 @@ pub async fn run(
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(RunError::Hangup)?;
     let panic_after = cfg.tether.panic_after_ms;
-    let t = Tether::new(cfg, transport, reaper.clone(), sink);
+    let t = Tether::new(cfg, transport, reaper.clone(), sink, leases.clone());
     t.reconcile();
     let timer = t.clone();
     tokio::spawn(async move {

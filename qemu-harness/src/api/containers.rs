@@ -122,6 +122,8 @@ struct NetworkingConfig {
 struct EndpointBody {
     #[serde(rename = "IPAMConfig", deserialize_with = "nullable")]
     ipam_config: IpamBody,
+    #[serde(deserialize_with = "nullable")]
+    aliases: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -219,6 +221,15 @@ fn create_request(
                 .map_err(|_| bad(format!("invalid IPv4 address {a:?}")))
         })
         .transpose()?;
+    // `--network-alias` and compose's service names, per network. docker's client sends
+    // the endpoint under the name given with `--network` (an ID works too).
+    let aliases: BTreeMap<String, Vec<String>> = body
+        .networking_config
+        .endpoints_config
+        .iter()
+        .filter_map(|(net, e)| Some((net.clone(), e.as_ref()?.aliases.clone())))
+        .filter(|(_, a)| !a.is_empty())
+        .collect();
     let mut ports = Vec::new();
     for (container_port, bindings) in &hc.port_bindings {
         let (port, proto) = container_port
@@ -256,6 +267,7 @@ fn create_request(
         ports,
         model: Default::default(),
         dns: dns.clone(),
+        aliases,
     };
     if hc.memory > 0 {
         run.memory_mb = u32::try_from((hc.memory >> 20).max(64)).unwrap_or(u32::MAX);
@@ -430,13 +442,22 @@ fn endpoints(v: &ContainerView) -> Vec<(String, String, u8, String, String)> {
 
 fn networks_json(v: &ContainerView) -> serde_json::Value {
     let mut nets = serde_json::Map::new();
-    for (name, ip, prefix, gw, mac) in endpoints(v) {
+    for ((name, ip, prefix, gw, mac), nic) in endpoints(v).into_iter().zip(&v.meta.nics) {
+        // What the network's DNS answers besides the name: the aliases and, on a
+        // user-defined network, the short ID (as docker lists them; compose looks for it).
+        let aliases = if nic.network.is_builtin() {
+            serde_json::Value::Null
+        } else {
+            let mut a = nic.aliases.clone();
+            a.push(v.meta.id.chars().take(12).collect());
+            serde_json::json!(a)
+        };
         nets.insert(
             name.clone(),
             serde_json::json!({
-                "IPAMConfig": null,
+                "IPAMConfig": nic.ip.map(|ip| serde_json::json!({ "IPv4Address": ip.to_string() })),
                 "Links": null,
-                "Aliases": null,
+                "Aliases": aliases,
                 "NetworkID": network_id(&name),
                 "EndpointID": if ip.is_empty() { String::new() } else { network_id(&format!("{name}/{}", v.meta.id)) },
                 "Gateway": gw,

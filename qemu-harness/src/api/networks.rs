@@ -48,11 +48,22 @@ fn network_json(v: &NetworkView) -> serde_json::Value {
     let containers: serde_json::Map<String, serde_json::Value> = v
         .containers
         .iter()
-        .filter(|(_, _, running)| *running)
-        .map(|(id, name, _)| {
+        .zip(&v.endpoints)
+        .filter(|((_, _, running), _)| *running)
+        .map(|((id, name, _), nic)| {
+            let ip = nic
+                .address()
+                .map(|a| format!("{a}/{}", n.subnet.prefix))
+                .unwrap_or_default();
             (
                 id.clone(),
-                serde_json::json!({ "Name": name, "EndpointID": "", "MacAddress": "", "IPv4Address": "", "IPv6Address": "" }),
+                serde_json::json!({
+                    "Name": name,
+                    "EndpointID": crate::engine::network_id(&format!("{}/{id}", n.name)),
+                    "MacAddress": nic.mac,
+                    "IPv4Address": ip,
+                    "IPv6Address": "",
+                }),
             )
         })
         .collect();
@@ -105,7 +116,7 @@ pub async fn create(state: &ApiState, req: Request<Incoming>) -> ApiResult {
     let cfg = b.ipam.config.first();
     if cfg.is_some_and(|c| !c.ip_range.is_empty()) {
         return Err(ApiError::bad_request(
-            "IPRange is not supported: each container's address comes from its network's DHCP",
+            "IPRange is not supported: containers get the subnet's free addresses in order",
         ));
     }
     let bad = |e: network::NetworkError| ApiError::bad_request(e.to_string());
@@ -166,6 +177,70 @@ pub fn inspect(state: &ApiState, id: &str) -> ApiResult {
         StatusCode::OK,
         &network_json(&state.engine.network(id)?),
     ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct ConnectBody {
+    container: String,
+    #[serde(deserialize_with = "nullable")]
+    endpoint_config: EndpointConfig,
+    force: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct EndpointConfig {
+    #[serde(deserialize_with = "nullable")]
+    aliases: Vec<String>,
+    #[serde(rename = "IPAMConfig", deserialize_with = "nullable")]
+    ipam_config: IpamAddress,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct IpamAddress {
+    #[serde(rename = "IPv4Address")]
+    ipv4_address: String,
+}
+
+/// `POST /networks/{id}/connect`: a running container gets a NIC hot-added.
+pub async fn connect(state: &ApiState, id: &str, req: Request<Incoming>) -> ApiResult {
+    let b: ConnectBody = read_json(req).await?;
+    if b.container.is_empty() {
+        return Err(ApiError::bad_request("no container given"));
+    }
+    let ip = match b.endpoint_config.ipam_config.ipv4_address.as_str() {
+        "" => None,
+        a => Some(
+            a.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid IPv4 address {a:?}")))?,
+        ),
+    };
+    state
+        .engine
+        .network_connect(
+            id,
+            &b.container,
+            crate::engine::ConnectOptions {
+                aliases: b.endpoint_config.aliases,
+                ip,
+            },
+        )
+        .await?;
+    Ok(empty(StatusCode::OK))
+}
+
+/// `POST /networks/{id}/disconnect`: a running container has its NIC hot-removed.
+pub async fn disconnect(state: &ApiState, id: &str, req: Request<Incoming>) -> ApiResult {
+    let b: ConnectBody = read_json(req).await?;
+    if b.container.is_empty() {
+        return Err(ApiError::bad_request("no container given"));
+    }
+    // `Force` is for endpoints of containers that are gone, which this VCH does not keep.
+    let _ = b.force;
+    state.engine.network_disconnect(id, &b.container).await?;
+    Ok(empty(StatusCode::OK))
 }
 
 /// `DELETE /networks/{id}`.

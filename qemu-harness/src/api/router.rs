@@ -74,18 +74,16 @@ pub async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Bod
             containers::attach(&state, &id, req).await
         }
         (&Method::GET, ["containers", id, "logs"]) => containers::logs(&state, id, &req),
-        (&Method::POST, ["containers", id, "resize"]) => {
-            containers::resize(&state, id, &req).await
-        }
+        (&Method::POST, ["containers", id, "resize"]) => containers::resize(&state, id, &req).await,
         (&Method::POST, ["containers", id, "rename"]) => containers::rename(&state, id, &req),
         (&Method::DELETE, ["containers", id]) => containers::remove(&state, id, &req).await,
         (&Method::GET, ["containers", id, "top"]) => containers::top(&state, id),
         (&Method::GET, ["containers", id, "stats"]) => containers::stats(&state, id),
-        (&Method::POST, ["containers", id, "pause" | "unpause"]) => Err(
-            ApiError::not_implemented(format!(
+        (&Method::POST, ["containers", id, "pause" | "unpause"]) => {
+            Err(ApiError::not_implemented(format!(
                 "cannot pause container {id}: pausing a container VM is not supported by this VCH"
-            )),
-        ),
+            )))
+        }
         (&Method::POST, ["containers", id, "exec"]) => {
             let id = id.to_string();
             exec::create(&state, &id, req).await
@@ -108,11 +106,10 @@ pub async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Bod
         (&Method::POST, ["networks", "prune"]) => networks::prune(&state),
         (&Method::GET, ["networks", id]) => networks::inspect(&state, id),
         (&Method::DELETE, ["networks", id]) => networks::remove(&state, id),
-        (&Method::POST, ["networks", id, "connect" | "disconnect"]) => Err(
-            ApiError::not_implemented(format!(
-                "cannot change the networks of a running container VM on network {id} yet: give --network when the container is created"
-            )),
-        ),
+        (&Method::POST, ["networks", id, "connect"]) => networks::connect(&state, id, req).await,
+        (&Method::POST, ["networks", id, "disconnect"]) => {
+            networks::disconnect(&state, id, req).await
+        }
 
         (&Method::GET, ["images", "json"]) => images::list(&state, &req),
         // Archives in and out: their bodies stream (no JSON body limit).

@@ -9,6 +9,11 @@
 //! `docker exec NAME true` through `vch daemon`, beside `vch run busybox true` and
 //! `vch exec NAME true` on the same state directory, alternating: what the API layer adds.
 //!
+//! `bench network [--runs N] [--mib M]`: TCP throughput between two containers on one
+//! network's segment (`dd | nc` of M MiB from one to the other, by name) beside the same
+//! transfer from this machine into a container through a published port (`-p`), in the
+//! same run, alternating.
+//!
 //! `bench backchannel [--execs N] [--mib M]`: exec round-trip latency of `true` and attach
 //! throughput of `head -c M MiB /dev/zero`, beside a raw virtio-serial baseline measured in
 //! the same VM and run (round trip of one byte, bulk transfer).
@@ -69,7 +74,12 @@ fn main() -> Result<()> {
         ),
         Some("docker") => docker(&state, arg(&args, "--runs", 10)? as usize, &args),
         Some("images") => images(&tmp, arg(&args, "--runs", 3)? as usize),
-        _ => bail!("usage: bench boot [--runs N] | bench backchannel [--execs N] [--mib M] | bench docker [--runs N] [--client PATH] | bench images [--runs N]"),
+        Some("network") => network(
+            &state,
+            arg(&args, "--runs", 3)? as usize,
+            arg(&args, "--mib", 64)?,
+        ),
+        _ => bail!("usage: bench boot [--runs N] | bench backchannel [--execs N] [--mib M] | bench docker [--runs N] [--client PATH] | bench images [--runs N] | bench network [--runs N] [--mib M]"),
     };
     if r.is_ok() {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -477,6 +487,156 @@ fn docker(state: &State, runs: usize, args: &[String]) -> Result<()> {
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = daemon.wait();
+    result
+}
+
+/// Sends `mib` MiB to `127.0.0.1:port` and waits until the receiver closes: the time in ms.
+fn send_through_published_port(port: u16, mib: u64) -> Result<f64> {
+    use std::io::{Read, Write};
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    let chunk = vec![0u8; 64 * 1024];
+    for _ in 0..mib * 16 {
+        s.write_all(&chunk)?;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    // The container's `nc` closes once it has read everything.
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest)?;
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
+}
+
+fn network(state: &State, runs: usize, mib: u64) -> Result<()> {
+    let vch = sibling_vch()?;
+    let vch_cmd = |args: &[&str]| {
+        let mut c = std::process::Command::new(&vch);
+        c.arg("--state").arg(state.root()).args(args);
+        c
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    timed(&mut vch_cmd(&["network", "create", "benchnet"]))?;
+    // One receiver for both paths: port 5001 on the segment, 5002 published on this
+    // machine; each `nc -l` takes one transfer and the loop listens again. busybox's `nc`
+    // ends a connection when its stdin ends, so its stdin is a FIFO that never does.
+    let publish = format!("127.0.0.1:{port}:5002");
+    timed(&mut vch_cmd(&[
+        "run",
+        "-d",
+        "--name",
+        "sink",
+        "--network",
+        "benchnet",
+        "-p",
+        &publish,
+        "busybox",
+        "sh",
+        "-c",
+        "mkfifo /tmp/f; (while true; do nc -l -p 5001 <>/tmp/f | wc -c >>/tmp/got5001; done) & \
+         while true; do nc -l -p 5002 <>/tmp/f | wc -c >>/tmp/got5002; done",
+    ]))?;
+    timed(&mut vch_cmd(&[
+        "run",
+        "-d",
+        "--name",
+        "src",
+        "--network",
+        "benchnet",
+        "busybox",
+        "sleep",
+        "3600",
+    ]))?;
+    let result = (|| -> Result<()> {
+        let script = format!(
+            "time -p sh -c 'dd if=/dev/zero bs=65536 count={} 2>/dev/null | nc sink 5001'",
+            mib * 16
+        );
+        // The listeners come up with the container; wait until both take a transfer.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while timed(&mut vch_cmd(&[
+            "exec",
+            "src",
+            "sh",
+            "-c",
+            "echo | nc sink 5001",
+        ]))
+        .is_err()
+            || send_through_published_port(port, 0).is_err()
+        {
+            if Instant::now() > deadline {
+                bail!("the receivers did not come up");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        // Between transfers: the receiver's loop listens again.
+        let settle = || std::thread::sleep(Duration::from_millis(500));
+        let mut exec_true = Vec::new();
+        for _ in 0..runs {
+            exec_true.push(timed(&mut vch_cmd(&["exec", "src", "true"]))?);
+        }
+        let exec_overhead = median(&mut exec_true);
+        let (mut seg, mut seg_guest, mut published) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            settle();
+            let t = Instant::now();
+            let out = vch_cmd(&["exec", "src", "sh", "-c", &script]).output()?;
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            if !out.status.success() {
+                bail!(
+                    "segment transfer failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            seg.push(ms - exec_overhead);
+            // `time -p`'s "real S.ss", the guest's own clock.
+            if let Some(real) = String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .find_map(|l| l.strip_prefix("real "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+            {
+                seg_guest.push(real * 1000.0);
+            }
+            settle();
+            published.push(send_through_published_port(port, mib)?);
+        }
+        // Every timed transfer arrived whole (the receivers counted the bytes).
+        let want = (mib * 1024 * 1024).to_string();
+        for file in ["/tmp/got5001", "/tmp/got5002"] {
+            let out = vch_cmd(&["exec", "sink", "cat", file]).output()?;
+            let whole = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.trim() == want)
+                .count();
+            if whole < runs {
+                bail!(
+                    "{file}: {whole} of {runs} transfers arrived whole: {}",
+                    String::from_utf8_lossy(&out.stdout).trim()
+                );
+            }
+        }
+        let rate = |ms: f64| mib as f64 / (ms / 1000.0);
+        let (s, g, p) = (
+            median(&mut seg),
+            median(&mut seg_guest),
+            median(&mut published),
+        );
+        println!(
+            "network benchmark: {mib} MiB over TCP, {runs} runs each, alternating, QEMU TCG q35, vmxnet3"
+        );
+        println!(
+            "  container -> container on one segment (dd | nc by name): {s:.0} ms, {:.1} MiB/s (guest clock: {g:.0} ms, {:.1} MiB/s; vch exec's own {exec_overhead:.0} ms taken off)",
+            rate(s),
+            rate(g)
+        );
+        println!(
+            "  this machine -> container through -p (127.0.0.1:{port} -> libslirp -> segment): {p:.0} ms, {:.1} MiB/s",
+            rate(p)
+        );
+        println!("  ratio segment / published: {:.2}", rate(s) / rate(p));
+        Ok(())
+    })();
+    let _ = vch_cmd(&["rm", "-f", "sink", "src"]).output();
     result
 }
 

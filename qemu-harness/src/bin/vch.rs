@@ -116,9 +116,13 @@ enum Cmd {
         /// for no NIC [default: bridge]
         #[arg(long = "network", alias = "net", value_name = "NAME")]
         networks: Vec<String>,
-        /// Static IPv4 address on the first network (default: DHCP)
+        /// Static IPv4 address on the first network (default: the next free one)
         #[arg(long)]
         ip: Option<std::net::Ipv4Addr>,
+        /// Another name other containers on the first network reach this one by
+        /// (repeatable; user-defined networks only)
+        #[arg(long = "network-alias", value_name = "NAME")]
+        network_aliases: Vec<String>,
         /// Publish a container port on this machine: [IP:]HOSTPORT:CONTAINERPORT[/tcp|udp]
         /// (IP defaults to 127.0.0.1)
         #[arg(short = 'p', long = "publish", value_name = "SPEC")]
@@ -288,6 +292,10 @@ enum Cmd {
     /// Keeps a VM running (started by `run -d` and `run -it`; not for direct use)
     #[command(hide = true)]
     Keeper { id: String },
+    /// Runs a network's shared segment: switch, gateway, DNS (started with the first
+    /// container on the network; not for direct use)
+    #[command(hide = true)]
+    Netd { dir: std::path::PathBuf },
     /// Fetch the logs of a container
     Logs {
         /// Follow log output until the container stops
@@ -411,7 +419,7 @@ enum VolumeCmd {
 
 #[derive(Debug, Subcommand)]
 enum NetworkCmd {
-    /// Create a network (one QEMU user-mode network per container NIC)
+    /// Create a network (one shared segment: its containers reach each other by name)
     Create {
         /// Subnet in CIDR form [default: the next free /16 of 172.16.0.0/12]
         #[arg(long)]
@@ -420,7 +428,8 @@ enum NetworkCmd {
         /// subnet's first address]
         #[arg(long)]
         gateway: Option<std::net::Ipv4Addr>,
-        /// Nameserver for containers (repeatable) [default: ask DHCP]
+        /// Nameserver for containers (repeatable) [default: the gateway, which resolves
+        /// the network's container names and forwards the rest]
         #[arg(long)]
         dns: Vec<std::net::Ipv4Addr>,
         /// Route CIDR via this network's gateway when it is not the default one (repeatable)
@@ -451,6 +460,19 @@ enum NetworkCmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Connect a container to a network (a running one gets a NIC hot-added)
+    Connect {
+        /// Another name the container has on the network (repeatable)
+        #[arg(long = "alias", value_name = "NAME")]
+        aliases: Vec<String>,
+        /// Its IPv4 address on the network [default: the next free one]
+        #[arg(long)]
+        ip: Option<std::net::Ipv4Addr>,
+        network: String,
+        container: String,
+    },
+    /// Disconnect a container from a network (a running one has its NIC hot-removed)
+    Disconnect { network: String, container: String },
 }
 
 fn main() -> ExitCode {
@@ -467,7 +489,10 @@ fn main() -> ExitCode {
             };
         }
     };
-    if !matches!(cli.cmd, Cmd::Daemon { .. } | Cmd::Keeper { .. }) {
+    if !matches!(
+        cli.cmd,
+        Cmd::Daemon { .. } | Cmd::Keeper { .. } | Cmd::Netd { .. }
+    ) {
         // A command whose reader went away (`vch inspect x | head`) ends quietly, as Unix
         // tools do. Not the daemon and the keeper: they write to sockets whose peers may
         // vanish at any time.
@@ -520,7 +545,16 @@ fn init_log(debug: bool, daemon: bool) {
 }
 
 fn real_main(cli: Cli) -> Result<ExitCode> {
-    init_log(cli.debug, matches!(cli.cmd, Cmd::Daemon { .. }));
+    init_log(
+        cli.debug,
+        matches!(cli.cmd, Cmd::Daemon { .. } | Cmd::Netd { .. }),
+    );
+    if let Cmd::Netd { dir } = &cli.cmd {
+        // One thread and no runtime: libslirp is driven from a single poll loop.
+        let root = cli.state.clone().unwrap_or_else(State::default_dir);
+        qemu_harness::netd::run(&root, dir)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let state = State::open(cli.state.clone().unwrap_or_else(State::default_dir))?;
     let exe = std::env::current_exe().context("locate vch")?;
     let rt = runtime()?;
@@ -561,6 +595,7 @@ async fn command(engine: &Engine, cmd: Cmd) -> Result<ExitCode> {
             volumes,
             networks,
             ip,
+            network_aliases,
             publish,
             nic_model,
             image,
@@ -576,12 +611,22 @@ async fn command(engine: &Engine, cmd: Cmd) -> Result<ExitCode> {
                 .first()
                 .cloned()
                 .unwrap_or_else(|| network::BRIDGE.into());
+            let networks = match networks.as_slice() {
+                [] => vec![network::BRIDGE.to_owned()],
+                [only] if only == network::NONE => Vec::new(),
+                _ => networks,
+            };
+            let mut aliases = std::collections::BTreeMap::new();
+            if !network_aliases.is_empty() {
+                // docker's rule: the aliases are the first network's.
+                let first = networks
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| network::NONE.into());
+                aliases.insert(first, network_aliases);
+            }
             opts.network = NetworkRequest {
-                networks: match networks.as_slice() {
-                    [] => vec![network::BRIDGE.to_owned()],
-                    [only] if only == network::NONE => Vec::new(),
-                    _ => networks,
-                },
+                networks,
                 ip,
                 ports: publish
                     .iter()
@@ -589,6 +634,7 @@ async fn command(engine: &Engine, cmd: Cmd) -> Result<ExitCode> {
                     .collect::<Result<_, _>>()?,
                 model: nic_model.parse()?,
                 dns: dns.clone(),
+                aliases,
             };
             opts.spec = ContainerSpec {
                 name: name.unwrap_or_default(),
@@ -778,6 +824,7 @@ async fn command(engine: &Engine, cmd: Cmd) -> Result<ExitCode> {
             )
             .await
         }
+        Cmd::Netd { .. } => bail!("vch netd runs without the engine"),
         Cmd::Keeper { id } => {
             let state = engine.state().clone();
             let meta = state.meta(&id)?;
@@ -1152,7 +1199,7 @@ async fn network_cmd(engine: &Engine, cmd: NetworkCmd) -> Result<ExitCode> {
                 .map(|v| {
                     let n = &v.network;
                     let dns = if n.dns.is_empty() {
-                        "(DHCP)".to_owned()
+                        "(gateway)".to_owned()
                     } else {
                         n.dns
                             .iter()
@@ -1175,6 +1222,21 @@ async fn network_cmd(engine: &Engine, cmd: NetworkCmd) -> Result<ExitCode> {
         NetworkCmd::Rm { names } => {
             for_each(&names, |n| async move { engine.network_remove(&n) }).await
         }
+        NetworkCmd::Connect {
+            aliases,
+            ip,
+            network,
+            container,
+        } => {
+            engine
+                .network_connect(&network, &container, engine::ConnectOptions { aliases, ip })
+                .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        NetworkCmd::Disconnect { network, container } => {
+            engine.network_disconnect(&network, &container).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         NetworkCmd::Inspect { names } => {
             let mut out = Vec::new();
             for name in &names {
@@ -1190,12 +1252,9 @@ async fn network_cmd(engine: &Engine, cmd: NetworkCmd) -> Result<ExitCode> {
                     "Routes": n.routes.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
                     "TrustLevel": n.trust,
                     "Builtin": n.is_builtin(),
-                    // How QEMU's user networking realises it.
-                    "Slirp": {
-                        "Host": n.gateway,
-                        "DNS": n.slirp_dns(),
-                        "DHCPStart": n.dhcp_start(),
-                    },
+                    // How the harness realises it: the segment's netd, its gateway's DNS
+                    // address, whether it runs now.
+                    "Segment": segment_json(engine, n),
                     "Containers": v.containers.iter().map(|(_, name, _)| name).collect::<Vec<_>>(),
                 }));
             }
@@ -1203,6 +1262,19 @@ async fn network_cmd(engine: &Engine, cmd: NetworkCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A network's segment as `vch network inspect` shows it.
+fn segment_json(engine: &Engine, n: &network::Network) -> serde_json::Value {
+    let seg = qemu_harness::netd::Segment::new(engine.state().root(), n);
+    let status = seg.status().ok();
+    serde_json::json!({
+        "Dir": seg.dir,
+        "Gateway": n.gateway,
+        "DNS": n.slirp_dns(),
+        "Running": status.is_some(),
+        "Status": status,
+    })
 }
 
 /// Runs an engine operation for each name, printing the name on success and the error
@@ -1292,12 +1364,18 @@ async fn run_background(engine: &Engine, req: CreateRequest, detach: bool) -> Re
                 println!("{id}");
                 Ok(ExitCode::SUCCESS)
             }
-            Err(EngineError::StartFailed(_)) => {
+            Err(EngineError::StartFailed(why)) => {
                 let view = engine.inspect(&id)?;
+                // The tether's launch error, or why the VM never got that far (a host
+                // port in use, a network that could not be had).
                 eprintln!(
                     "vch: container {} failed to start: {}",
                     short(&id),
-                    view.started
+                    if view.started.is_empty() {
+                        why
+                    } else {
+                        view.started
+                    }
                 );
                 Ok(exit_code(view.exit_code.clamp(1, 255)))
             }

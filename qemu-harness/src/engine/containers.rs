@@ -708,6 +708,12 @@ impl Engine {
         if volumes {
             volume::release(&VolumeStore::new(self.state().root()), &meta.volumes);
         }
+        // Its addresses are free for the next containers.
+        crate::network::release(
+            &crate::network::NetworkStore::new(self.state().root()),
+            &meta.nics,
+            &meta.id,
+        );
         lock(&self.inner.execs).retain(|_, e| e.container_id != meta.id);
         self.publish(self.container_event("destroy", meta));
         Ok(())
@@ -1048,24 +1054,29 @@ fn matches_filters(
     ancestors: &BTreeMap<String, String>,
 ) -> bool {
     filters.iter().all(|(key, values)| {
+        // docker's rule: labels must all be there (compose selects a project's service by
+        // two labels); the other keys' values are alternatives.
+        let matches = |want: &String| match key.as_str() {
+            "name" => v.meta.name.contains(want.trim_start_matches('/')),
+            "id" => v.meta.id.starts_with(want.as_str()),
+            "status" => v.status.as_str() == want,
+            "label" => match want.split_once('=') {
+                Some((k, val)) => v.meta.settings.labels.get(k).map(String::as_str) == Some(val),
+                None => v.meta.settings.labels.contains_key(want.as_str()),
+            },
+            "ancestor" => {
+                v.meta.image == *want
+                    || ancestors.get(want).is_some_and(|id| *id == v.meta.image_id)
+            }
+            // Unknown filters select nothing, as docker refuses them.
+            _ => false,
+        };
         values.is_empty()
-            || values.iter().any(|want| match key.as_str() {
-                "name" => v.meta.name.contains(want.trim_start_matches('/')),
-                "id" => v.meta.id.starts_with(want.as_str()),
-                "status" => v.status.as_str() == want,
-                "label" => match want.split_once('=') {
-                    Some((k, val)) => {
-                        v.meta.settings.labels.get(k).map(String::as_str) == Some(val)
-                    }
-                    None => v.meta.settings.labels.contains_key(want.as_str()),
-                },
-                "ancestor" => {
-                    v.meta.image == *want
-                        || ancestors.get(want).is_some_and(|id| *id == v.meta.image_id)
-                }
-                // Unknown filters select nothing, as docker refuses them.
-                _ => false,
-            })
+            || if key == "label" {
+                values.iter().all(matches)
+            } else {
+                values.iter().any(matches)
+            }
     })
 }
 

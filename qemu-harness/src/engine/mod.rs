@@ -20,6 +20,7 @@
 //! | exec | [`Engine::exec_create`], [`Engine::exec_start`], [`Engine::exec_inspect`], [`Engine::exec_resize`] | |
 //! | volumes | [`Engine::volume_create`] … [`Engine::volume_prune`] | over [`crate::volume::VolumeStore`] |
 //! | networks | [`Engine::network_create`] … [`Engine::network_prune`] | over [`crate::network::NetworkStore`] |
+//! | connect / disconnect | [`Engine::network_connect`], [`Engine::network_disconnect`] | a running VM's NIC is hot-added / removed |
 //! | images | [`Engine::images`], [`Engine::image`], [`Engine::image_load`], [`Engine::image_import`], [`Engine::image_tag`], [`Engine::image_remove`], [`Engine::image_save`], [`Engine::image_pull`] (the built-in busybox only) | over [`crate::images::ImageStore`]; `create` resolves names, IDs, prefixes and directories with [`Engine::image_resolve`] |
 //! | events | [`Engine::events`] | create, start, die, destroy, … |
 //!
@@ -28,6 +29,7 @@
 //! restarted daemon) finds them there and serves them again.
 
 mod attach;
+mod connect;
 mod containers;
 mod error;
 mod events;
@@ -42,6 +44,7 @@ use std::sync::{Arc, Mutex};
 pub use attach::{
     AttachOptions, Attachment, AttachmentControl, DetachKeys, Ended, PendingAttachment,
 };
+pub use connect::ConnectOptions;
 pub use containers::{
     ContainerStatus, ContainerView, CreateRequest, CreateResponse, ListOptions, LogItem,
     LogOptions, RemoveOptions, WaitCondition,

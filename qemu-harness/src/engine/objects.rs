@@ -29,6 +29,8 @@ pub struct NetworkView {
     pub id: String,
     /// Containers with a NIC on it: (container ID, name, running).
     pub containers: Vec<(String, String, bool)>,
+    /// Their NICs on it, in the same order.
+    pub endpoints: Vec<crate::network::AttachedNic>,
 }
 
 /// A network's ID: derived from its name, so that it is stable without being stored.
@@ -155,15 +157,18 @@ impl Engine {
     }
 
     fn network_view(&self, network: Network, metas: &[Meta]) -> NetworkView {
-        let containers = metas
+        let on: Vec<(&Meta, &crate::network::AttachedNic)> = metas
             .iter()
-            .filter(|m| m.nics.iter().any(|n| n.network.name == network.name))
-            .map(|m| (m.id.clone(), m.name.clone(), Self::running(m)))
+            .filter_map(|m| Some((m, m.nics.iter().find(|n| n.network.name == network.name)?)))
             .collect();
         NetworkView {
             id: network_id(&network.name),
+            containers: on
+                .iter()
+                .map(|(m, _)| (m.id.clone(), m.name.clone(), Self::running(m)))
+                .collect(),
+            endpoints: on.iter().map(|(_, n)| (*n).clone()).collect(),
             network,
-            containers,
         }
     }
 

@@ -77,11 +77,14 @@ impl NicLease {
     }
 }
 
-/// The DHCP leases the tether holds; cheap to clone (a shared handle).
+/// The DHCP leases the tether holds, and the endpoints it configured; cheap to clone (a
+/// shared handle).
 #[derive(Debug, Clone, Default)]
 pub struct Leases {
     inner: Arc<Mutex<Vec<NicLease>>>,
     pub(crate) paths: Arc<Paths>,
+    /// Names of the endpoints configured since boot (see [`super::reload`]).
+    configured: Arc<Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Leases {
@@ -89,7 +92,31 @@ impl Leases {
         Leases {
             inner: Arc::new(Mutex::new(leases)),
             paths: Arc::new(paths),
+            configured: Arc::default(),
         }
+    }
+
+    fn configured_set(&self) -> MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.configured.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The endpoints configured so far.
+    pub fn configured(&self) -> std::collections::BTreeSet<String> {
+        self.configured_set().clone()
+    }
+
+    pub(crate) fn mark_configured(&self, name: &str) {
+        self.configured_set().insert(name.to_owned());
+    }
+
+    /// Forgets a withdrawn endpoint: no longer configured, and no lease renewed for it.
+    pub(crate) fn forget(&self, name: &str) {
+        self.configured_set().remove(name);
+        let mut leases = self.lock();
+        for l in leases.iter_mut() {
+            l.endpoints.retain(|e| e != name);
+        }
+        leases.retain(|l| !l.endpoints.is_empty());
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Vec<NicLease>> {
@@ -143,7 +170,45 @@ pub fn apply_with(
         ctx.apply_endpoint(name, ep)?;
     }
     publish_names(cfg, &paths)?;
-    Ok(Leases::from_parts(ctx.leases, paths))
+    let leases = Leases::from_parts(ctx.leases, paths);
+    for name in &order {
+        leases.mark_configured(name);
+    }
+    Ok(leases)
+}
+
+/// Configures one more endpoint of `cfg` (a network connected while the container runs)
+/// as [`apply_with`] configures each at boot; its lease, if DHCP gives it one, joins
+/// `leases` (renewals are planned at boot: a hot-added DHCP endpoint keeps its first
+/// lease). `/etc/hosts` and `/etc/resolv.conf` are the caller's to publish.
+pub fn apply_one(
+    cfg: &mut ContainerConfig,
+    name: &str,
+    hostname: &str,
+    leases: &Leases,
+) -> Result<(), NetError> {
+    let nl = Netlink::open().map_err(NetError::Setup)?;
+    let paths = leases.paths.clone();
+    let mut ctx = Ctx {
+        nl,
+        paths: &paths,
+        dhcp_hostname: (!cfg.hostname.is_empty()).then(|| hostname.to_owned()),
+        leases: Vec::new(),
+        by_slot: BTreeMap::new(),
+        bridge_out: None,
+    };
+    let Some(ep) = cfg.networks.get_mut(name) else {
+        return Ok(());
+    };
+    ctx.apply_endpoint(name, ep)?;
+    leases.lock().extend(ctx.leases);
+    leases.mark_configured(name);
+    Ok(())
+}
+
+/// The address an endpoint was given, if any.
+pub(crate) fn assigned(ep: &NetworkEndpoint) -> Option<(Ipv4Addr, u8)> {
+    specified_v4(ep.assigned.ip).zip(v4_prefix(&ep.assigned))
 }
 
 /// Internal networks first, then the others; by name within each group.

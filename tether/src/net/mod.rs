@@ -17,6 +17,7 @@ pub mod lease;
 pub mod link;
 pub mod packet;
 pub mod pci;
+pub mod reload;
 
 pub use apply::{apply, apply_with, Leases, NicLease, Paths};
 pub use lease::{maintain, record_renewal, release_all, Renewal};
