@@ -7,8 +7,7 @@ use guestinfo::{
 use crate::network::AttachedNic;
 use crate::volume::{self, AttachedVolume, Backing};
 
-/// Docker's default PATH for containers.
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+use crate::image::DEFAULT_PATH;
 
 /// What the user asked for on the command line.
 #[derive(Debug, Clone, Default)]

@@ -273,7 +273,7 @@ async fn create_exec(k: &Keeper, payload: &[u8]) -> Result<String, String> {
     let cfg = guestinfo::store::read_config(&*k.store).map_err(|e| e.to_string())?;
     let primary = cfg.sessions.get(&k.id).cloned().unwrap_or_default();
     let eid = if spec.id.is_empty() {
-        crate::state::new_id()
+        crate::records::new_id()
     } else if spec.id.len() <= 64 && spec.id.bytes().all(|b| b.is_ascii_hexdigit()) {
         spec.id.clone()
     } else {

@@ -62,6 +62,21 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> I
     }
 }
 
+/// Docker's default PATH for containers (an image's, when it names none).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// `DIR.image.json` for a directory image; `None` for the built-in images.
+pub fn image_config_path(image: &str) -> Option<PathBuf> {
+    if image == "busybox" {
+        return None;
+    }
+    let trimmed = image.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return None;
+    }
+    Some(PathBuf::from(format!("{trimmed}.image.json")))
+}
+
 /// The built-in image's name.
 pub const BUSYBOX: &str = "busybox";
 
@@ -151,13 +166,13 @@ fn directory(path: &str) -> Result<Resolved, ImageError> {
         return Err(ImageError::NotFound(path.to_owned()));
     }
     let abs = fs::canonicalize(p).map_err(io_err("resolve", p))?;
-    let config = match crate::volume::image_config_path(path) {
-        Some(cfg) => {
-            crate::state::read_json::<ContainerConfig>(&cfg).map_err(|e| ImageError::BadConfig {
+    let config = match image_config_path(path) {
+        Some(cfg) => crate::records::read_json::<ContainerConfig>(&cfg).map_err(|e| {
+            ImageError::BadConfig {
                 path: cfg.clone(),
                 why: e.to_string(),
-            })?
-        }
+            }
+        })?,
         None => None,
     };
     Ok(Resolved {
@@ -357,7 +372,7 @@ pub fn builtin_archive() -> Result<Vec<u8>, ImageError> {
         "os": "linux",
         "created": created,
         "config": {
-            "Env": [format!("PATH={}", crate::config::DEFAULT_PATH)],
+            "Env": [format!("PATH={}", DEFAULT_PATH)],
             "Cmd": ["sh"],
         },
         "rootfs": { "type": "layers", "diff_ids": [diff_id.to_string()] },

@@ -17,7 +17,56 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::network::{Network, NetworkError};
+/// A network's addresses as the IPAM sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    /// The network's name (claims are kept per network).
+    pub network: String,
+    /// Host addresses, the first and the last.
+    pub first: Ipv4Addr,
+    pub last: Ipv4Addr,
+    /// Host addresses no container may have (the gateway, its DNS forwarder).
+    pub reserved: Vec<Ipv4Addr>,
+    /// How the network is laid out, for messages (`10.1.0.0/24, gateway 10.1.0.1, …`).
+    pub describe: String,
+}
+
+impl Pool {
+    /// Whether no container may have `ip`.
+    pub fn reserved(&self, ip: Ipv4Addr) -> bool {
+        ip < self.first || ip > self.last || self.reserved.contains(&ip)
+    }
+}
+
+/// Whether a container still holds an address: `holder(owner, network, ip)` is
+/// `Some(true)` when the container `owner` lists `ip` on `network`, `Some(false)` when it
+/// exists without it, `None` when there is no such container (yet).
+pub type Holder<'a> = &'a dyn Fn(&str, &str, Ipv4Addr) -> Option<bool>;
+
+/// IPAM errors.
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    /// an address the user asked for is not one a container may have
+    #[error("--ip {ip} is not a free address of network {network} ({describe})")]
+    Reserved {
+        ip: Ipv4Addr,
+        network: String,
+        describe: String,
+    },
+    /// the address is someone else's
+    #[error("address {ip} is already in use on network {network}")]
+    InUse { ip: Ipv4Addr, network: String },
+    /// none left
+    #[error("no free address left on network {network} ({describe})")]
+    Exhausted { network: String, describe: String },
+    /// a claim file could not be made or read
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
 
 /// How long a claim without metadata behind it is held for a container being created.
 const YOUNG: Duration = Duration::from_secs(120);
@@ -26,73 +75,64 @@ fn claims_dir(state_root: &Path, network: &str) -> PathBuf {
     state_root.join("networks").join(".ipam").join(network)
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> NetworkError + 'a {
-    move |source| NetworkError::Io {
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> IpamError + 'a {
+    move |source| IpamError::Io {
         what,
         path: path.to_owned(),
         source,
     }
 }
 
-/// Addresses no container may have: the network and broadcast addresses, the gateway and
-/// the gateway's DNS forwarder.
-pub fn reserved(net: &Network, ip: Ipv4Addr) -> bool {
-    !net.subnet.is_host(ip) || ip == net.gateway || ip == net.slirp_dns()
-}
-
-/// Claims an address of `net` for container `id`: `want` (a user's `--ip`), else the lowest
-/// free one.
+/// Claims an address of `pool` for container `id`: `want` (a user's `--ip`), else the
+/// lowest free one. `holder` says whether another claimant still holds its address.
 pub fn claim(
     state_root: &Path,
-    net: &Network,
+    pool: &Pool,
     id: &str,
     want: Option<Ipv4Addr>,
-) -> Result<Ipv4Addr, NetworkError> {
-    let dir = claims_dir(state_root, &net.name);
+    holder: Holder<'_>,
+) -> Result<Ipv4Addr, IpamError> {
+    let dir = claims_dir(state_root, &pool.network);
     fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
     if let Some(ip) = want {
-        if reserved(net, ip) {
-            return Err(NetworkError::Invalid(format!(
-                "--ip {ip} is not a free address of network {} ({}, gateway {}, DNS {})",
-                net.name,
-                net.subnet,
-                net.gateway,
-                net.slirp_dns()
-            )));
+        if pool.reserved(ip) {
+            return Err(IpamError::Reserved {
+                ip,
+                network: pool.network.clone(),
+                describe: pool.describe.clone(),
+            });
         }
-        return match try_claim(state_root, &dir, &net.name, ip, id)? {
+        return match try_claim(&dir, &pool.network, ip, id, holder)? {
             true => Ok(ip),
-            false => Err(NetworkError::Invalid(format!(
-                "address {ip} is already in use on network {}",
-                net.name
-            ))),
+            false => Err(IpamError::InUse {
+                ip,
+                network: pool.network.clone(),
+            }),
         };
     }
-    let first = u32::from(net.subnet.network()) + 1;
-    let last = u32::from(net.subnet.broadcast());
-    for n in first..last {
+    for n in u32::from(pool.first)..=u32::from(pool.last) {
         let ip = Ipv4Addr::from(n);
-        if reserved(net, ip) {
+        if pool.reserved(ip) {
             continue;
         }
-        if try_claim(state_root, &dir, &net.name, ip, id)? {
+        if try_claim(&dir, &pool.network, ip, id, holder)? {
             return Ok(ip);
         }
     }
-    Err(NetworkError::Invalid(format!(
-        "no free address left on network {} ({})",
-        net.name, net.subnet
-    )))
+    Err(IpamError::Exhausted {
+        network: pool.network.clone(),
+        describe: pool.describe.clone(),
+    })
 }
 
 /// Takes `ip` for `id` if nobody validly holds it. Whether it was taken.
 fn try_claim(
-    state_root: &Path,
     dir: &Path,
     network: &str,
     ip: Ipv4Addr,
     id: &str,
-) -> Result<bool, NetworkError> {
+    holder: Holder<'_>,
+) -> Result<bool, IpamError> {
     let path = dir.join(ip.to_string());
     // Two rounds: a stale claim is removed once and the address claimed afresh.
     for _ in 0..2 {
@@ -110,7 +150,7 @@ fn try_claim(
                 if owner == id {
                     return Ok(true);
                 }
-                if holds(state_root, network, ip, &owner, &path) {
+                if holds(holder, network, ip, &owner, &path) {
                     return Ok(false);
                 }
                 tracing::debug!(%ip, network, stale = %owner, "taking over a stale address claim");
@@ -124,26 +164,16 @@ fn try_claim(
 
 /// Whether `owner`'s claim on `ip` is valid: its container still has that address on that
 /// network, or the claim is too young for the container to have metadata yet.
-fn holds(state_root: &Path, network: &str, ip: Ipv4Addr, owner: &str, path: &Path) -> bool {
+fn holds(holder: Holder<'_>, network: &str, ip: Ipv4Addr, owner: &str, path: &Path) -> bool {
     let young = fs::metadata(path)
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.elapsed().ok())
         .is_none_or(|age| age < YOUNG);
-    let short: String = owner.chars().take(12).collect();
-    if owner.is_empty() || short.contains(['/', '.']) {
+    if owner.is_empty() {
         return young;
     }
-    let meta = fs::read_to_string(state_root.join("vms").join(&short).join("meta.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<crate::state::Meta>(&t).ok());
-    match meta {
-        Some(m) => m
-            .nics
-            .iter()
-            .any(|n| n.network.name == network && n.address() == Some(ip)),
-        None => young,
-    }
+    holder(owner, network, ip).unwrap_or(young)
 }
 
 /// Gives back `id`'s claim on `ip` (only if it is still `id`'s).
@@ -162,52 +192,71 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// 10.1.0.0/29 with its gateway at .1 and the DNS forwarder at .6: .2-.5 are free.
+    fn pool(name: &str) -> Pool {
+        Pool {
+            network: name.into(),
+            first: ip("10.1.0.1"),
+            last: ip("10.1.0.6"),
+            reserved: vec![ip("10.1.0.1"), ip("10.1.0.6")],
+            describe: "10.1.0.0/29".into(),
+        }
+    }
+
+    /// No container metadata anywhere (only claims' ages count).
+    fn nobody(_: &str, _: &str, _: Ipv4Addr) -> Option<bool> {
+        None
+    }
+
     #[test]
     fn claims_are_exclusive_and_skip_reserved_addresses() {
         let dir = tempfile::tempdir().unwrap();
-        let mut net = Network::bridge();
-        net.name = "small".into();
-        net.subnet = "10.1.0.0/29".parse().unwrap();
-        net.gateway = ip("10.1.0.1");
+        let net = pool("small");
         // .0 network, .1 gateway, .6 DNS forwarder, .7 broadcast: .2-.5 are free.
-        let a = claim(dir.path(), &net, "aaaa", None).unwrap();
-        let b = claim(dir.path(), &net, "bbbb", None).unwrap();
+        let a = claim(dir.path(), &net, "aaaa", None, &nobody).unwrap();
+        let b = claim(dir.path(), &net, "bbbb", None, &nobody).unwrap();
         assert_eq!((a, b), (ip("10.1.0.2"), ip("10.1.0.3")));
         // The same owner claiming again gets its own address back.
-        assert_eq!(claim(dir.path(), &net, "aaaa", Some(a)).unwrap(), a);
-        assert!(claim(dir.path(), &net, "cccc", Some(a)).is_err(), "taken");
-        assert!(claim(dir.path(), &net, "cccc", Some(ip("10.1.0.1"))).is_err());
-        assert!(claim(dir.path(), &net, "cccc", Some(ip("10.1.0.6"))).is_err());
-        assert!(claim(dir.path(), &net, "cccc", Some(ip("10.2.0.2"))).is_err());
         assert_eq!(
-            claim(dir.path(), &net, "cccc", Some(ip("10.1.0.5"))).unwrap(),
+            claim(dir.path(), &net, "aaaa", Some(a), &nobody).unwrap(),
+            a
+        );
+        assert!(
+            claim(dir.path(), &net, "cccc", Some(a), &nobody).is_err(),
+            "taken"
+        );
+        assert!(claim(dir.path(), &net, "cccc", Some(ip("10.1.0.1")), &nobody).is_err());
+        assert!(claim(dir.path(), &net, "cccc", Some(ip("10.1.0.6")), &nobody).is_err());
+        assert!(claim(dir.path(), &net, "cccc", Some(ip("10.2.0.2")), &nobody).is_err());
+        assert_eq!(
+            claim(dir.path(), &net, "cccc", Some(ip("10.1.0.5")), &nobody).unwrap(),
             ip("10.1.0.5")
         );
         assert_eq!(
-            claim(dir.path(), &net, "dddd", None).unwrap(),
+            claim(dir.path(), &net, "dddd", None, &nobody).unwrap(),
             ip("10.1.0.4")
         );
-        assert!(claim(dir.path(), &net, "eeee", None).is_err(), "full");
+        assert!(
+            claim(dir.path(), &net, "eeee", None, &nobody).is_err(),
+            "full"
+        );
         // A release frees the address for the next one; someone else's release does not.
         release(dir.path(), "small", b, "zzzz");
-        assert!(claim(dir.path(), &net, "eeee", None).is_err());
+        assert!(claim(dir.path(), &net, "eeee", None, &nobody).is_err());
         release(dir.path(), "small", b, "bbbb");
-        assert_eq!(claim(dir.path(), &net, "eeee", None).unwrap(), b);
+        assert_eq!(claim(dir.path(), &net, "eeee", None, &nobody).unwrap(), b);
     }
 
     #[test]
     fn stale_claims_are_taken_over() {
         let dir = tempfile::tempdir().unwrap();
-        let mut net = Network::bridge();
-        net.name = "n".into();
-        net.subnet = "10.1.0.0/29".parse().unwrap();
-        net.gateway = ip("10.1.0.1");
+        let net = pool("n");
         let path = claims_dir(dir.path(), "n").join("10.1.0.2");
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(&path, "0123456789abcdef").unwrap();
         // Young: held for a container being created.
         assert_eq!(
-            claim(dir.path(), &net, "new", None).unwrap(),
+            claim(dir.path(), &net, "new", None, &nobody).unwrap(),
             ip("10.1.0.3")
         );
         // Old, and no container has it: stale.
@@ -219,7 +268,7 @@ mod tests {
             .set_modified(old)
             .unwrap();
         assert_eq!(
-            claim(dir.path(), &net, "new2", None).unwrap(),
+            claim(dir.path(), &net, "new2", None, &nobody).unwrap(),
             ip("10.1.0.2")
         );
         assert_eq!(fs::read_to_string(&path).unwrap(), "new2");

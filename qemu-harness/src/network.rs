@@ -112,19 +112,16 @@ pub enum NetworkError {
     TooMany,
     /// a metadata file could not be read
     #[error(transparent)]
-    Record(#[from] crate::state::RecordError),
+    Record(#[from] crate::records::RecordError),
+    /// an address could not be had
+    #[error(transparent)]
+    Ipam(#[from] crate::ipam::IpamError),
     /// a file operation failed
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
         path: PathBuf,
         source: io::Error,
-    },
-    /// a network's metadata is damaged
-    #[error("{path}: {source}")]
-    Json {
-        path: PathBuf,
-        source: serde_json::Error,
     },
 }
 
@@ -365,6 +362,22 @@ impl Network {
             .unwrap_or(self.gateway)
     }
 
+    /// The addresses containers may be given, as the IPAM claims them.
+    pub fn ipam_pool(&self) -> crate::ipam::Pool {
+        crate::ipam::Pool {
+            network: self.name.clone(),
+            first: Ipv4Addr::from(u32::from(self.subnet.network()).saturating_add(1)),
+            last: Ipv4Addr::from(u32::from(self.subnet.broadcast()).saturating_sub(1)),
+            reserved: vec![self.gateway, self.slirp_dns()],
+            describe: format!(
+                "{}, gateway {}, DNS {}",
+                self.subnet,
+                self.gateway,
+                self.slirp_dns()
+            ),
+        }
+    }
+
     /// The peer range as the port layer writes it (`network/pools`): a network without
     /// explicit pools gets its whole subnet.
     pub fn pool(&self) -> guestinfo::IpRange {
@@ -457,7 +470,7 @@ impl NetworkStore {
             return Err(NetworkError::NoSuch(name.into()));
         }
         let path = self.path(name);
-        crate::state::read_json(&path)?.ok_or_else(|| NetworkError::NoSuch(name.into()))
+        crate::records::read_json(&path)?.ok_or_else(|| NetworkError::NoSuch(name.into()))
     }
 
     /// `bridge` first, then the others by name.
@@ -553,16 +566,7 @@ impl NetworkStore {
             path: self.root.clone(),
             source,
         })?;
-        let path = self.path(&net.name);
-        let text = serde_json::to_string_pretty(&net).map_err(|source| NetworkError::Json {
-            path: path.clone(),
-            source,
-        })?;
-        fs::write(&path, text).map_err(|source| NetworkError::Io {
-            what: "write",
-            path,
-            source,
-        })?;
+        crate::records::write_json(&self.path(&net.name), &net)?;
         tracing::info!(network = %net.name, subnet = %net.subnet, "network created");
         Ok(net)
     }
@@ -1074,6 +1078,7 @@ pub fn attach(
     store: &NetworkStore,
     req: &NetworkRequest,
     id: &str,
+    holder: crate::ipam::Holder<'_>,
 ) -> Result<Vec<AttachedNic>, NetworkError> {
     let nics = plan(store, req, id)?;
     let mut claimed: Vec<AttachedNic> = Vec::new();
@@ -1081,14 +1086,14 @@ pub fn attach(
         // The network as defined, not with the container's `--dns` in it: the address
         // rules are the network's.
         let base = store.get(&nic.network.name)?;
-        match crate::ipam::claim(store.state_root(), &base, id, nic.ip) {
+        match crate::ipam::claim(store.state_root(), &base.ipam_pool(), id, nic.ip, holder) {
             Ok(ip) => {
                 nic.address = Some(ip);
                 claimed.push(nic);
             }
             Err(e) => {
                 release(store, &claimed, id);
-                return Err(e);
+                return Err(e.into());
             }
         }
     }
@@ -1203,6 +1208,11 @@ pub fn check_aliases(network: &Network, aliases: &[String]) -> Result<(), Networ
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No container metadata (only the claims' ages count for the IPAM).
+    fn no_containers(_: &str, _: &str, _: Ipv4Addr) -> Option<bool> {
+        None
+    }
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
@@ -1460,7 +1470,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "vch-net-{}-{}",
             std::process::id(),
-            crate::state::new_id().get(..8).unwrap_or("x")
+            crate::records::new_id().get(..8).unwrap_or("x")
         ));
         let store = NetworkStore::new(&dir);
         assert_eq!(store.list().len(), 1, "bridge is built in");
@@ -1538,7 +1548,7 @@ mod tests {
             dns: Vec::new(),
             aliases: [("ext".to_owned(), vec!["api".to_owned()])].into(),
         };
-        let nics = attach(&store, &req, "abcdef").unwrap();
+        let nics = attach(&store, &req, "abcdef", &no_containers).unwrap();
         assert_eq!(nics.len(), 2);
         assert_eq!(nics[0].slot, 0x4A0);
         assert_eq!(nics[1].slot, 0x4C0);
@@ -1556,7 +1566,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            attach(&store, &again, "fedcba").unwrap()[0].address,
+            attach(&store, &again, "fedcba", &no_containers).unwrap()[0].address,
             Some(ip("10.20.0.2"))
         );
         let taken = NetworkRequest {
@@ -1564,7 +1574,7 @@ mod tests {
             ip: Some(ip("172.16.0.10")),
             ..Default::default()
         };
-        assert!(attach(&store, &taken, "other").is_err());
+        assert!(attach(&store, &taken, "other", &no_containers).is_err());
 
         let bad_reqs = [
             NetworkRequest {
@@ -1620,7 +1630,7 @@ mod tests {
             },
         ];
         for r in bad_reqs {
-            assert!(attach(&store, &r, "x").is_err(), "{r:?}");
+            assert!(attach(&store, &r, "x", &no_containers).is_err(), "{r:?}");
         }
         store.remove("back").unwrap();
         assert!(matches!(store.get("back"), Err(NetworkError::NoSuch(_))));

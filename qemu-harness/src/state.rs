@@ -138,48 +138,9 @@ pub enum StateError {
         path: PathBuf,
         source: io::Error,
     },
-    /// a metadata file is damaged
-    #[error("{path}: {source}")]
-    Json {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-}
-
-/// Why a JSON record file could not be read. The messages are the stores' own: `read PATH:
-/// …` for I/O, `PATH: …` for damaged JSON.
-#[derive(Debug, thiserror::Error)]
-pub enum RecordError {
-    /// the file could not be read
-    #[error("read {}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
-    /// the file is damaged
-    #[error("{}: {source}", path.display())]
-    Json {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-}
-
-/// Reads a JSON record file (volume, network, image config); `Ok(None)` when it does not
-/// exist, so each store can say "no such ..." in its own words.
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, RecordError> {
-    let text = match fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(RecordError::Io {
-                path: path.to_owned(),
-                source,
-            })
-        }
-    };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|source| RecordError::Json {
-            path: path.to_owned(),
-            source,
-        })
+    /// a metadata file could not be read or written, or is damaged
+    #[error(transparent)]
+    Record(#[from] crate::records::RecordError),
 }
 
 /// The state directory.
@@ -256,9 +217,8 @@ impl State {
 
     /// Reads a VM's metadata by exact ID.
     pub fn meta(&self, id: &str) -> Result<Meta, StateError> {
-        let path = self.vm_dir(id).join("meta.json");
-        let text = fs::read_to_string(&path).map_err(|_| StateError::NoSuch(id.into()))?;
-        serde_json::from_str(&text).map_err(|source| StateError::Json { path, source })
+        crate::records::read_json(&self.vm_dir(id).join("meta.json"))?
+            .ok_or_else(|| StateError::NoSuch(id.into()))
     }
 
     /// Writes a VM's metadata (atomically).
@@ -269,22 +229,7 @@ impl State {
             path: dir.clone(),
             source,
         })?;
-        let path = dir.join("meta.json");
-        let tmp = dir.join("meta.json.tmp");
-        let text = serde_json::to_string_pretty(meta).map_err(|source| StateError::Json {
-            path: path.clone(),
-            source,
-        })?;
-        fs::write(&tmp, text).map_err(|source| StateError::Io {
-            what: "write",
-            path: tmp.clone(),
-            source,
-        })?;
-        fs::rename(&tmp, &path).map_err(|source| StateError::Io {
-            what: "rename",
-            path,
-            source,
-        })
+        Ok(crate::records::write_json(&dir.join("meta.json"), meta)?)
     }
 
     /// Finds a VM by name, full ID or unique ID prefix, as docker does.
@@ -303,6 +248,25 @@ impl State {
             (Some(m), None) => Ok(m.clone()),
             _ => Err(StateError::NoSuch(name_or_id.into())),
         }
+    }
+
+    /// Whether container `owner` (a full ID) lists `ip` on `network` (the IPAM's
+    /// [`crate::ipam::Holder`]): `None` when there is no such container (yet).
+    pub fn holds_address(
+        &self,
+        owner: &str,
+        network: &str,
+        ip: std::net::Ipv4Addr,
+    ) -> Option<bool> {
+        if owner.contains(['/', '.']) {
+            return None;
+        }
+        let meta = self.meta(owner).ok().filter(|m| m.id == owner)?;
+        Some(
+            meta.nics
+                .iter()
+                .any(|n| n.network.name == network && n.address() == Some(ip)),
+        )
     }
 
     /// Checks that `name` is free.
@@ -344,15 +308,6 @@ pub fn flock(path: &Path, wait: bool) -> io::Result<nix::fcntl::Flock<fs::File>>
 #[derive(Debug)]
 pub struct StateLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
 
-/// A random 64-hex-digit container ID, like the port layer's.
-pub fn new_id() -> String {
-    let mut b = [0u8; 32];
-    if let Ok(mut f) = fs::File::open("/dev/urandom") {
-        let _ = io::Read::read_exact(&mut f, &mut b);
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// Whether a process is alive.
 pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
@@ -393,6 +348,6 @@ mod tests {
         ));
         assert_eq!(st.list().len(), 2);
         fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(new_id().len(), 64);
+        assert_eq!(crate::records::new_id().len(), 64);
     }
 }

@@ -273,7 +273,7 @@ pub fn create(state: &State, mut opts: RunOptions) -> Result<Created, VmError> {
         return Err(VmError::NoIso(iso));
     }
     if opts.spec.id.is_empty() {
-        opts.spec.id = state::new_id();
+        opts.spec.id = crate::records::new_id();
     }
     if opts.spec.name.is_empty() {
         opts.spec.name = opts.spec.id.chars().take(12).collect();
@@ -301,6 +301,7 @@ pub fn create(state: &State, mut opts: RunOptions) -> Result<Created, VmError> {
         &NetworkStore::new(state.root()),
         &opts.network,
         &opts.spec.id,
+        &|owner, net, ip| state.holds_address(owner, net, ip),
     )?;
     if let (Some(name), true) = (plan.local_nfs(), nics.is_empty()) {
         return Err(ComposeError::NfsNeedsNetwork(name.to_owned()).into());

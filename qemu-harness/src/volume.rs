@@ -85,19 +85,13 @@ pub enum VolumeError {
     Mkfs(String, String),
     /// a metadata file could not be read
     #[error(transparent)]
-    Record(#[from] crate::state::RecordError),
+    Record(#[from] crate::records::RecordError),
     /// a file operation failed
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
         path: PathBuf,
         source: io::Error,
-    },
-    /// a volume's metadata is damaged
-    #[error("{path}: {source}")]
-    Json {
-        path: PathBuf,
-        source: serde_json::Error,
     },
 }
 
@@ -313,7 +307,7 @@ impl VolumeStore {
             return Err(VolumeError::NoSuch(name.into()));
         }
         let path = self.dir(name).join("volume.json");
-        crate::state::read_json(&path)?.ok_or_else(|| VolumeError::NoSuch(name.into()))
+        crate::records::read_json(&path)?.ok_or_else(|| VolumeError::NoSuch(name.into()))
     }
 
     /// All volumes, by name. Damaged entries are skipped (and logged).
@@ -340,7 +334,7 @@ impl VolumeStore {
     /// Creates a volume: checks everything first, then makes the filesystem.
     pub fn create(&self, req: &CreateVolume) -> Result<Volume, VolumeError> {
         let name = if req.name.is_empty() {
-            crate::state::new_id()
+            crate::records::new_id()
         } else {
             req.name.clone()
         };
@@ -427,13 +421,10 @@ impl VolumeStore {
                     .map_err(|why| VolumeError::Mkfs(name.clone(), why))?;
             }
             // volume.json last: a volume exists once its metadata does.
-            let path = dir.join("volume.json");
-            let text =
-                serde_json::to_string_pretty(&volume).map_err(|source| VolumeError::Json {
-                    path: path.clone(),
-                    source,
-                })?;
-            fs::write(&path, text).map_err(io_err("write", &path))
+            Ok(crate::records::write_json(
+                &dir.join("volume.json"),
+                &volume,
+            )?)
         })();
         if let Err(e) = made {
             let _ = fs::remove_dir_all(&dir);
@@ -591,7 +582,7 @@ pub fn clean_dest(dest: &str) -> Option<String> {
 /// The file lives beside the directory, not in it, so that it does not end up in the
 /// container's root filesystem.
 pub fn image_volumes(image: &str) -> Result<Vec<String>, VolumeError> {
-    let Some(path) = image_config_path(image) else {
+    let Some(path) = crate::image::image_config_path(image) else {
         return Ok(Vec::new());
     };
     #[derive(Deserialize)]
@@ -599,7 +590,7 @@ pub fn image_volumes(image: &str) -> Result<Vec<String>, VolumeError> {
         #[serde(rename = "Volumes", default)]
         volumes: Option<std::collections::BTreeMap<String, serde_json::Value>>,
     }
-    let Some(cfg): Option<ImageConfig> = crate::state::read_json(&path)? else {
+    let Some(cfg): Option<ImageConfig> = crate::records::read_json(&path)? else {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
@@ -616,18 +607,6 @@ pub fn image_volumes(image: &str) -> Result<Vec<String>, VolumeError> {
         }
     }
     Ok(out)
-}
-
-/// `DIR.image.json` for a directory image; `None` for the built-in images.
-pub fn image_config_path(image: &str) -> Option<PathBuf> {
-    if image == "busybox" {
-        return None;
-    }
-    let trimmed = image.trim_end_matches('/');
-    if trimmed.is_empty() {
-        return None;
-    }
-    Some(PathBuf::from(format!("{trimmed}.image.json")))
 }
 
 /// A volume attached to a container, as its metadata keeps it.
@@ -940,7 +919,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "vch-vol-{}-{}",
             std::process::id(),
-            crate::state::new_id().get(..8).unwrap_or("x")
+            crate::records::new_id().get(..8).unwrap_or("x")
         ));
         let store = VolumeStore::new(&dir);
         (dir, store)

@@ -101,7 +101,7 @@ pub async fn create(state: &ApiState, req: Request<Incoming>) -> ApiResult {
         return Err(ApiError::bad_request("device and o are for type=nfs"));
     }
     let name = if b.name.is_empty() {
-        crate::state::new_id()
+        crate::records::new_id()
     } else {
         b.name
     };

@@ -65,7 +65,15 @@ impl Engine {
                 .filter_map(|i| Some((i, network::nic_slot(i)?)))
                 .find(|(_, s)| !meta.nics.iter().any(|n| n.slot == *s))
                 .ok_or(NetworkError::TooMany)?;
-            let address = crate::ipam::claim(self.state().root(), &net, &meta.id, opts.ip)?;
+            let state = self.state();
+            let address = crate::ipam::claim(
+                state.root(),
+                &net.ipam_pool(),
+                &meta.id,
+                opts.ip,
+                &|owner, net, ip| state.holds_address(owner, net, ip),
+            )
+            .map_err(NetworkError::from)?;
             if !meta.settings.dns.is_empty() {
                 net.dns = meta.settings.dns.clone();
             }

@@ -127,14 +127,17 @@ fn store_kind(s: &StoreError) -> ErrorKind {
 }
 
 fn network_kind(n: &NetworkError) -> ErrorKind {
+    use crate::ipam::IpamError;
     match n {
+        NetworkError::Ipam(IpamError::Io { .. }) => ErrorKind::Internal,
+        NetworkError::Ipam(IpamError::InUse { .. } | IpamError::Exhausted { .. }) => {
+            ErrorKind::Conflict
+        }
         NetworkError::NoSuch(_) => ErrorKind::NotFound,
         NetworkError::Exists(_) | NetworkError::InUse { .. } | NetworkError::Builtin(_) => {
             ErrorKind::Conflict
         }
-        NetworkError::Record(_) | NetworkError::Io { .. } | NetworkError::Json { .. } => {
-            ErrorKind::Internal
-        }
+        NetworkError::Record(_) | NetworkError::Io { .. } => ErrorKind::Internal,
         _ => ErrorKind::BadRequest,
     }
 }

@@ -60,7 +60,7 @@ impl Engine {
         if spec.command.is_empty() || spec.command[0].is_empty() {
             return Err(EngineError::BadRequest("No exec command specified".into()));
         }
-        let id = crate::state::new_id();
+        let id = crate::records::new_id();
         lock(&self.inner.execs).insert(
             id.clone(),
             ExecRecord {

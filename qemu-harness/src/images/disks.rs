@@ -73,7 +73,7 @@ pub(crate) fn chain_ids(diff_ids: &[Digest]) -> Vec<Option<Digest>> {
 
 /// The chain a stored disk holds (`Some(None)`: the empty filesystem), from its record.
 pub(crate) fn disk_chain(dir: &Path) -> Option<Option<Digest>> {
-    let rec: DiskRecord = crate::state::read_json(&dir.join("disk.json")).ok()??;
+    let rec: DiskRecord = crate::records::read_json(&dir.join("disk.json")).ok()??;
     Some(rec.chain_id)
 }
 

@@ -371,7 +371,7 @@ impl ImageStore {
 
     fn read_repositories(&self) -> Result<Repositories, StoreError> {
         let p = self.repositories_path();
-        Ok(crate::state::read_json(&p)
+        Ok(crate::records::read_json(&p)
             .map_err(|e| StoreError::BadJson {
                 what: p.display().to_string(),
                 why: e.to_string(),
@@ -429,7 +429,7 @@ impl ImageStore {
 
     pub(crate) fn layer_record(&self, diff_id: &Digest) -> Result<LayerRecord, StoreError> {
         let p = self.layer_dir(diff_id).join("layer.json");
-        crate::state::read_json(&p)
+        crate::records::read_json(&p)
             .map_err(|e| StoreError::BadJson {
                 what: p.display().to_string(),
                 why: e.to_string(),
@@ -495,7 +495,7 @@ impl ImageStore {
         for d in &cfg.rootfs.diff_ids {
             size += self.layer_record(d).map(|l| l.size).unwrap_or(0);
         }
-        let rec: ImageRecord = crate::state::read_json(&self.image_dir(id).join("image.json"))
+        let rec: ImageRecord = crate::records::read_json(&self.image_dir(id).join("image.json"))
             .ok()
             .flatten()
             .unwrap_or_default();
