@@ -78,13 +78,21 @@ pub async fn server<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     timeout: Duration,
 ) -> Result<(), HandshakeError> {
+    server_with_token(s, timeout, token()).await
+}
+
+/// [`server`] with its token `y` given (the fuzz target and tests need it known).
+pub(crate) async fn server_with_token<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    timeout: Duration,
+    y: u8,
+) -> Result<(), HandshakeError> {
     let syn = read_last(s, 2, timeout).await?;
     if syn[0] != SYN {
         s.write_all(&[NAK]).await?;
         return Err(HandshakeError::Unexpected(syn));
     }
     let x = syn[1];
-    let y = token();
     s.write_all(&[ACK, x.wrapping_add(1), y]).await?;
     s.flush().await?;
     let ack = read_last(s, 2, timeout).await?;
@@ -102,7 +110,15 @@ pub async fn client<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     timeout: Duration,
 ) -> Result<(), HandshakeError> {
-    let x = token();
+    client_with_token(s, timeout, token()).await
+}
+
+/// [`client`] with its token `x` given.
+pub(crate) async fn client_with_token<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    timeout: Duration,
+    x: u8,
+) -> Result<(), HandshakeError> {
     s.write_all(&[SYN, x]).await?;
     s.flush().await?;
     let reply = read_last(s, 3, timeout).await?;

@@ -13,3 +13,32 @@
 pub mod handshake;
 pub mod ports;
 pub mod requests;
+
+/// Entry points for the fuzz target (`fuzz/`) and tests: the handshake roles with their
+/// random token given, so a run is reproducible. Not a stable API.
+#[doc(hidden)]
+pub mod testing {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncRead, AsyncWrite};
+
+    pub use crate::handshake::HandshakeError;
+
+    /// [`crate::handshake::server`] drawing `y` as its token.
+    pub async fn server_with_token<S: AsyncRead + AsyncWrite + Unpin>(
+        s: &mut S,
+        timeout: Duration,
+        y: u8,
+    ) -> Result<(), HandshakeError> {
+        crate::handshake::server_with_token(s, timeout, y).await
+    }
+
+    /// [`crate::handshake::client`] drawing `x` as its token.
+    pub async fn client_with_token<S: AsyncRead + AsyncWrite + Unpin>(
+        s: &mut S,
+        timeout: Duration,
+        x: u8,
+    ) -> Result<(), HandshakeError> {
+        crate::handshake::client_with_token(s, timeout, x).await
+    }
+}
