@@ -76,7 +76,26 @@ pub fn encode_pairs(cfg: &ContainerConfig) -> Result<Vec<(String, String)>, Enco
 /// the host-side view, and `decode` then [`encode`] reproduces any map the original wrote.
 /// Keys are matched case-insensitively; unknown keys are ignored.
 pub fn decode(map: &Map) -> Result<ContainerConfig, DecodeError> {
+    check_duplicates(map)?;
     from_map_with(map, registry)
+}
+
+/// VMX keys are case-insensitive, so a map holding one key in two spellings with different
+/// values did not come from a VMX: which value should win is anyone's guess, and picking
+/// one silently would run something the writer may not have meant.
+fn check_duplicates(map: &Map) -> Result<(), DecodeError> {
+    let mut seen: HashMap<String, (&str, &str)> = HashMap::with_capacity(map.len());
+    for (k, v) in map {
+        if let Some((other, was)) = seen.insert(k.to_ascii_lowercase(), (k, v)) {
+            if was != v {
+                return Err(DecodeError::Duplicate {
+                    key: other.to_owned(),
+                    other: k.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The tether's reload semantics: decodes `map` *into* `cfg`. Keys present in `map`
@@ -84,6 +103,7 @@ pub fn decode(map: &Map) -> Result<ContainerConfig, DecodeError> {
 /// and the skip-decode fields (`started`, `status`, `detail.starttime`, `detail.stoptime`)
 /// are never read from `map`. On error `cfg` is left unchanged.
 pub fn decode_into(map: &Map, cfg: &mut ContainerConfig) -> Result<(), DecodeError> {
+    check_duplicates(map)?;
     let previous = encode_pairs(cfg).map_err(DecodeError::Merge)?;
     let src = MapSource::new(map, Some(previous));
     *cfg = from_source(&src, registry)?;

@@ -157,6 +157,63 @@ fn lookups_are_case_insensitive() {
     assert_eq!(cfg.sessions[ID].user, "nginx");
 }
 
+/// One key in two spellings used to decode silently, the spelling that sorts first winning;
+/// a VMX cannot hold both, so such a map is refused, naming both (found by the bad-config
+/// volume test). The same value twice is harmless and still decodes.
+#[test]
+fn two_spellings_of_a_key_with_different_values_are_refused() {
+    let mut map = fixture();
+    let key = format!("guestinfo.vice./sessions|{ID}/cmd/Path");
+    map.insert(key.to_ascii_uppercase(), "/bin/other".to_owned());
+    let err = decode(&map)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains(&key) && err.contains(&key.to_ascii_uppercase()),
+        "{err}"
+    );
+    let mut cfg = ContainerConfig::default();
+    assert!(decode_into(&map, &mut cfg).is_err());
+
+    let mut same = fixture();
+    same.insert(key.to_ascii_uppercase(), "/bin/sh".to_owned());
+    assert_eq!(must(decode(&same)).sessions[ID].cmd.path, "/bin/sh");
+}
+
+/// A megabyte value used to be quoted whole in the error, which the tether sends to the
+/// host as the container's `started`: errors show at most `SHOWN` bytes of any value or key.
+#[test]
+fn errors_quote_a_bounded_part_of_huge_values() {
+    let mut map = fixture();
+    let huge = format!("z{}", "é".repeat(1 << 20));
+    map.insert("guestinfo.vice./diagnostics/debug".to_owned(), huge.clone());
+    let err = decode(&map)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("guestinfo.vice./diagnostics/debug"), "{err}");
+    assert!(err.contains(&format!("({} bytes)", huge.len())), "{err}");
+    assert!(
+        err.len() < 2 * crate::error::SHOWN + 100,
+        "{} bytes",
+        err.len()
+    );
+
+    let mut map = fixture();
+    let long_key = format!("guestinfo.vice./sessions|{ID}/cmd/Args");
+    map.insert(long_key, "x".repeat(1 << 20));
+    let err = decode(&map)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.len() < 2 * crate::error::SHOWN + 100,
+        "{} bytes",
+        err.len()
+    );
+}
+
 #[test]
 fn session_writeback_follows_the_original_order() {
     let mut cfg = must(decode(&fixture()));

@@ -77,7 +77,7 @@ impl serde::ser::Error for EncodeError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// `{key}`: invalid {expected} value {value:?}
-    #[error("`{key}`: invalid {expected} value {value:?}")]
+    #[error("`{}`: invalid {expected} value {}", clip(key), clip_debug(value))]
     InvalidValue {
         /// The extraConfig key at fault.
         key: String,
@@ -88,7 +88,11 @@ pub enum DecodeError {
     },
 
     /// `{key}`: list length {length} does not match the data present
-    #[error("`{key}`: list length {length} does not match the data present")]
+    #[error(
+        "`{}`: list length {} does not match the data present",
+        clip(key),
+        clip(length)
+    )]
     BadLength {
         /// The extraConfig key at fault.
         key: String,
@@ -97,7 +101,7 @@ pub enum DecodeError {
     },
 
     /// `{key}`: {message}
-    #[error("`{key}`: {message}")]
+    #[error("`{}`: {}", clip(key), clip(message))]
     Value {
         /// The extraConfig key at fault.
         key: String,
@@ -106,10 +110,23 @@ pub enum DecodeError {
     },
 
     /// `{key}`: secret values are encrypted with the original's NaCl scheme, which this crate does not implement
-    #[error("`{key}`: secret values are encrypted with the original's NaCl scheme, which this crate does not implement")]
+    #[error("`{}`: secret values are encrypted with the original's NaCl scheme, which this crate does not implement", clip(key))]
     Secret {
         /// The extraConfig key at fault.
         key: String,
+    },
+
+    /// `{key}` and `{other}` are the same key with different values (VMX keys are case-insensitive)
+    #[error(
+        "`{}` and `{}` are the same key with different values (VMX keys are case-insensitive)",
+        clip(key),
+        clip(other)
+    )]
+    Duplicate {
+        /// One spelling.
+        key: String,
+        /// The other spelling.
+        other: String,
     },
 
     /// the in-memory config cannot be merged with the new map: {0}
@@ -124,7 +141,7 @@ pub enum DecodeError {
     },
 
     /// {message}
-    #[error("{message}")]
+    #[error("{}", clip(message))]
     Custom {
         /// The message, not yet tied to a key (see `DecodeError::at`).
         message: String,
@@ -137,6 +154,38 @@ impl serde::de::Error for DecodeError {
             message: msg.to_string(),
         }
     }
+}
+
+/// The most of one key, value or message an error shows, in bytes: a config can hold values
+/// of megabytes, and the error's text goes to the host as the container's `started` (one
+/// guestinfo value) and into logs.
+pub const SHOWN: usize = 160;
+
+/// `s`, cut to [`SHOWN`] bytes (at a character boundary) with its full length after it.
+pub(crate) fn clip(s: &str) -> std::borrow::Cow<'_, str> {
+    match head(s) {
+        None => s.into(),
+        Some(h) => format!("{h}… ({} bytes)", s.len()).into(),
+    }
+}
+
+/// Like [`clip`], quoted and escaped (`{:?}`).
+pub(crate) fn clip_debug(s: &str) -> String {
+    match head(s) {
+        None => format!("{s:?}"),
+        Some(h) => format!("{h:?}… ({} bytes)", s.len()),
+    }
+}
+
+fn head(s: &str) -> Option<&str> {
+    if s.len() <= SHOWN {
+        return None;
+    }
+    let mut end = SHOWN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end)
 }
 
 impl DecodeError {

@@ -21,6 +21,8 @@ pub mod config;
 mod de;
 pub mod error;
 pub mod keys;
+#[doc(hidden)]
+pub mod malformed;
 mod ser;
 pub mod store;
 pub mod tags;

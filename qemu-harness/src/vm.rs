@@ -640,10 +640,10 @@ pub async fn keep(
     state.save(&meta)?;
 
     let (started, exit_code) = match load_config(&dir) {
-        Ok(cfg) => session_result(&cfg, &meta.id),
-        // A config the codec refuses (the malformed-key scenarios) still carries the
-        // tether's verdict in plain keys.
-        Err(_) => raw_session_result(&*store, &meta.id),
+        Ok(cfg) if cfg.sessions.contains_key(&meta.id) => session_result(&cfg, &meta.id),
+        // A config the codec refuses (the malformed-key scenarios), or one whose session
+        // list lost the container's own, still carries the tether's verdict in plain keys.
+        _ => raw_session_result(&*store, &meta.id),
     };
     Ok(RunOutcome {
         id: meta.id.clone(),

@@ -5,6 +5,7 @@ mod attach_to_running;
 mod backchannel_auth;
 mod backchannel_robustness;
 mod bad_config;
+mod bad_config_at_volume;
 mod container_logs;
 mod container_network;
 mod containers_on_a_network;

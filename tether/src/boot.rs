@@ -36,6 +36,70 @@ pub enum InvalidConfig {
     NoCommand(String),
 }
 
+/// The longest launch error boot writes to `started`: one guestinfo value the host shows
+/// users (`docker ps`, `inspect`), not a dump of the config.
+pub const MAX_STARTED: usize = 1024;
+/// The most sessions a config failure is reported to: one write per key and session, and a
+/// config may list any number of IDs (the host reads the container's own).
+const MAX_REPORTED: usize = 64;
+/// The key of the session list, and the prefix of each session's keys.
+const SESSIONS_KEY: &str = "guestinfo.vice./sessions";
+/// The longest session ID a launch error is written for.
+const MAX_ID_LEN: usize = 256;
+/// The key of the container ID, which is also its primary session's.
+const ID_KEY: &str = "guestinfo.vice./common/id";
+
+/// Why boot has no config to run; the text is what the host sees in `started`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigFailure(String);
+
+/// Reads the container config and checks what the tether cannot run without, as boot does
+/// before anything else. On failure, the reason (at most [`MAX_STARTED`] bytes) goes to the
+/// host as the launch error of the sessions the config names (`started`, and `status` 125)
+/// and comes back as the error. The in-process bad-config tests (`tests/bad_config.rs`)
+/// call this with the real QEMU transport.
+pub fn load_config(
+    transport: &dyn Transport,
+) -> Result<(guestinfo::Map, ContainerConfig), ConfigFailure> {
+    let raw = match transport.get_all() {
+        Ok(raw) => raw,
+        Err(e) => {
+            // The whole config did not come through (the host refused it, or a frame could
+            // not be decoded): the session list alone may, and the host learns why.
+            let msg = clip_message(format!("cannot read the container config: {e}"));
+            let mut ids: Vec<String> = transport.get(ID_KEY).ok().flatten().into_iter().collect();
+            if let Ok(Some(list)) = transport.get(SESSIONS_KEY) {
+                ids.extend(split_ids(&list));
+            }
+            report(transport, &ids, &msg);
+            return Err(ConfigFailure(msg));
+        }
+    };
+    let decoded = guestinfo::decode(&raw).map_err(InvalidConfig::from);
+    match decoded.and_then(|c| validate(&c).map(|()| c)) {
+        Ok(c) => Ok((raw, c)),
+        Err(e) => {
+            let msg = clip_message(format!("invalid container config: {e}"));
+            report_to_all_sessions(transport, &raw, &msg);
+            Err(ConfigFailure(msg))
+        }
+    }
+}
+
+/// `msg` cut to [`MAX_STARTED`] bytes at a character boundary.
+fn clip_message(mut msg: String) -> String {
+    if msg.len() > MAX_STARTED {
+        let mut end = MAX_STARTED - '…'.len_utf8();
+        while !msg.is_char_boundary(end) {
+            end -= 1;
+        }
+        msg.truncate(end);
+        msg.push('…');
+    }
+    msg
+}
+
 /// Boots and runs the container. Returns when the VM should power off.
 pub fn run() -> anyhow::Result<()> {
     let mut stamps = std::collections::BTreeMap::new();
@@ -77,16 +141,7 @@ pub fn run() -> anyhow::Result<()> {
     writeback.hold();
     let _flush_at_exit = writeback.flush_on_drop();
     let transport: Box<dyn Transport> = Box::new(writeback.clone());
-    let raw = transport.get_all().context("read config")?;
-    let decoded = guestinfo::decode(&raw).map_err(InvalidConfig::from);
-    let mut cfg = match decoded.and_then(|c| validate(&c).map(|()| c)) {
-        Ok(c) => c,
-        Err(e) => {
-            let msg = format!("invalid container config: {e}");
-            report_to_all_sessions(&*transport, &raw, &msg);
-            anyhow::bail!(msg);
-        }
-    };
+    let (raw, mut cfg) = load_config(&*transport)?;
     if cfg.diagnostics.debug_level > 0 {
         log::set_level(tracing::Level::DEBUG);
     }
@@ -227,25 +282,64 @@ fn validate(cfg: &ContainerConfig) -> Result<(), InvalidConfig> {
     Ok(())
 }
 
-/// Writes `msg` as the launch error of every session the raw config names, so the host sees
+/// Writes `msg` as the launch error of the sessions the raw config names, so the host sees
 /// why nothing started even when the config could not be decoded.
 fn report_to_all_sessions(transport: &dyn Transport, raw: &guestinfo::Map, msg: &str) {
-    tracing::error!("{msg}");
-    let ids = raw
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("guestinfo.vice./sessions"))
-        .map(|(_, v)| {
-            v.split('|')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
+    let value = |key: &str| {
+        raw.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_str())
+    };
+    // The container's own session first (the host reads that one), then the listed IDs
+    // that have keys of their own, then the other IDs with keys, then the rest of the list.
+    let prefix = format!("{SESSIONS_KEY}|");
+    let mut with_keys: Vec<&str> = raw
+        .keys()
+        .filter_map(|k| {
+            k.get(..prefix.len())
+                .filter(|p| p.eq_ignore_ascii_case(&prefix))?;
+            k.get(prefix.len()..)?.split('/').next()
         })
-        .unwrap_or_default();
-    // A session ID that would corrupt the key is not written to.
+        .collect();
+    with_keys.dedup();
+    let lowered: std::collections::HashSet<String> =
+        with_keys.iter().map(|k| k.to_ascii_lowercase()).collect();
+    let listed = value(SESSIONS_KEY).map(split_ids).unwrap_or_default();
+    let has_keys = |id: &str| lowered.contains(&id.to_ascii_lowercase());
+    let mut ids: Vec<String> = value(ID_KEY).map(str::to_owned).into_iter().collect();
+    ids.extend(listed.iter().filter(|id| has_keys(id)).cloned());
+    ids.extend(
+        with_keys
+            .iter()
+            .take(MAX_REPORTED)
+            .map(|id| (*id).to_owned()),
+    );
+    ids.extend(listed);
+    report(transport, &ids, msg);
+}
+
+/// The IDs of a session list value.
+fn split_ids(list: &str) -> Vec<String> {
+    list.split('|')
+        .filter(|s| !s.is_empty())
+        .take(MAX_REPORTED * 16)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Writes `msg` as the launch error of (at most [`MAX_REPORTED`] of) `ids`.
+fn report(transport: &dyn Transport, ids: &[String], msg: &str) {
+    tracing::error!("{msg}");
+    let mut seen = std::collections::HashSet::new();
+    let ids = ids
+        .iter()
+        .filter(|id| !id.is_empty() && seen.insert(id.to_ascii_lowercase()));
+    // A session ID that would corrupt the key is not written to, nor one no container
+    // has (IDs are 64 hex digits; the bound keeps a config's megabyte "ID" off the host).
     let status = crate::launch::START_FAILED.to_string();
     let pairs = ids
-        .iter()
-        .filter(|id| !id.contains(['/', '.', '@']))
+        .filter(|id| id.len() <= MAX_ID_LEN && !id.contains(['/', '.', '@', '|']))
+        .take(MAX_REPORTED)
         .flat_map(|id| {
             [
                 (format!("guestinfo.vice..sessions|{id}.started"), msg),

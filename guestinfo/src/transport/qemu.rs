@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::frame::{encode_frame, FrameEvent, FrameReader, Message};
+use super::frame::{encode_frame, FrameError, FrameEvent, FrameReader, Message, MAX_PAYLOAD};
 use super::{
     check_key, check_set_reply, check_writable, from_wire, parse_get_reply, qualify, HostCommand,
     Transport, TransportError,
@@ -443,7 +443,10 @@ impl HostServer {
             frames.push(buf.get(..n).unwrap_or_default());
             while let Some(event) = frames.next_event() {
                 if let Some(reply) = self.handle_event(event) {
-                    write_message(&mut **lock(writer), &reply)?;
+                    let frame = fitted_frame(&reply)?;
+                    let mut w = lock(writer);
+                    w.write_all(&frame)?;
+                    w.flush()?;
                 }
             }
         }
@@ -530,6 +533,28 @@ impl HostServer {
     fn notify(&self, key: &str, wire_value: &str) {
         let plain = from_wire(wire_value).unwrap_or_default();
         lock(&self.shared.listeners).retain(|tx| tx.send((key.to_owned(), plain.clone())).is_ok());
+    }
+}
+
+/// The frame of a reply, or of a refusal when the reply is too large to carry (an
+/// `info-get-all` of a config over [`MAX_PAYLOAD`]): failing to write it would end the
+/// connection and leave the guest waiting for an answer it can act on.
+fn fitted_frame(msg: &Message) -> io::Result<Vec<u8>> {
+    let invalid = |e| io::Error::new(io::ErrorKind::InvalidInput, e);
+    match encode_frame(msg) {
+        Err(FrameError::TooLarge(n)) => {
+            let why = format!("reply of {n} bytes exceeds the frame limit of {MAX_PAYLOAD} bytes");
+            tracing::warn!("guestinfo: {why}");
+            let refusal = match msg {
+                Message::Reply { id, .. } => HostServer::reply(*id, format!("0 {why}")),
+                _ => Message::Error {
+                    id: None,
+                    message: why,
+                },
+            };
+            encode_frame(&refusal).map_err(invalid)
+        }
+        other => other.map_err(invalid),
     }
 }
 

@@ -138,6 +138,33 @@ fn the_host_refuses_like_the_vmx() {
     }
 }
 
+/// A config too large for one frame used to end the connection (the reply could not be
+/// written), leaving the guest to time out without learning why; the host now refuses the
+/// `info-get-all` and keeps serving, so the guest can still read single keys and report.
+#[test]
+fn a_config_too_large_for_a_frame_is_refused_and_the_connection_stays() {
+    let store = fixture_store();
+    must(store.set(
+        "guestinfo.vice./common/notes",
+        &"n".repeat(crate::transport::frame::MAX_PAYLOAD),
+    ));
+    let server = HostServer::new(store);
+    let (g, h) = pair();
+    let _srv = spawn_server(&server, h);
+    let client = client_on(g);
+    match client.get_all() {
+        Err(TransportError::Protocol(why)) => {
+            assert!(why.contains("exceeds the frame limit"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        must(client.get("guestinfo.vice./common/id")).as_deref(),
+        Some(ID)
+    );
+    must(client.set("guestinfo.vice..sessions|x.started", "too big"));
+}
+
 #[test]
 fn host_commands_are_pushed_and_queued() {
     let server = HostServer::new(Arc::new(MemStore::new()));
