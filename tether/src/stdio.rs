@@ -3,7 +3,6 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
@@ -138,9 +137,10 @@ impl tokio::io::AsyncWrite for AsyncStream {
     }
 }
 
-/// How long an attached client may hold up the process's output before it is detached.
-/// A slow client slows the process down (no output is dropped for it); a dead one is cut off.
-const SUBSCRIBER_STALL: Duration = Duration::from_secs(30);
+/// Output chunks an attached client may fall behind before it is detached (each at most
+/// one pipe read, 60 KiB): a client that stopped reading must not hold up the process, its
+/// log or the other clients, so nobody waits for it; what it missed is in the log.
+const SUBSCRIBER_QUEUE: usize = 64;
 
 /// One stream's output, copied to every attached client.
 #[derive(Debug, Default)]
@@ -162,7 +162,7 @@ impl Fanout {
     /// Attaches a client. The receiver yields output chunks and ends (`None`) when the stream
     /// ends; a stream that already ended gives a receiver that ends at once.
     pub fn subscribe(&self) -> mpsc::Receiver<Vec<u8>> {
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         let mut g = self.lock();
         if !g.closed {
             g.subscribers.push(tx);
@@ -170,24 +170,22 @@ impl Fanout {
         rx
     }
 
-    /// Copies a chunk to every client, dropping the ones that went away or stalled.
+    /// Copies a chunk to every client without waiting for any: the ones that went away or
+    /// fell [`SUBSCRIBER_QUEUE`] chunks behind are dropped (their stream ends).
     pub async fn publish(&self, chunk: &[u8]) {
-        let subs: Vec<mpsc::Sender<Vec<u8>>> = self.lock().subscribers.clone();
-        if subs.is_empty() {
+        let mut g = self.lock();
+        if g.subscribers.is_empty() {
             return;
         }
-        let mut dead = Vec::new();
-        for tx in &subs {
-            match tokio::time::timeout(SUBSCRIBER_STALL, tx.send(chunk.to_vec())).await {
-                Ok(Ok(())) => {}
-                _ => dead.push(tx.clone()),
-            }
-        }
-        if !dead.is_empty() {
-            self.lock()
-                .subscribers
-                .retain(|s| !dead.iter().any(|d| d.same_channel(s)));
-        }
+        g.subscribers
+            .retain(|tx| match tx.try_send(chunk.to_vec()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!("an attached client stopped reading; detaching it");
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
     }
 
     /// Ends the stream for every client (their receivers return `None` after the last chunk).
@@ -252,6 +250,39 @@ pub async fn stdin_writer(dest: AsyncStream, end: StdinEnd, mut rx: mpsc::Receiv
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    /// A client that stops reading is detached once it is a queue behind; the others and
+    /// the publisher never wait for it.
+    #[tokio::test]
+    async fn a_stuck_client_holds_up_nobody() {
+        let f = Fanout::default();
+        let _stuck = f.subscribe();
+        let mut live = f.subscribe();
+        let n = SUBSCRIBER_QUEUE + 10;
+        let publisher = async {
+            for i in 0..n {
+                f.publish(&i.to_le_bytes()[..1]).await;
+                // As a pump waits for the pipe between chunks.
+                tokio::task::yield_now().await;
+            }
+            f.close();
+        };
+        let reader = async {
+            let mut got = Vec::new();
+            while let Some(c) = live.recv().await {
+                got.extend(c);
+            }
+            got
+        };
+        let ((), got) = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(publisher, reader)
+        })
+        .await
+        .expect("nobody waits for the stuck client");
+        assert_eq!(got.len(), n);
+        assert_eq!(f.lock().subscribers.len(), 0);
+    }
 
     #[tokio::test]
     async fn fanout_copies_to_all_and_ends() {
