@@ -74,7 +74,8 @@ fn keeper_gone_for_a_long_time() {
     assert_eq!((code, out.trim()), (0, "0"), "{err}");
 
     let stdout = vch.cmd(&["logs", "--stdout", "away"]).1;
-    let stderr = vch.cmd(&["logs", "--stderr", "away"]).1;
+    // `logs` writes the container's stderr to its own stderr, as docker does.
+    let stderr = vch.cmd(&["logs", "--stderr", "away"]).2;
     let wrote: u64 = stdout
         .lines()
         .find_map(|l| l.strip_prefix("wrote "))

@@ -25,7 +25,7 @@ pub fn line_writer(batch: u64, min_batches: u64, code: i32) -> String {
     format!(
         r#"b=0
 while [ ! -e /tmp/stop ] || [ $b -lt {min_batches} ]; do
-    awk -v s=$((b*{batch})) -v n={batch} 'BEGIN {{ for (i = s; i < s + n; i++) {{ printf "out %09d {pad}\n", i; printf "err %09d {pad}\n", i > "/dev/stderr" }} }}'
+    awk -v s=$((b*{batch})) -v n={batch} 'BEGIN {{ for (i = s; i < s + n; i++) {{ printf "out %09d {pad}\n", i; printf "err %09d {pad}\n", i | "cat 1>&2" }} }}'
     b=$((b+1))
 done
 echo "wrote $((b*{batch}))"
