@@ -14,7 +14,10 @@ const STOP_BOUND: Duration = Duration::from_secs(30);
 #[test]
 fn fork_bomb_leaves_the_tether_in_charge() {
     let vch = Vch::new();
-    // `wait` keeps the primary process on the bomb's first pipeline, which never ends.
+    // busybox ash refuses a function named `:` (bash's spelling of the bomb); the same bomb
+    // under another name. Its first pipeline ends at once (each call only starts
+    // the next ones in the background), so the primary process goes on as `sleep` (exec: no
+    // fork needed).
     let id = vch.run_detached(&[
         "--name",
         "bomb",
@@ -23,7 +26,7 @@ fn fork_bomb_leaves_the_tether_in_charge() {
         "busybox",
         "sh",
         "-c",
-        "echo armed; :(){ :|:& };:; wait",
+        "echo armed; b(){ b|b& };b; exec sleep 1000",
     ]);
     assert!(
         vch.wait_until(Duration::from_secs(60), || vch
@@ -38,11 +41,17 @@ fn fork_bomb_leaves_the_tether_in_charge() {
 
     // An exec either runs or says why it could not; it never hangs.
     let t = Instant::now();
-    let (code, out, err) = vch.cmd(&["exec", "bomb", "echo", "alive"]);
+    let (code, out, err) = vch.cmd(&[
+        "exec",
+        "bomb",
+        "sh",
+        "-c",
+        "echo alive; ls -d /proc/[0-9]* | wc -l",
+    ]);
     let took = t.elapsed();
     eprintln!("exec during the bomb: {code} after {took:?}: {out:?} {err:?}");
     if code == 0 {
-        assert_eq!(out, "alive\n");
+        assert!(out.starts_with("alive\n"), "{out}");
     } else {
         assert!(
             !err.trim().is_empty(),

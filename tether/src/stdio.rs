@@ -2,6 +2,7 @@
 //! masters), fan-out of output to attached clients, and fan-in of their input.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::unix::AsyncFd;
@@ -137,10 +138,33 @@ impl tokio::io::AsyncWrite for AsyncStream {
     }
 }
 
-/// Output chunks an attached client may fall behind before it is detached (each at most
-/// one pipe read, 60 KiB): a client that stopped reading must not hold up the process, its
-/// log or the other clients, so nobody waits for it; what it missed is in the log.
-const SUBSCRIBER_QUEUE: usize = 64;
+/// Bytes of output an attached client may fall behind before it is detached: a client that
+/// stopped reading must not hold up the process, its log or the other clients, so nobody
+/// waits for it, and its queue is bounded; what it missed is in the log. A live client that
+/// is merely slower than the process has this much slack (seconds of output under TCG).
+const SUBSCRIBER_BUDGET: usize = 4 << 20;
+
+/// One attached client's end: output chunks, counted out of its budget.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Subscription {
+    /// The next chunk; `None` once the stream ended (or the client was detached).
+    pub async fn recv(&mut self) -> Option<Vec<u8>> {
+        let chunk = self.rx.recv().await?;
+        self.queued.fetch_sub(chunk.len(), Ordering::AcqRel);
+        Some(chunk)
+    }
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+}
 
 /// One stream's output, copied to every attached client.
 #[derive(Debug, Default)]
@@ -150,7 +174,7 @@ pub struct Fanout {
 
 #[derive(Debug, Default)]
 struct FanoutInner {
-    subscribers: Vec<mpsc::Sender<Vec<u8>>>,
+    subscribers: Vec<Subscriber>,
     closed: bool,
 }
 
@@ -161,31 +185,34 @@ impl Fanout {
 
     /// Attaches a client. The receiver yields output chunks and ends (`None`) when the stream
     /// ends; a stream that already ended gives a receiver that ends at once.
-    pub fn subscribe(&self) -> mpsc::Receiver<Vec<u8>> {
-        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+    pub fn subscribe(&self) -> Subscription {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let mut g = self.lock();
         if !g.closed {
-            g.subscribers.push(tx);
+            g.subscribers.push(Subscriber {
+                tx,
+                queued: queued.clone(),
+            });
         }
-        rx
+        Subscription { rx, queued }
     }
 
     /// Copies a chunk to every client without waiting for any: the ones that went away or
-    /// fell [`SUBSCRIBER_QUEUE`] chunks behind are dropped (their stream ends).
+    /// fell [`SUBSCRIBER_BUDGET`] bytes behind are dropped (their stream ends).
     pub async fn publish(&self, chunk: &[u8]) {
         let mut g = self.lock();
         if g.subscribers.is_empty() {
             return;
         }
-        g.subscribers
-            .retain(|tx| match tx.try_send(chunk.to_vec()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::warn!("an attached client stopped reading; detaching it");
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            });
+        g.subscribers.retain(|s| {
+            if s.queued.load(Ordering::Acquire) + chunk.len() > SUBSCRIBER_BUDGET {
+                tracing::warn!("an attached client stopped reading; detaching it");
+                return false;
+            }
+            s.queued.fetch_add(chunk.len(), Ordering::AcqRel);
+            s.tx.send(chunk.to_vec()).is_ok()
+        });
     }
 
     /// Ends the stream for every client (their receivers return `None` after the last chunk).
@@ -259,10 +286,11 @@ mod tests {
         let f = Fanout::default();
         let _stuck = f.subscribe();
         let mut live = f.subscribe();
-        let n = SUBSCRIBER_QUEUE + 10;
+        let chunk = vec![7u8; 64 * 1024];
+        let n = SUBSCRIBER_BUDGET / chunk.len() + 10;
         let publisher = async {
-            for i in 0..n {
-                f.publish(&i.to_le_bytes()[..1]).await;
+            for _ in 0..n {
+                f.publish(&chunk).await;
                 // As a pump waits for the pipe between chunks.
                 tokio::task::yield_now().await;
             }
@@ -280,7 +308,7 @@ mod tests {
         })
         .await
         .expect("nobody waits for the stuck client");
-        assert_eq!(got.len(), n);
+        assert_eq!(got.len(), n * chunk.len());
         assert_eq!(f.lock().subscribers.len(), 0);
     }
 
