@@ -174,16 +174,34 @@ fn hostile_peers_leave_the_back_channel_to_the_honest_one() {
 
         // A peer that stops answering anything (keep-alives included) but holds the line:
         // the tether gives up on it (3 missed 10 s keep-alives) and waits for the next.
+        let ends = || {
+            std::fs::read_to_string(&debug_log)
+                .unwrap_or_default()
+                .matches("VCH disconnected from the back-channel")
+                .count()
+        };
         let conn = log_in(Relay::start(next_line(&listener).await).await, key.clone())
             .await
             .expect("log in");
+        // The tether's log reaches the host a little late: the earlier sessions' ends are
+        // all in it once it has this session's start.
+        let started = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            std::fs::read_to_string(&debug_log)
+                .unwrap_or_default()
+                .matches("VCH connected on the back-channel")
+                .count()
+                > ends()
+        });
+        assert!(
+            started,
+            "the relayed session's start is not in the tether's log"
+        );
+        let before = ends();
         let frozen_at = Instant::now();
         FREEZE.store(true, std::sync::atomic::Ordering::SeqCst);
         let noticed = loop {
-            let log = std::fs::read_to_string(&debug_log).unwrap_or_default();
-            if log.rfind("VCH disconnected from the back-channel")
-                > log.rfind("VCH connected on the back-channel")
-            {
+            if ends() > before {
                 break Some(frozen_at.elapsed());
             }
             if frozen_at.elapsed() > Duration::from_secs(90) {
