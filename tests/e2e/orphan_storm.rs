@@ -42,7 +42,7 @@ fn ten_thousand_orphans_are_reaped() {
     let (code, stdout, stderr) = vch.cmd(&[
         "run",
         "--memory",
-        "2048",
+        "4096",
         "--timeout",
         "600",
         "--network",
