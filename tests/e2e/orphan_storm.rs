@@ -17,7 +17,7 @@ const SCRIPT: &str = r#"
     up() { read u _ < /proc/uptime; echo ${u%.*}${u#*.}; }
     mkfifo /tmp/go
     (i=0; while [ $i -lt $N ]; do (read x < /tmp/go) & i=$((i+1)); done)
-    count() { cat /proc/[0-9]*/stat 2>/dev/null | awk '$4 == 1 && $2 == "(sh)" { if ($3 == "Z") z++; else a++; if ($3 == "S") s++ } END { print a+0, z+0, s+0 }'; }
+    count() { cat /proc/[0-9]*/stat 2>/dev/null | awk -v me=$$ '$1 != me && $4 == 1 && $2 == "(sh)" { if ($3 == "Z") z++; else a++; if ($3 == "S") s++ } END { print a+0, z+0, s+0 }'; }
     while set -- $(count); [ "$3" -lt $N ]; do sleep 1; done
     echo blocked=$3
     t0=$(up)
