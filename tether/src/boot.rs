@@ -162,10 +162,11 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 /// Makes PID 1 deaf to every signal it has no use for. The kernel drops a default-action
-/// signal a container process sends to PID 1, but not one that arrives while the receiving
-/// thread has it blocked (the launch blocks every signal around its vfork-style clone): that
-/// one stays pending and, under a storm of signals from the workload, killed PID 1 ("Attempted
-/// to kill init", the `signal_storm` scenario). Ignored signals are never queued. Only signals
+/// signal a container process sends to PID 1, yet under a storm of signals from the workload
+/// one killed PID 1 ("Attempted to kill init! exitcode=0x32" on a runtime thread, the
+/// `signal_storm` scenario; a lone signal 50 does not): most likely one that arrived while the
+/// launch had every signal blocked around its vfork-style clone stayed pending and took its
+/// default action. Ignored signals are never queued, blocked or not. Only signals
 /// still at their default action are touched (the runtime's own handlers stay), SIGCHLD never
 /// (ignoring it would let the kernel reap the reaper's children), nor what cannot be caught.
 /// The launch resets every disposition to the default in the child, so workloads inherit none
