@@ -34,6 +34,7 @@ pub mod logs;
 pub mod netd;
 pub mod network;
 pub mod portlayer;
+pub mod private;
 pub mod records;
 pub mod state;
 pub mod vm;

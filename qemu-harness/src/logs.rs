@@ -211,64 +211,85 @@ pub struct Received {
     pub first: Option<tokio::time::Instant>,
 }
 
-/// The keeper's end of the output channel: appends what the VM sends to `output.log`, as
-/// received, and passes the primary session's records to `items` as they arrive (decoded
-/// from our format or the original's), until the channel closes.
-pub async fn receive(
-    mut stream: tokio::net::UnixStream,
+/// How often [`follow`] looks for more output when it has read everything.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The keeper's view of the output channel: QEMU appends what the VM sends to
+/// `output.log` itself; this follows the file from byte `start` and passes the primary
+/// session's records to `items` as they arrive (decoded from our format or the
+/// original's), until `done` says QEMU is gone and the rest has been read.
+pub async fn follow(
     log_path: &Path,
+    start: u64,
+    mut done: tokio::sync::watch::Receiver<bool>,
     primary: &str,
     vic_format: bool,
     items: Option<&tokio::sync::mpsc::UnboundedSender<Item>>,
 ) -> Received {
-    use std::io::Write;
-    use tokio::io::AsyncReadExt;
+    use std::io::Seek;
     let mut got = Received::default();
     let mut vic = iolog::vic::Decoder::default();
-    let mut log = File::options()
-        .create(true)
-        .append(true)
-        .open(log_path)
-        .map_err(|e| tracing::warn!(path = %log_path.display(), error = %e, "output log"))
-        .ok();
     let mut dec = iolog::Decoder::new();
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut file: Option<File> = None;
+    let mut buf = vec![0u8; 256 * 1024];
     let send = |item: Item| {
         if let Some(tx) = items {
             let _ = tx.send(item);
         }
     };
+    let mut closed = false;
     loop {
-        let n = match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let chunk = &buf[..n];
-        got.first.get_or_insert_with(tokio::time::Instant::now);
-        if let Some(l) = log.as_mut() {
-            let _ = l.write_all(chunk);
+        // Read after looking at `done`: what QEMU wrote before it ended is all there.
+        let finished = closed || *done.borrow();
+        if file.is_none() {
+            // QEMU creates the file when it starts.
+            file = File::open(log_path)
+                .and_then(|mut f| f.seek(io::SeekFrom::Start(start)).map(|_| f))
+                .ok();
         }
-        if vic_format {
-            // The original's format carries only the primary's output.
-            for e in vic.push(chunk) {
-                send(Item::Record(iolog::Record {
-                    session: primary.to_owned(),
-                    stream: e.stream,
-                    seq: 0,
-                    time_ns: e.time_ns,
-                    body: Body::Data(e.payload),
-                }));
+        let mut progressed = false;
+        while let Some(f) = file.as_mut() {
+            let n = match f.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            progressed = true;
+            let chunk = &buf[..n];
+            got.first.get_or_insert_with(tokio::time::Instant::now);
+            if vic_format {
+                // The original's format carries only the primary's output.
+                for e in vic.push(chunk) {
+                    send(Item::Record(iolog::Record {
+                        session: primary.to_owned(),
+                        stream: e.stream,
+                        seq: 0,
+                        time_ns: e.time_ns,
+                        body: Body::Data(e.payload),
+                    }));
+                }
+                continue;
             }
-            continue;
+            dec.push(chunk);
+            while let Some(item) = dec.next_item() {
+                match &item {
+                    Item::Damage(_) => got.damaged += 1,
+                    Item::Record(r) if r.session != primary => continue,
+                    Item::Record(_) => {}
+                }
+                send(item);
+            }
         }
-        dec.push(chunk);
-        while let Some(item) = dec.next_item() {
-            match &item {
-                Item::Damage(_) => got.damaged += 1,
-                Item::Record(r) if r.session != primary => continue,
-                Item::Record(_) => {}
+        if finished {
+            break;
+        }
+        if !progressed {
+            tokio::select! {
+                _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                changed = done.changed() => {
+                    // Nobody left to say QEMU ended: one last read, then stop.
+                    closed = changed.is_err();
+                }
             }
-            send(item);
         }
     }
     if dec.finish().is_some() {
@@ -325,6 +346,62 @@ mod tests {
             body,
         })
         .unwrap()
+    }
+
+    /// The keeper follows output.log as QEMU appends to it: records split across writes,
+    /// from the offset where this boot began, to the end once QEMU is gone.
+    #[tokio::test]
+    async fn follow_reads_what_qemu_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("output.log");
+        let earlier = frame(
+            "c",
+            Stream::Stdout,
+            0,
+            1,
+            Body::Data(b"old boot\n".to_vec()),
+        );
+        std::fs::write(&path, &earlier).unwrap();
+        let start = earlier.len() as u64;
+        let (done_tx, done) = tokio::sync::watch::channel(false);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let p = path.clone();
+        let follower =
+            tokio::spawn(async move { follow(&p, start, done, "c", false, Some(&tx)).await });
+        let mut bytes = Vec::new();
+        for i in 0..50u64 {
+            bytes.extend(frame(
+                "c",
+                Stream::Stdout,
+                i,
+                10 + i,
+                Body::Data(format!("{i}\n").into_bytes()),
+            ));
+            bytes.extend(frame(
+                "other",
+                Stream::Stdout,
+                i,
+                10 + i,
+                Body::Data(b"x".to_vec()),
+            ));
+        }
+        let mut f = File::options().append(true).open(&path).unwrap();
+        for piece in bytes.chunks(37) {
+            f.write_all(piece).unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        done_tx.send(true).unwrap();
+        let got = follower.await.unwrap();
+        assert_eq!(got.damaged, 0);
+        let mut seen = Vec::new();
+        while let Ok(Item::Record(r)) = rx.try_recv() {
+            assert_eq!(r.session, "c");
+            if let Body::Data(d) = r.body {
+                seen.push(String::from_utf8(d).unwrap());
+            }
+        }
+        let want: Vec<String> = (0..50).map(|i| format!("{i}\n")).collect();
+        assert_eq!(seen, want);
     }
 
     #[test]

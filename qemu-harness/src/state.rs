@@ -76,6 +76,13 @@ pub struct Meta {
     /// The last run was killed at its hard time limit (`--timeout`), not ended by itself.
     #[serde(default)]
     pub timed_out: bool,
+    /// The TCP port on 127.0.0.1 the VM's back-channel device dials while it runs: a keeper
+    /// that adopts the running VM listens there again.
+    #[serde(default)]
+    pub attach_port: Option<u16>,
+    /// When QEMU was started (Unix seconds): an adopting keeper keeps the hard timeout.
+    #[serde(default)]
+    pub qemu_started: i64,
 }
 
 /// A container's settings that only the host uses: the guest never sees them, but `docker
@@ -166,11 +173,24 @@ impl State {
     pub fn open(root: impl Into<PathBuf>) -> Result<State, StateError> {
         let root = root.into();
         let vms = root.join("vms");
+        let new = !root.exists();
         fs::create_dir_all(&vms).map_err(|source| StateError::Io {
             what: "create",
             path: vms,
             source,
         })?;
+        if new {
+            // Keys, configs with host keys, sockets that start and drive VMs: the owner's
+            // only. A directory the user made is left as they made it.
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).map_err(|source| {
+                StateError::Io {
+                    what: "chmod",
+                    path: root.clone(),
+                    source,
+                }
+            })?;
+        }
         Ok(State { root })
     }
 
@@ -304,9 +324,46 @@ pub fn flock(path: &Path, wait: bool) -> io::Result<nix::fcntl::Flock<fs::File>>
     nix::fcntl::Flock::lock(file, how).map_err(|(_, errno)| errno.into())
 }
 
+/// Whether a keeper holds the VM folder's `keeper.lock` (it does for its whole life; the
+/// kernel lets go of it when the keeper dies, however it dies).
+pub fn keeper_lock_held(vm_dir: &Path) -> bool {
+    let path = vm_dir.join("keeper.lock");
+    if !path.exists() {
+        return false;
+    }
+    matches!(flock(&path, false), Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK))
+}
+
 /// The state directory's lock, held while alive (see [`State::lock`]).
 #[derive(Debug)]
 pub struct StateLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
+
+/// Whether a process with this PID runs and its command line mentions `needle`: a PID
+/// recorded in a metadata file may have been reused since.
+pub fn alive_as(pid: Option<u32>, needle: &str) -> bool {
+    let Some(pid) = pid else { return false };
+    if !pid_alive(pid) {
+        return false;
+    }
+    match fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmd) => cmd
+            .windows(needle.len().max(1))
+            .any(|w| w == needle.as_bytes()),
+        // Gone meanwhile, or not ours to read: trust the PID alone.
+        Err(_) => pid_alive(pid),
+    }
+}
+
+/// The VM of `meta` runs (its QEMU is alive).
+pub fn qemu_alive(meta: &Meta) -> bool {
+    let short: String = meta.id.chars().take(12).collect();
+    alive_as(meta.qemu_pid, &short)
+}
+
+/// A keeper process for this container is alive.
+pub fn keeper_alive(meta: &Meta) -> bool {
+    alive_as(meta.keeper_pid, &meta.id)
+}
 
 /// Whether a process is alive.
 pub fn pid_alive(pid: u32) -> bool {
@@ -319,6 +376,36 @@ pub fn pid_alive(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_state_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        State::open(&root).unwrap();
+        let mode = fs::metadata(&root).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        // One the user made stays as it is.
+        let theirs = tmp.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        fs::set_permissions(&theirs, fs::Permissions::from_mode(0o750)).unwrap();
+        State::open(&theirs).unwrap();
+        let mode = fs::metadata(&theirs).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o750);
+    }
+
+    #[test]
+    fn the_keeper_lock_says_whether_a_keeper_lives() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(!keeper_lock_held(tmp.path()), "no lock file");
+        let held = flock(&tmp.path().join("keeper.lock"), false).unwrap();
+        assert!(keeper_lock_held(tmp.path()));
+        drop(held);
+        assert!(
+            !keeper_lock_held(tmp.path()),
+            "let go when the keeper is gone"
+        );
+    }
 
     #[test]
     fn resolve_by_name_id_and_prefix() {

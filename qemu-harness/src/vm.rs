@@ -455,6 +455,8 @@ fn prepare(
         settings: opts.settings.clone(),
         starts: 0,
         timed_out: false,
+        attach_port: None,
+        qemu_started: 0,
     };
     state.save(&meta)?;
     Ok(meta)
@@ -499,6 +501,11 @@ pub struct Live {
 /// Runs a created VM until QEMU exits (or the timeout kills it). `items` receives the
 /// primary session's output records as they arrive; `live` receives the keeper's handles
 /// once the VM is starting.
+///
+/// A keeper that finds the VM's QEMU already running (its keeper was killed) adopts it
+/// instead of starting another: it serves the same channels again (QEMU redials the
+/// guestinfo socket and the back-channel port), keeps the hard timeout and does the
+/// clean-up when QEMU exits. One keeper per VM at a time (`keeper.lock`).
 pub async fn keep(
     state: State,
     created: Created,
@@ -506,6 +513,21 @@ pub async fn keep(
     live: Option<tokio::sync::oneshot::Sender<Live>>,
 ) -> Result<RunOutcome, VmError> {
     let Created { mut meta, dir } = created;
+    let _keeper_lock = match state::flock(&dir.join("keeper.lock"), false) {
+        Ok(l) => l,
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+            return Err(VmError::Usage(format!(
+                "container {} already has a keeper",
+                meta.name
+            )))
+        }
+        Err(e) => return Err(io_err("lock", &dir)(e)),
+    };
+    // Read again under the lock: a keeper that ran meanwhile may have changed it.
+    if let Ok(m) = state.meta(&meta.id) {
+        meta = m;
+    }
+    let adopt = state::qemu_alive(&meta);
     let iso = if meta.iso.is_empty() {
         artifacts::iso()
     } else {
@@ -519,13 +541,15 @@ pub async fn keep(
     let backchannel = Backchannel::parse(&meta.backchannel)?;
 
     let sock = |n: &str| dir.join(n);
-    for n in ["gi.sock", "out.sock", "ctl.sock", "qmp.sock"] {
+    for n in ["gi.sock", "ctl.sock"] {
         let _ = fs::remove_file(sock(n));
     }
-    let gi_listener =
-        std::os::unix::net::UnixListener::bind(sock("gi.sock")).map_err(io_err("listen", &dir))?;
-    let out_listener =
-        tokio::net::UnixListener::bind(sock("out.sock")).map_err(io_err("listen", &dir))?;
+    if !adopt {
+        let _ = fs::remove_file(sock("qmp.sock"));
+    }
+    let gi_listener = crate::private::bind_unix(&sock("gi.sock"))
+        .and_then(|l| l.set_nonblocking(false).map(|()| l))
+        .map_err(io_err("listen", &dir))?;
     let client_key = crate::keys::client_key(state.root())
         .map_err(|e| VmError::Config(e.to_string()))?
         .0;
@@ -533,7 +557,13 @@ pub async fn keep(
     let attach_port = match &backchannel {
         Backchannel::External(_) => None,
         _ => {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            // An adopting keeper must listen where the running QEMU dials.
+            let want = if adopt {
+                meta.attach_port.unwrap_or(0)
+            } else {
+                0
+            };
+            let l = tokio::net::TcpListener::bind(("127.0.0.1", want))
                 .await
                 .map_err(io_err("listen", &dir))?;
             let port = l.local_addr().map_err(io_err("listen", &dir))?.port();
@@ -543,7 +573,7 @@ pub async fn keep(
     };
 
     // The networks' segments, held while the VM runs; the first network publishes the
-    // ports (`-p`) at the container's address.
+    // ports (`-p`) at the container's address (already done when adopting).
     let segments = {
         let (root, nics) = (state.root().to_owned(), meta.nics.clone());
         tokio::task::spawn_blocking(move || crate::netd::ensure_all(&root, &nics))
@@ -551,36 +581,58 @@ pub async fn keep(
             .map_err(|e| VmError::Config(format!("network set-up: {e}")))??
     };
     let nic_args = nic_args(&meta, &segments)?;
-    let published = publish(&meta, &segments).await?;
+    let published = if adopt {
+        match (meta.nics.first(), segments.first()) {
+            (Some(nic), Some(hold)) if !nic.ports.is_empty() => Some(hold.segment.clone()),
+            _ => None,
+        }
+    } else {
+        publish(&meta, &segments).await?
+    };
     let nics = Arc::new(crate::hotplug::Nics::new(
         state.root(),
         &dir,
         &meta.nics,
         segments,
     ));
-    let mut cmd = qemu_command(&dir, &iso, &meta, &backchannel, attach_port, &nic_args);
+    let log_path = dir.join("output.log");
+    // Output written before this boot (an earlier start of the same container) is not
+    // this run's.
+    let log_start = fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+    let mut child = None;
+    if adopt {
+        tracing::info!(id = %meta.id, pid = ?meta.qemu_pid, "adopting the running VM");
+    } else {
+        let mut cmd = qemu_command(&dir, &iso, &meta, &backchannel, attach_port, &nic_args);
+        let c = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                withdraw(&meta.id, published).await;
+                return Err(VmError::Qemu(qemu_binary(), e));
+            }
+        };
+        meta.qemu_pid = c.id();
+        meta.qemu_started = now_secs();
+        meta.starts += 1;
+        meta.timed_out = false;
+        meta.attach_port = attach_port;
+        child = Some(c);
+    }
     let started_at = tokio::time::Instant::now();
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            withdraw(&meta.id, published).await;
-            return Err(VmError::Qemu(qemu_binary(), e));
-        }
-    };
-    meta.qemu_pid = child.id();
     meta.keeper_pid = Some(std::process::id());
-    meta.starts += 1;
-    meta.timed_out = false;
     state.save(&meta)?;
 
-    // guestinfo: QEMU connects once at start; serve it on a thread (the server is blocking).
+    // guestinfo: QEMU (re)connects once it is listening; serve it on a thread (the server is
+    // blocking). QEMU redials after a keeper that served it is gone, so later connections
+    // are served too.
     let gi = guestinfo.clone();
     std::thread::spawn(move || {
-        if let Ok((stream, _)) = gi_listener.accept() {
+        for stream in gi_listener.incoming() {
+            let Ok(stream) = stream else { break };
             let _ = gi.serve_stream(stream);
         }
     });
-    let ctl = tokio::net::UnixListener::bind(sock("ctl.sock")).map_err(io_err("listen", &dir))?;
+    let ctl = crate::private::bind_tokio(&sock("ctl.sock")).map_err(io_err("listen", &dir))?;
     let keeper = control::Keeper {
         id: meta.id.clone(),
         store: store_dyn,
@@ -596,30 +648,60 @@ pub async fn keep(
         });
     }
 
-    let log_path = dir.join("output.log");
+    // QEMU appends the output channel to output.log itself (a file-backed port, as the
+    // original's output serial port is a file on the datastore): nothing is lost while no
+    // keeper runs. The keeper follows the file for whoever streams the output.
     let primary = meta.id.clone();
     let vic_format = meta.log_format == "vic";
+    let (qemu_gone, gone_rx) = tokio::sync::watch::channel(false);
     let output_task = tokio::spawn(async move {
-        let Ok((stream, _)) = out_listener.accept().await else {
-            return (0u64, None);
-        };
-        let r = crate::logs::receive(stream, &log_path, &primary, vic_format, items.as_ref()).await;
+        let r = crate::logs::follow(
+            &log_path,
+            log_start,
+            gone_rx,
+            &primary,
+            vic_format,
+            items.as_ref(),
+        )
+        .await;
         (
             r.damaged,
             r.first.map(|t| t.saturating_duration_since(started_at)),
         )
     });
 
-    let timeout = Duration::from_secs(meta.timeout_secs.max(1));
-    let timed_out = tokio::select! {
-        _ = child.wait() => false,
-        _ = tokio::time::sleep(timeout) => {
-            let _ = child.kill().await;
-            true
+    let elapsed = u64::try_from(now_secs().saturating_sub(meta.qemu_started)).unwrap_or(0);
+    let timeout = Duration::from_secs(meta.timeout_secs.max(1).saturating_sub(elapsed).max(1));
+    let timed_out = match child.as_mut() {
+        Some(child) => tokio::select! {
+            _ = child.wait() => false,
+            _ = tokio::time::sleep(timeout) => {
+                let _ = child.kill().await;
+                true
+            }
+        },
+        None => {
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                if !state::qemu_alive(&meta) {
+                    break false;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    if let Some(pid) = meta.qemu_pid.and_then(|p| i32::try_from(p).ok()) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    break true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     };
     let vm_lifetime = started_at.elapsed();
-    // QEMU is gone, so its sockets are closed: the reader ends at EOF promptly.
+    // QEMU is gone, so the log is complete: the follower reads the rest and ends.
+    let _ = qemu_gone.send(true);
     let (damaged, first_output) = tokio::time::timeout(Duration::from_secs(5), output_task)
         .await
         .ok()
@@ -628,7 +710,7 @@ pub async fn keep(
     ctl_task.abort();
     withdraw(&meta.id, published).await;
     nics.release_all();
-    for n in ["gi.sock", "out.sock", "ctl.sock", "bench.sock", "qmp.sock"] {
+    for n in ["gi.sock", "ctl.sock", "bench.sock", "qmp.sock"] {
         let _ = fs::remove_file(sock(n));
     }
     // What others changed while the VM ran (a network connected, a rename) stays: the
@@ -636,6 +718,7 @@ pub async fn keep(
     let mut meta = state.meta(&meta.id).unwrap_or(meta);
     meta.qemu_pid = None;
     meta.keeper_pid = None;
+    meta.attach_port = None;
     meta.timed_out = timed_out;
     state.save(&meta)?;
 
@@ -832,9 +915,11 @@ fn qemu_command(
     }
     cmd.args(["-serial", &format!("file:{}", d("console.log"))])
         .args(["-device", "virtio-serial-pci,max_ports=8"])
+        // QEMU redials the guestinfo socket after a drop (a keeper killed and another
+        // adopting the VM).
         .args([
             "-chardev",
-            &format!("socket,id=gi,path={},server=off", d("gi.sock")),
+            &format!("socket,id=gi,path={},server=off,reconnect=1", d("gi.sock")),
         ])
         .args([
             "-device",
@@ -848,9 +933,11 @@ fn qemu_command(
             "-device",
             &format!("virtserialport,chardev=dbg,name={}", port::DEBUG),
         ])
+        // The output channel goes straight to output.log (appended across starts): it does
+        // not depend on the keeper being there.
         .args([
             "-chardev",
-            &format!("socket,id=out,path={},server=off", d("out.sock")),
+            &format!("file,id=out,path={},append=on", d("output.log")),
         ])
         .args([
             "-device",
@@ -886,5 +973,14 @@ fn qemu_command(
                 .unwrap_or_else(std::process::Stdio::null),
         )
         .kill_on_drop(true);
+    // SAFETY: umask is async-signal-safe and touches nothing but the child's own mask.
+    // QEMU's monitor socket (full control of the VM) and the files it creates (output,
+    // console, debug log) are the owner's only.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+            Ok(())
+        });
+    }
     cmd
 }

@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 pub mod docker;
+pub mod faults;
 pub mod pty;
 
 use qemu_harness::state::State;

@@ -54,6 +54,17 @@ pub fn server_config(
             .or_else(|_| PrivateKey::from_openssh(&cfg.key))
             .map_err(|e| AttachError::HostKey(e.to_string()))?
     };
+    // The original port layer's 512-bit RSA key is only used because the config carries it
+    // (the VIC-compatible mode); a key that weak is worth a line in the log every time.
+    let public = host_key.public_key();
+    if public.rsa_bits() > 0 {
+        tracing::warn!(
+            bits = public.rsa_bits(),
+            "back-channel host key is RSA as the config asks (VIC-compatible mode); weak below 2048 bits"
+        );
+    } else {
+        tracing::info!(key_type = public.key_type(), "back-channel host key");
+    }
     let mut config = ServerConfig::new(host_key).handlers(handlers);
     // A serial line has no connection state: without probes a VCH that vanished is only
     // noticed when the next connection's bytes arrive. Any reply counts, and every SSH
@@ -63,6 +74,9 @@ pub fn server_config(
         max_missed: 3,
     });
     if cfg.tether.vch_client_key.trim().is_empty() {
+        tracing::warn!(
+            "no VCH client key in the config: `none` authentication for user daemon (VIC-compatible mode)"
+        );
         config = config.allow_none_for(["daemon"]);
     } else {
         let key = PublicKey::from_openssh(cfg.tether.vch_client_key.trim())

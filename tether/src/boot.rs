@@ -203,6 +203,7 @@ pub fn run() -> anyhow::Result<()> {
     }
 
     set_rlimits();
+    ignore_unused_signals();
     write_pid_file();
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -213,6 +214,47 @@ pub fn run() -> anyhow::Result<()> {
         .context("start runtime")?;
     runtime.block_on(supervisor::run(cfg, writeback, platform, leases))?;
     Ok(())
+}
+
+/// Makes PID 1 deaf to every signal it has no use for. The kernel drops a default-action
+/// signal a container process sends to PID 1, yet under a storm of signals from the workload
+/// one killed PID 1 ("Attempted to kill init! exitcode=0x32" on a runtime thread, the
+/// `signal_storm` scenario; a lone signal 50 does not): most likely one that arrived while the
+/// launch had every signal blocked around its vfork-style clone stayed pending and took its
+/// default action. Ignored signals are never queued, blocked or not. Only signals
+/// still at their default action are touched (the runtime's own handlers stay), SIGCHLD never
+/// (ignoring it would let the kernel reap the reaper's children), nor what cannot be caught.
+/// The launch resets every disposition to the default in the child, so workloads inherit none
+/// of this.
+pub fn ignore_unused_signals() {
+    for signo in 1..=libc::SIGRTMAX() {
+        if matches!(
+            signo,
+            libc::SIGKILL
+                | libc::SIGSTOP
+                | libc::SIGCHLD
+                | libc::SIGCONT
+                | libc::SIGWINCH
+                | libc::SIGURG
+        ) || (32..libc::SIGRTMIN()).contains(&signo)
+        {
+            // The C library's own signals (between 31 and SIGRTMIN) are its business.
+            continue;
+        }
+        // SAFETY: a zeroed sigaction is a valid out-parameter; sigaction reads `ign` and
+        // writes `old`, both valid locals, and SIG_IGN is a valid disposition for these.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signo, std::ptr::null(), &mut old) != 0
+                || old.sa_sigaction != libc::SIG_DFL
+            {
+                continue;
+            }
+            let mut ign: libc::sigaction = std::mem::zeroed();
+            ign.sa_sigaction = libc::SIG_IGN;
+            libc::sigaction(signo, &ign, std::ptr::null_mut());
+        }
+    }
 }
 
 /// Limits every process in the container inherits, as the original set them: many files,

@@ -278,12 +278,34 @@ pub fn spawn(spec: Spec) -> Result<Pid, LaunchError> {
         STAGE_CRED => LaunchError::Credentials(text),
         STAGE_EXEC => LaunchError::Exec {
             path: spec.path.display().to_string(),
-            errno: text,
+            errno: match missing_interpreter(&spec.path, errno) {
+                Some(interp) => format!("{text} (its interpreter {interp} is missing)"),
+                None => text,
+            },
             code: errno,
         },
         STAGE_TTY => LaunchError::Credentials(format!("controlling terminal: {text}")),
         _ => LaunchError::Credentials(format!("set up standard streams: {text}")),
     })
+}
+
+/// A file that exists but whose exec failed with ENOENT names something that does not: a
+/// script's `#!` interpreter is the usual one (or an ELF's loader). Returns the interpreter
+/// when the file is such a script and the interpreter is absent.
+fn missing_interpreter(path: &Path, errno: i32) -> Option<String> {
+    use std::io::Read;
+    if errno != libc::ENOENT {
+        return None;
+    }
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(path).ok()?.read(&mut head).ok()?;
+    let line = head.get(..n)?.strip_prefix(b"#!")?;
+    let line = line.split(|b| *b == b'\n').next()?;
+    let interp = String::from_utf8_lossy(line)
+        .split_whitespace()
+        .next()?
+        .to_owned();
+    (!Path::new(&interp).exists()).then_some(interp)
 }
 
 /// Blocks every signal on this thread until dropped, restoring the previous mask.
@@ -593,6 +615,27 @@ mod spawn_tests {
         // The credentials changed in the child only.
         assert!(nix::unistd::getuid().is_root());
         assert!(nix::unistd::geteuid().is_root());
+    }
+
+    #[test]
+    fn a_script_without_its_interpreter_says_so() {
+        let script = std::env::temp_dir().join(format!("tether-script-{}", std::process::id()));
+        std::fs::write(&script, b"#!/no/such/interpreter -x\necho hi\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = spawn(spec(script.to_str().unwrap(), &[], "/", Stdio::Null)).unwrap_err();
+        assert_eq!(e.exit_status(), 127, "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "fork/exec {}: no such file or directory (its interpreter /no/such/interpreter is missing)",
+                script.display()
+            )
+        );
+        assert_eq!(missing_interpreter(&script, libc::EACCES), None);
+        let _ = std::fs::remove_file(&script);
+        while nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+            .is_ok_and(|s| s != nix::sys::wait::WaitStatus::StillAlive)
+        {}
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! masters), fan-out of output to attached clients, and fan-in of their input.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
@@ -138,9 +138,33 @@ impl tokio::io::AsyncWrite for AsyncStream {
     }
 }
 
-/// How long an attached client may hold up the process's output before it is detached.
-/// A slow client slows the process down (no output is dropped for it); a dead one is cut off.
-const SUBSCRIBER_STALL: Duration = Duration::from_secs(30);
+/// Bytes of output an attached client may fall behind before it is detached: a client that
+/// stopped reading must not hold up the process, its log or the other clients, so nobody
+/// waits for it, and its queue is bounded; what it missed is in the log. A live client that
+/// is merely slower than the process has this much slack (seconds of output under TCG).
+const SUBSCRIBER_BUDGET: usize = 4 << 20;
+
+/// One attached client's end: output chunks, counted out of its budget.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Subscription {
+    /// The next chunk; `None` once the stream ended (or the client was detached).
+    pub async fn recv(&mut self) -> Option<Vec<u8>> {
+        let chunk = self.rx.recv().await?;
+        self.queued.fetch_sub(chunk.len(), Ordering::AcqRel);
+        Some(chunk)
+    }
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+}
 
 /// One stream's output, copied to every attached client.
 #[derive(Debug, Default)]
@@ -150,7 +174,7 @@ pub struct Fanout {
 
 #[derive(Debug, Default)]
 struct FanoutInner {
-    subscribers: Vec<mpsc::Sender<Vec<u8>>>,
+    subscribers: Vec<Subscriber>,
     closed: bool,
 }
 
@@ -161,33 +185,34 @@ impl Fanout {
 
     /// Attaches a client. The receiver yields output chunks and ends (`None`) when the stream
     /// ends; a stream that already ended gives a receiver that ends at once.
-    pub fn subscribe(&self) -> mpsc::Receiver<Vec<u8>> {
-        let (tx, rx) = mpsc::channel(64);
+    pub fn subscribe(&self) -> Subscription {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let mut g = self.lock();
         if !g.closed {
-            g.subscribers.push(tx);
+            g.subscribers.push(Subscriber {
+                tx,
+                queued: queued.clone(),
+            });
         }
-        rx
+        Subscription { rx, queued }
     }
 
-    /// Copies a chunk to every client, dropping the ones that went away or stalled.
+    /// Copies a chunk to every client without waiting for any: the ones that went away or
+    /// fell [`SUBSCRIBER_BUDGET`] bytes behind are dropped (their stream ends).
     pub async fn publish(&self, chunk: &[u8]) {
-        let subs: Vec<mpsc::Sender<Vec<u8>>> = self.lock().subscribers.clone();
-        if subs.is_empty() {
+        let mut g = self.lock();
+        if g.subscribers.is_empty() {
             return;
         }
-        let mut dead = Vec::new();
-        for tx in &subs {
-            match tokio::time::timeout(SUBSCRIBER_STALL, tx.send(chunk.to_vec())).await {
-                Ok(Ok(())) => {}
-                _ => dead.push(tx.clone()),
+        g.subscribers.retain(|s| {
+            if s.queued.load(Ordering::Acquire) + chunk.len() > SUBSCRIBER_BUDGET {
+                tracing::warn!("an attached client stopped reading; detaching it");
+                return false;
             }
-        }
-        if !dead.is_empty() {
-            self.lock()
-                .subscribers
-                .retain(|s| !dead.iter().any(|d| d.same_channel(s)));
-        }
+            s.queued.fetch_add(chunk.len(), Ordering::AcqRel);
+            s.tx.send(chunk.to_vec()).is_ok()
+        });
     }
 
     /// Ends the stream for every client (their receivers return `None` after the last chunk).
@@ -252,6 +277,40 @@ pub async fn stdin_writer(dest: AsyncStream, end: StdinEnd, mut rx: mpsc::Receiv
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    /// A client that stops reading is detached once it is a queue behind; the others and
+    /// the publisher never wait for it.
+    #[tokio::test]
+    async fn a_stuck_client_holds_up_nobody() {
+        let f = Fanout::default();
+        let _stuck = f.subscribe();
+        let mut live = f.subscribe();
+        let chunk = vec![7u8; 64 * 1024];
+        let n = SUBSCRIBER_BUDGET / chunk.len() + 10;
+        let publisher = async {
+            for _ in 0..n {
+                f.publish(&chunk).await;
+                // As a pump waits for the pipe between chunks.
+                tokio::task::yield_now().await;
+            }
+            f.close();
+        };
+        let reader = async {
+            let mut got = Vec::new();
+            while let Some(c) = live.recv().await {
+                got.extend(c);
+            }
+            got
+        };
+        let ((), got) = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(publisher, reader)
+        })
+        .await
+        .expect("nobody waits for the stuck client");
+        assert_eq!(got.len(), n * chunk.len());
+        assert_eq!(f.lock().subscribers.len(), 0);
+    }
 
     #[tokio::test]
     async fn fanout_copies_to_all_and_ends() {

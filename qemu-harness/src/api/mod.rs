@@ -18,7 +18,6 @@ pub mod tls;
 mod volumes;
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -201,21 +200,12 @@ pub async fn bind(opts: &DaemonOptions) -> Result<Vec<Listener>, DaemonError> {
     for a in &opts.addresses {
         match a {
             Address::Unix(path) => {
-                let _ = std::fs::remove_file(path);
-                let io = |what| {
-                    move |source| DaemonError::Io {
-                        what,
-                        path: path.clone(),
-                        source,
-                    }
-                };
                 // Created with no access for others from the first moment.
-                let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-                let l = tokio::net::UnixListener::bind(path);
-                nix::sys::stat::umask(old);
-                let l = l.map_err(io("listen on"))?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                    .map_err(io("chmod"))?;
+                let l = crate::private::bind_tokio(path).map_err(|source| DaemonError::Io {
+                    what: "listen on",
+                    path: path.clone(),
+                    source,
+                })?;
                 out.push(Listener::Unix(l, path.clone()));
             }
             Address::Tcp(addr) => {

@@ -25,6 +25,8 @@ const DEFAULT_STOP_GRACE: u64 = 10;
 /// Beyond the grace period: the tether's own worst case after its SIGKILL (waiting for
 /// stuck processes, flushing, the 20 s unmount bound for a slow NFS server, power-off).
 const POWER_OFF_MARGIN: Duration = Duration::from_secs(45);
+/// How long a keeper started to adopt a running VM may take to serve its control socket.
+const KEEPER_ADOPT_WAIT: Duration = Duration::from_secs(20);
 
 /// What `create` is asked for: the run options (whose `spec.command` is the user's CMD,
 /// possibly empty) and an entrypoint that replaces the image's.
@@ -197,32 +199,7 @@ pub enum LogItem {
     },
 }
 
-/// Whether a process with this PID runs and its command line mentions `needle`: a PID
-/// recorded in a metadata file may have been reused since.
-fn alive_as(pid: Option<u32>, needle: &str) -> bool {
-    let Some(pid) = pid else { return false };
-    if !state::pid_alive(pid) {
-        return false;
-    }
-    match std::fs::read(format!("/proc/{pid}/cmdline")) {
-        Ok(cmd) => cmd
-            .windows(needle.len().max(1))
-            .any(|w| w == needle.as_bytes()),
-        // Gone meanwhile, or not ours to read: trust the PID alone.
-        Err(_) => state::pid_alive(pid),
-    }
-}
-
-/// The VM runs (its QEMU is alive).
-pub(super) fn qemu_alive(meta: &Meta) -> bool {
-    let short: String = meta.id.chars().take(12).collect();
-    alive_as(meta.qemu_pid, &short)
-}
-
-/// A keeper process for this container is alive.
-pub(super) fn keeper_alive(meta: &Meta) -> bool {
-    alive_as(meta.keeper_pid, &meta.id)
-}
+pub(super) use crate::state::{keeper_alive, qemu_alive};
 
 /// Docker's container-name rule.
 fn valid_name(name: &str) -> bool {
@@ -845,12 +822,29 @@ impl Engine {
         });
     }
 
-    /// Starts watchers for every running container and removes stopped `--rm` ones (a
-    /// daemon starting over a state directory).
+    /// A running VM whose keeper is gone (killed) gets a new one, which adopts it: the
+    /// control socket, the back-channel and guestinfo are served again and the clean-up at
+    /// its end happens. Returns whether a keeper was started. The keeper's lock, not its
+    /// recorded PID, says whether one lives (a foreground `vch run` keeps its VM itself).
+    pub fn readopt(&self, meta: &Meta) -> Result<bool, EngineError> {
+        let dir = self.state().vm_dir(&meta.id);
+        if !qemu_alive(meta) || state::keeper_lock_held(&dir) {
+            return Ok(false);
+        }
+        let pid = self.spawn_keeper(&meta.id, &dir)?;
+        tracing::warn!(id = %meta.id, pid, "the VM's keeper was gone; a new one adopts the VM");
+        self.watch(&meta.id, Some(pid));
+        Ok(true)
+    }
+
+    /// Starts watchers for every running container (adopting VMs whose keeper is gone) and
+    /// removes stopped `--rm` ones (a daemon starting over a state directory).
     pub fn adopt(&self) -> usize {
         let mut n = 0;
         for meta in self.state().list() {
-            if keeper_alive(&meta) {
+            if matches!(self.readopt(&meta), Ok(true)) {
+                n += 1;
+            } else if keeper_alive(&meta) {
                 self.watch(&meta.id, None);
                 n += 1;
             } else if meta.settings.auto_remove && meta.starts > 0 {
@@ -882,6 +876,22 @@ impl Engine {
             )));
         }
         let ctl = self.state().vm_dir(&meta.id).join("ctl.sock");
+        if self.readopt(meta)? {
+            // The new keeper binds its control socket within moments of starting.
+            let deadline = tokio::time::Instant::now() + KEEPER_ADOPT_WAIT;
+            loop {
+                match control::connect(&ctl).await {
+                    Ok(c) => return Ok(c),
+                    Err(e) if tokio::time::Instant::now() >= deadline => {
+                        return Err(EngineError::Backchannel(format!(
+                            "connect to container {} (adopted by a new keeper): {e}",
+                            meta.name
+                        )))
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        }
         control::connect(&ctl).await.map_err(|e| {
             EngineError::Backchannel(format!("connect to container {}: {e}", meta.name))
         })

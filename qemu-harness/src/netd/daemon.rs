@@ -209,13 +209,10 @@ pub fn run(state_root: &Path, dir: &Path) -> Result<(), NetdError> {
         Err(e) => return Err(io("lock", &netd_lock)(e)),
     };
     let (sw_path, ctl_path) = (segment.switch_sock(), segment.ctl_sock());
-    for p in [&sw_path, &ctl_path] {
-        let _ = std::fs::remove_file(p);
-    }
-    let sw = UnixListener::bind(&sw_path).map_err(io("listen", &sw_path))?;
-    sw.set_nonblocking(true).map_err(io("listen", &sw_path))?;
-    let ctl = UnixListener::bind(&ctl_path).map_err(io("listen", &ctl_path))?;
-    ctl.set_nonblocking(true).map_err(io("listen", &ctl_path))?;
+    // The switch carries every container's frames, the control socket publishes ports:
+    // the owner's only.
+    let sw = crate::private::bind_unix(&sw_path).map_err(io("listen", &sw_path))?;
+    let ctl = crate::private::bind_unix(&ctl_path).map_err(io("listen", &ctl_path))?;
     let state = crate::state::State::open(state_root).map_err(|e| NetdError::Start {
         network: network.name.clone(),
         why: e.to_string(),
