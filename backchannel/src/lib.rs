@@ -13,3 +13,4 @@
 pub mod handshake;
 pub mod ports;
 pub mod requests;
+pub mod services;

@@ -505,6 +505,27 @@ pub async fn keep(
     items: Option<mpsc::UnboundedSender<Item>>,
     live: Option<tokio::sync::oneshot::Sender<Live>>,
 ) -> Result<RunOutcome, VmError> {
+    keep_as(state, created, items, live, false).await
+}
+
+/// Runs a container's VM for maintenance (files copied in or out of a stopped container):
+/// `created.dir` is a folder of its own with a config whose primary session is held, and the
+/// container's metadata is left as it is (the container stays stopped).
+pub async fn keep_for_maintenance(
+    state: State,
+    created: Created,
+    live: tokio::sync::oneshot::Sender<Live>,
+) -> Result<RunOutcome, VmError> {
+    keep_as(state, created, None, Some(live), true).await
+}
+
+async fn keep_as(
+    state: State,
+    created: Created,
+    items: Option<mpsc::UnboundedSender<Item>>,
+    live: Option<tokio::sync::oneshot::Sender<Live>>,
+    maintenance: bool,
+) -> Result<RunOutcome, VmError> {
     let Created { mut meta, dir } = created;
     let iso = if meta.iso.is_empty() {
         artifacts::iso()
@@ -516,6 +537,7 @@ pub async fn keep(
     );
     let store_dyn: Arc<dyn Store> = store.clone();
     let guestinfo = HostServer::new(store_dyn.clone());
+    guestinfo.set_dynamic(Arc::new(host_keys));
     let backchannel = Backchannel::parse(&meta.backchannel)?;
 
     let sock = |n: &str| dir.join(n);
@@ -567,11 +589,13 @@ pub async fn keep(
             return Err(VmError::Qemu(qemu_binary(), e));
         }
     };
-    meta.qemu_pid = child.id();
-    meta.keeper_pid = Some(std::process::id());
-    meta.starts += 1;
-    meta.timed_out = false;
-    state.save(&meta)?;
+    if !maintenance {
+        meta.qemu_pid = child.id();
+        meta.keeper_pid = Some(std::process::id());
+        meta.starts += 1;
+        meta.timed_out = false;
+        state.save(&meta)?;
+    }
 
     // guestinfo: QEMU connects once at start; serve it on a thread (the server is blocking).
     let gi = guestinfo.clone();
@@ -633,11 +657,13 @@ pub async fn keep(
     }
     // What others changed while the VM ran (a network connected, a rename) stays: the
     // metadata is read again rather than written from this copy.
-    let mut meta = state.meta(&meta.id).unwrap_or(meta);
-    meta.qemu_pid = None;
-    meta.keeper_pid = None;
-    meta.timed_out = timed_out;
-    state.save(&meta)?;
+    if !maintenance {
+        meta = state.meta(&meta.id).unwrap_or(meta);
+        meta.qemu_pid = None;
+        meta.keeper_pid = None;
+        meta.timed_out = timed_out;
+        state.save(&meta)?;
+    }
 
     let (started, exit_code) = match load_config(&dir) {
         Ok(cfg) => session_result(&cfg, &meta.id),
@@ -655,6 +681,26 @@ pub async fn keep(
         first_output,
         vm_lifetime,
     })
+}
+
+/// What the guest gets afresh with each config read, never stored: this machine's clock
+/// (the tether sets the guest's from it) and 32 random bytes that seed its CRNG.
+fn host_keys() -> Vec<(String, String)> {
+    use rand_core::RngCore;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut seed = [0u8; 32];
+    rand_core::OsRng.fill_bytes(&mut seed);
+    let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+    vec![
+        (
+            guestinfo::transport::HOST_TIME_KEY.to_owned(),
+            now.to_string(),
+        ),
+        (guestinfo::transport::ENTROPY_SEED_KEY.to_owned(), hex),
+    ]
 }
 
 /// The primary session's `started` text and exit status from a config.
@@ -774,7 +820,11 @@ fn qemu_command(
     ])
     // The NICs' root ports take fixed root-bus slots: before any device QEMU places itself.
     .args(nic_args)
-    .args(["-device", "virtio-rng-pci"])
+    .args(if meta.settings.no_rng {
+        &[][..]
+    } else {
+        &["-device", "virtio-rng-pci"][..]
+    })
     .args([
         "-drive",
         &format!(

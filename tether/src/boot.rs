@@ -41,6 +41,7 @@ pub fn run() -> anyhow::Result<()> {
     let mut stamps = std::collections::BTreeMap::new();
     stamps.insert("pid1".to_owned(), boottime_us());
     early::mount_kernel_filesystems()?;
+    crate::services::protect_from_oom_killer();
     early::ensure_dev_nodes();
     let modules = early::load_modules(Path::new("/lib/modules"))?;
     let platform = platform::detect()?;
@@ -78,6 +79,7 @@ pub fn run() -> anyhow::Result<()> {
     let _flush_at_exit = writeback.flush_on_drop();
     let transport: Box<dyn Transport> = Box::new(writeback.clone());
     let raw = transport.get_all().context("read config")?;
+    crate::clock::apply_boot_keys(&raw, crate::clock::monotonic_now_ns());
     let decoded = guestinfo::decode(&raw).map_err(InvalidConfig::from);
     let mut cfg = match decoded.and_then(|c| validate(&c).map(|()| c)) {
         Ok(c) => c,
