@@ -581,6 +581,21 @@ async fn keep_as(
         segments,
     ));
     let mut cmd = qemu_command(&dir, &iso, &meta, &backchannel, attach_port, &nic_args);
+    if maintenance {
+        // A maintenance VM belongs to the command that copies: it ends with it, also when
+        // that command is killed.
+        cmd.kill_on_drop(true);
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of
+        // the parent; it runs in the child between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     let started_at = tokio::time::Instant::now();
     let mut child = match cmd.spawn() {
         Ok(c) => c,

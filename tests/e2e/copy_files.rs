@@ -61,8 +61,11 @@ fn entries(tar_bytes: &[u8]) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// Every form of `vch cp` against `box`: run while it runs and again once it stopped.
-fn copy_both_ways(vch: &Vch, local: &Path, tag: &str) {
+/// Every form of `vch cp` against `box`. Each copy of a stopped container boots its VM
+/// (about 3 s under TCG), so there `full` is false and the forms that take the same path
+/// through the engine as another are left out.
+fn copy_both_ways(vch: &Vch, local: &Path, tag: &str, full: bool) {
+    std::fs::create_dir_all(local).unwrap();
     let l = |p: &str| local.join(p).display().to_string();
     // A file out, to a new name and into a directory.
     ok(vch, &["cp", "box:/data/sub/f", &l("f")]);
@@ -86,21 +89,25 @@ fn copy_both_ways(vch: &Vch, local: &Path, tag: &str) {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o604, "mode kept");
-    // DIR/. copies the contents into a new directory.
-    ok(vch, &["cp", "box:/data/.", &l("contents")]);
-    assert!(local.join("contents/sub/f").is_file());
-    assert!(!local.join("contents/data").exists());
+    if full {
+        // DIR/. copies the contents into a new directory.
+        ok(vch, &["cp", "box:/data/.", &l("contents")]);
+        assert!(local.join("contents/sub/f").is_file());
+        assert!(!local.join("contents/data").exists());
+    }
     // -L follows a symlink given as the source; without it the link is copied.
-    ok(vch, &["cp", "-L", "box:/data/link", &l("followed")]);
-    assert_eq!(
-        std::fs::read_to_string(local.join("followed")).unwrap(),
-        "hi\n"
-    );
-    ok(vch, &["cp", "box:/data/link", &l("nolink")]);
-    assert!(std::fs::symlink_metadata(local.join("nolink"))
-        .unwrap()
-        .file_type()
-        .is_symlink());
+    if full {
+        ok(vch, &["cp", "-L", "box:/data/link", &l("followed")]);
+        assert_eq!(
+            std::fs::read_to_string(local.join("followed")).unwrap(),
+            "hi\n"
+        );
+        ok(vch, &["cp", "box:/data/link", &l("nolink")]);
+        assert!(std::fs::symlink_metadata(local.join("nolink"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
     // `-` writes a tar stream rooted at the path's name, owners as in the container.
     let (code, tar_out, err) = vch_bytes(vch, &["cp", "box:/data/sub", "-"]);
     assert_eq!(code, 0, "{err}");
@@ -118,14 +125,16 @@ fn copy_both_ways(vch: &Vch, local: &Path, tag: &str) {
         &["cp", &l("single"), &format!("box:/tmp/single-{tag}")],
     );
     ok(vch, &["cp", &l("in"), "box:/tmp/"]);
-    ok(
-        vch,
-        &[
-            "cp",
-            &format!("{}/.", l("in")),
-            &format!("box:/tmp/flat-{tag}"),
-        ],
-    );
+    if full {
+        ok(
+            vch,
+            &[
+                "cp",
+                &format!("{}/.", l("in")),
+                &format!("box:/tmp/flat-{tag}"),
+            ],
+        );
+    }
     // Read back through the container (a copy out again works whether it runs or not).
     ok(
         vch,
@@ -144,27 +153,31 @@ fn copy_both_ways(vch: &Vch, local: &Path, tag: &str) {
         std::fs::read_link(local.join("back-in/ln")).unwrap(),
         Path::new("deep/file")
     );
-    ok(
-        vch,
-        &["cp", &format!("box:/tmp/flat-{tag}"), &l("back-flat")],
-    );
-    assert!(local.join("back-flat/deep/file").is_file());
+    if full {
+        ok(
+            vch,
+            &["cp", &format!("box:/tmp/flat-{tag}"), &l("back-flat")],
+        );
+        assert!(local.join("back-flat/deep/file").is_file());
+    }
 
-    // `-a` keeps the archive's owners; without it everything belongs to root.
-    let (code, _, err) = vch.cmd_with_input(
-        &["cp", "-a", "-", "box:/tmp"],
-        &tar_with(&format!("owned-{tag}"), 4242, b"x"),
-    );
-    assert_eq!(code, 0, "{err}");
-    let (code, _, err) = vch.cmd_with_input(
-        &["cp", "-", "box:/tmp"],
-        &tar_with(&format!("rooted-{tag}"), 4242, b"x"),
-    );
-    assert_eq!(code, 0, "{err}");
-    let (_, t, _) = vch_bytes(vch, &["cp", &format!("box:/tmp/owned-{tag}"), "-"]);
-    assert_eq!(entries(&t)[0].1, 4242, "-a keeps the owner");
-    let (_, t, _) = vch_bytes(vch, &["cp", &format!("box:/tmp/rooted-{tag}"), "-"]);
-    assert_eq!(entries(&t)[0].1, 0, "without -a root owns it");
+    if full {
+        // `-a` keeps the archive's owners; without it everything belongs to root.
+        let (code, _, err) = vch.cmd_with_input(
+            &["cp", "-a", "-", "box:/tmp"],
+            &tar_with(&format!("owned-{tag}"), 4242, b"x"),
+        );
+        assert_eq!(code, 0, "{err}");
+        let (code, _, err) = vch.cmd_with_input(
+            &["cp", "-", "box:/tmp"],
+            &tar_with(&format!("rooted-{tag}"), 4242, b"x"),
+        );
+        assert_eq!(code, 0, "{err}");
+        let (_, t, _) = vch_bytes(vch, &["cp", &format!("box:/tmp/owned-{tag}"), "-"]);
+        assert_eq!(entries(&t)[0].1, 4242, "-a keeps the owner");
+        let (_, t, _) = vch_bytes(vch, &["cp", &format!("box:/tmp/rooted-{tag}"), "-"]);
+        assert_eq!(entries(&t)[0].1, 0, "without -a root owns it");
+    }
 
     // Refused: an entry that climbs out of the destination, a path above the root, the
     // tether's own files; a path that is not there.
@@ -172,13 +185,15 @@ fn copy_both_ways(vch: &Vch, local: &Path, tag: &str) {
         vch.cmd_with_input(&["cp", "-", "box:/tmp"], &tar_with("../escaped", 0, b"x"));
     assert_ne!(code, 0);
     assert!(err.contains("leads out"), "{err}");
-    let (code, _, _) = vch_bytes(vch, &["cp", "box:/escaped", "-"]);
-    assert_ne!(code, 0, "nothing was written outside the destination");
-    let (code, _, err) = vch.cmd(&["cp", "box:/../../etc/passwd", &l("x")]);
-    assert_ne!(code, 0);
-    assert!(err.contains("leads out"), "{err}");
-    let (code, _, err) = vch.cmd(&["cp", "box:/.tether", &l("x")]);
-    assert_ne!(code, 0, "{err}");
+    if full {
+        let (code, _, _) = vch_bytes(vch, &["cp", "box:/escaped", "-"]);
+        assert_ne!(code, 0, "nothing was written outside the destination");
+        let (code, _, err) = vch.cmd(&["cp", "box:/../../etc/passwd", &l("x")]);
+        assert_ne!(code, 0);
+        assert!(err.contains("leads out"), "{err}");
+        let (code, _, err) = vch.cmd(&["cp", "box:/.tether", &l("x")]);
+        assert_ne!(code, 0, "{err}");
+    }
     let (code, _, err) = vch.cmd(&["cp", "box:/no/such/file", &l("x")]);
     assert_ne!(code, 0);
     assert!(err.contains("Could not find the file"), "{err}");
@@ -194,7 +209,7 @@ fn vch_cp_running_and_stopped() {
         "sh",
         "-c",
         "mkdir -p /data/sub && echo hi > /data/sub/f && chmod 604 /data/sub/f && \
-         chown 1000:1000 /data/sub/f && ln -s sub/f /data/link && touch /ready && sleep 600",
+         chown 1000:1000 /data/sub/f && ln -sfn sub/f /data/link && touch /ready && sleep 600",
     ]);
     assert!(
         vch.wait_until(Duration::from_secs(60), || {
@@ -203,14 +218,12 @@ fn vch_cp_running_and_stopped() {
         "the container did not set up its files"
     );
     let local = tempfile::tempdir().unwrap();
-    copy_both_ways(&vch, &local.path().join("running"), "running");
+    copy_both_ways(&vch, &local.path().join("running"), "running", true);
     let out = ok(&vch, &["exec", "box", "cat", "/tmp/in/ln"]);
     assert_eq!(out, "from the host running\n", "the link works inside");
 
     ok(&vch, &["stop", "-t", "1", "box"]);
-    let stopped = local.path().join("stopped");
-    std::fs::create_dir_all(&stopped).unwrap();
-    copy_both_ways(&vch, &stopped, "stopped");
+    copy_both_ways(&vch, &local.path().join("stopped"), "stopped", false);
     // What was copied into the stopped container is there when it runs again.
     ok(&vch, &["start", "box"]);
     assert_eq!(

@@ -40,18 +40,22 @@ pub(super) struct Maintenance {
     guestinfo: HostServer,
     task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<Result<vm::RunOutcome, vm::VmError>>>>,
     dir: PathBuf,
+    /// `<vm>/maintenance.lock`, held while the VM runs: a folder left by a process that
+    /// died is known to be stale.
+    _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl Maintenance {
-    /// Halts the VM and waits for it to power off.
+    /// Halts the VM and waits for it to power off (once; later calls wait for the first).
     pub(super) async fn end(&self) {
-        let _ = self.guestinfo.push(HostCommand::Halt);
-        if let Some(task) = self.task.lock().await.take() {
-            if tokio::time::timeout(HALT_WAIT, task).await.is_err() {
+        let mut task = self.task.lock().await;
+        if let Some(t) = task.take() {
+            let _ = self.guestinfo.push(HostCommand::Halt);
+            if tokio::time::timeout(HALT_WAIT, t).await.is_err() {
                 tracing::warn!(dir = %self.dir.display(), "the maintenance VM did not power off");
             }
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -60,12 +64,23 @@ impl Engine {
     pub(super) async fn maintenance(&self, meta: &Meta) -> Result<Maintenance, EngineError> {
         let vm_dir = self.state().vm_dir(&meta.id);
         let dir = vm_dir.join("maintenance");
-        if dir.exists() {
-            return Err(EngineError::Conflict(format!(
-                "container {} is being copied to or from; try again",
-                meta.name
-            )));
-        }
+        let lock = match crate::state::flock(&vm_dir.join("maintenance.lock"), false) {
+            Ok(l) => l,
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                return Err(EngineError::Conflict(format!(
+                    "container {} is being copied to or from; try again",
+                    meta.name
+                )))
+            }
+            Err(source) => {
+                return Err(EngineError::Io {
+                    what: "lock for the copy".into(),
+                    source,
+                })
+            }
+        };
+        // Left by a process that ended without cleaning up (its VM died with it).
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|source| EngineError::Io {
             what: format!("create {}", dir.display()),
             source,
@@ -120,6 +135,7 @@ impl Engine {
             guestinfo: live.guestinfo,
             task: tokio::sync::Mutex::new(Some(task)),
             dir,
+            _lock: lock,
         })
     }
 

@@ -747,9 +747,26 @@ impl Engine {
         dst: LocalEnd,
         out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
     ) -> Result<(), EngineError> {
+        let g = self.guest(name, true).await?;
+        let maintenance = g.maintenance.clone();
+        let r = self.copy_from_in(g, src, follow_link, dst, out).await;
+        // Also after a failure: the maintenance VM powers off before the command ends.
+        if let Some(m) = maintenance {
+            m.end().await;
+        }
+        r
+    }
+
+    async fn copy_from_in(
+        &self,
+        g: GuestSession,
+        src: &str,
+        follow_link: bool,
+        dst: LocalEnd,
+        out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+    ) -> Result<(), EngineError> {
         let mut src = src.to_owned();
         let mut rebase_to: Option<String> = None;
-        let g = self.guest(name, true).await?;
         if follow_link {
             let st = stat_in(&g, &src).await?;
             if st.is_symlink() {
@@ -947,11 +964,30 @@ impl Engine {
         follow_link: bool,
         input: &mut (dyn AsyncRead + Unpin + Send),
     ) -> Result<(), EngineError> {
+        let g = self.guest(name, true).await?;
+        let maintenance = g.maintenance.clone();
+        let r = self
+            .copy_to_in(g, src, dst, copy_owners, follow_link, input)
+            .await;
+        if let Some(m) = maintenance {
+            m.end().await;
+        }
+        r
+    }
+
+    async fn copy_to_in(
+        &self,
+        mut g: GuestSession,
+        src: LocalEnd,
+        dst: &str,
+        copy_owners: bool,
+        follow_link: bool,
+        input: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<(), EngineError> {
         let mut flags = svc::ARCHIVE_NO_OVERWRITE_DIR_NON_DIR;
         if copy_owners {
             flags |= svc::ARCHIVE_COPY_OWNERS;
         }
-        let mut g = self.guest(name, true).await?;
         let src = match src {
             LocalEnd::Stream => {
                 let r = put_in(&g, dst, flags, input).await;
