@@ -82,13 +82,11 @@ fn top_lists_processes_and_stats_show_memory_growing() {
         "{out}"
     );
     let before = mem_usage_mib(&vch, "svc");
-    vch.cmd(&[
-        "exec",
-        "-d",
-        "svc",
-        "awk",
-        "BEGIN { s = \"x\"; for (i = 0; i < 27; i++) s = s s; print length(s) > \"/tmp/held\"; system(\"sleep 600\") }",
-    ]);
+    let hold = "awk 'BEGIN { s = \"x\"; for (i = 0; i < 27; i++) s = s s; \
+                print length(s) > \"/tmp/held\"; close(\"/tmp/held\"); system(\"sleep 600\") }' \
+                >/dev/null 2>&1 &";
+    let (code, _, err) = vch.cmd(&["exec", "svc", "sh", "-c", hold]);
+    assert_eq!(code, 0, "{err}");
     assert!(vch.wait_until(Duration::from_secs(60), || {
         vch.cmd(&["exec", "svc", "cat", "/tmp/held"]).1.trim() == "134217728"
     }));
