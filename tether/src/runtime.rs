@@ -680,11 +680,11 @@ async fn launch_and_wait(t: &Arc<Tether>, id: &str) -> Option<i64> {
         tracing::info!(session = %id, "descendants still hold the output after exit; not waiting for them");
     }
     tracing::info!(session = %id, code, "session exited");
-    let oom_now = crate::services::oom_kills();
     if let Some(mut s) = t.lock().session_mut(id) {
         s.record_exit(code, clock::now_secs());
-        if s.record_oom(oom_now) {
-            tracing::warn!(session = %id, code, "the kernel's OOM killer acted while the session ran");
+        let victims = s.record_oom();
+        if !victims.is_empty() {
+            tracing::warn!(session = %id, code, ?victims, "the kernel's OOM killer acted while the session ran");
         }
     }
     t.write_back(id).await;

@@ -760,12 +760,77 @@ async fn stats(ch: Channel, interval_ms: u32) {
     writer.close();
 }
 
-/// The kernel's count of OOM kills since boot (`/proc/vmstat` `oom_kill`).
-pub fn oom_kills() -> Option<u64> {
+/// The kernel's count of OOM kills since boot (`/proc/vmstat` `oom_kill`; kernels without
+/// VM event counters, such as the container kernel, have none).
+fn oom_kills() -> Option<u64> {
     read("/proc/vmstat")
         .lines()
         .find_map(|l| l.strip_prefix("oom_kill "))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// Notices the kernel's OOM kills while a session runs: its log (`/dev/kmsg`, read from
+/// where it stood at the start; each kill is logged as `Out of memory: Killed process PID
+/// (NAME)`), or else the `oom_kill` count of `/proc/vmstat`.
+#[derive(Debug)]
+pub struct OomWatch {
+    kmsg: Option<fs::File>,
+    count_at_start: Option<u64>,
+}
+
+impl OomWatch {
+    /// Starts watching (two system calls: the log is not read until [`OomWatch::victims`]).
+    pub fn start() -> OomWatch {
+        use std::os::unix::fs::OpenOptionsExt;
+        let kmsg = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")
+            .ok()
+            .filter(|f| nix::unistd::lseek(f, 0, nix::unistd::Whence::SeekEnd).is_ok());
+        let count_at_start = if kmsg.is_some() { None } else { oom_kills() };
+        OomWatch {
+            kmsg,
+            count_at_start,
+        }
+    }
+
+    /// The processes the OOM killer killed since the start (`PID (NAME)`), or one unnamed
+    /// entry when only the count says so.
+    pub fn victims(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(f) = &mut self.kmsg {
+            let mut buf = vec![0u8; 8192];
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let rec = String::from_utf8_lossy(&buf[..n]);
+                        if let Some(at) = rec.find("Killed process ") {
+                            let victim = rec[at + 15..]
+                                .split(',')
+                                .next()
+                                .unwrap_or_default()
+                                .trim()
+                                .to_owned();
+                            out.push(victim);
+                        }
+                    }
+                    // Records overwritten before we read them: go on with the next.
+                    Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+            }
+            return out;
+        }
+        if let (Some(a), Some(b)) = (self.count_at_start, oom_kills()) {
+            if b > a {
+                out.push(format!("{} process(es)", b - a));
+            }
+        }
+        out
+    }
 }
 
 /// Makes the tether the last process the OOM killer would ever pick: it is PID 1, its end

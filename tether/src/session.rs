@@ -74,8 +74,8 @@ pub struct Session {
     pub launched: bool,
     /// `true` once the process exited and its output drained (or it failed to launch).
     pub done: watch::Sender<bool>,
-    /// The kernel's OOM kill count when the process started (see [`SessionMut::record_oom`]).
-    pub oom_kills_at_start: Option<u64>,
+    /// Watches for OOM kills while the process runs (see [`SessionMut::record_oom`]).
+    pub oom_watch: Option<crate::services::OomWatch>,
     /// Whether the last run ended with an OOM kill in the VM.
     pub oom_killed: bool,
     /// Whether `oomkilled` = `true` was written back (so a later run writes `false`).
@@ -102,7 +102,7 @@ impl Session {
             pid: None,
             launched: false,
             done: watch::channel(false).0,
-            oom_kills_at_start: None,
+            oom_watch: None,
             oom_killed: false,
             oom_written: false,
         }
@@ -169,17 +169,22 @@ impl SessionMut<'_> {
         self.cfg.run_block = false;
         self.rt.pid = Some(running.pid);
         self.rt.pty = running.pty.take();
-        self.rt.oom_kills_at_start = crate::services::oom_kills();
+        self.rt.oom_watch = Some(crate::services::OomWatch::start());
         self.rt.oom_killed = false;
     }
 
-    /// Whether the kernel's OOM killer acted in the VM while the process ran (`now` = its
-    /// kill count at the exit). The VM is the container, so any kill counts, as any kill in
-    /// a container's cgroup does for docker; the session's last exit record says so.
-    pub fn record_oom(&mut self, now: Option<u64>) -> bool {
-        let killed = matches!((self.rt.oom_kills_at_start, now), (Some(a), Some(b)) if b > a);
-        self.rt.oom_killed = killed;
-        if killed {
+    /// Whether the kernel's OOM killer acted in the VM while the process ran. The VM is the
+    /// container, so any kill counts, as any kill in a container's cgroup does for docker;
+    /// the session's last exit record says so. Returns the victims.
+    pub fn record_oom(&mut self) -> Vec<String> {
+        let victims = self
+            .rt
+            .oom_watch
+            .take()
+            .map(|mut w| w.victims())
+            .unwrap_or_default();
+        self.rt.oom_killed = !victims.is_empty();
+        if self.rt.oom_killed {
             if let Some(last) = self.cfg.diagnostics.exit_logs.last_mut() {
                 last.message = if last.message.is_empty() {
                     "out of memory: the OOM killer acted in the container".into()
@@ -188,7 +193,7 @@ impl SessionMut<'_> {
                 };
             }
         }
-        killed
+        victims
     }
 
     /// The launch failed at `at`: the reason goes to `started` (what the host reports), with
