@@ -53,7 +53,11 @@ fn docker_cp_top_stats_and_oom() {
         );
         let (code, _, err) = d.docker_with(c, &["cp", "box:/no/such", &l("x")], None);
         assert_ne!(code, 0);
-        assert!(err.contains("Could not find the file"), "{err}");
+        // A HEAD answer has no body: the clients word the 404 themselves.
+        assert!(
+            err.contains("Could not find the file") || err.contains("No such container:path"),
+            "{err}"
+        );
     }
 
     let top = d.ok(&["top", "box"]);
