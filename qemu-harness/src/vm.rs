@@ -706,16 +706,18 @@ fn host_keys() -> Vec<(String, String)> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let mut seed = [0u8; 32];
-    rand_core::OsRng.fill_bytes(&mut seed);
-    let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
-    vec![
-        (
-            guestinfo::transport::HOST_TIME_KEY.to_owned(),
-            now.to_string(),
-        ),
-        (guestinfo::transport::ENTROPY_SEED_KEY.to_owned(), hex),
-    ]
+    let mut keys = vec![(
+        guestinfo::transport::HOST_TIME_KEY.to_owned(),
+        now.to_string(),
+    )];
+    // `VCH_NO_ENTROPY_SEED` (any value) leaves the seed out: for measuring what it changes.
+    if std::env::var_os("VCH_NO_ENTROPY_SEED").is_none() {
+        let mut seed = [0u8; 32];
+        rand_core::OsRng.fill_bytes(&mut seed);
+        let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+        keys.push((guestinfo::transport::ENTROPY_SEED_KEY.to_owned(), hex));
+    }
+    keys
 }
 
 /// The primary session's `started` text and exit status from a config.
