@@ -23,6 +23,11 @@
 //! throughput of `head -c M MiB /dev/zero` (an exec's stdout) in the same VM and run,
 //! alternating; medians of N.
 //!
+//! `bench entropy [--runs N]`: whether the guest's CRNG is initialised when the entrypoint
+//! runs (`/proc/sys/kernel/random/entropy_avail` read by it, the kernel's `crng init done`
+//! time against the tether's exec stamp), with and without virtio-rng, with the tether's
+//! seed from the host and without it (`VCH_NO_ENTROPY_SEED`), alternating.
+//!
 //! `bench images [--runs N]`: `vch run --network none IMAGE true` (the `vch` binary beside
 //! this one) for the built-in busybox image and for a Debian bookworm minbase
 //! (`scripts/debian-image`), each as a store image and as a root filesystem directory
@@ -79,6 +84,7 @@ fn main() -> Result<()> {
         ),
         Some("docker") => docker(&state, arg(&args, "--runs", 10)? as usize, &args),
         Some("images") => images(&tmp, arg(&args, "--runs", 3)? as usize),
+        Some("entropy") => entropy(&tmp, arg(&args, "--runs", 2)? as usize),
         Some("copy") => copy(
             &state,
             &tmp,
@@ -90,7 +96,7 @@ fn main() -> Result<()> {
             arg(&args, "--runs", 3)? as usize,
             arg(&args, "--mib", 64)?,
         ),
-        _ => bail!("usage: bench boot [--runs N] | bench backchannel [--execs N] [--mib M] | bench docker [--runs N] [--client PATH] | bench images [--runs N] | bench copy [--runs N] [--mib M] | bench network [--runs N] [--mib M]"),
+        _ => bail!("usage: bench boot [--runs N] | bench backchannel [--execs N] [--mib M] | bench docker [--runs N] [--client PATH] | bench images [--runs N] | bench copy [--runs N] [--mib M] | bench entropy [--runs N] | bench network [--runs N] [--mib M]"),
     };
     if r.is_ok() {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -972,5 +978,74 @@ fn copy(state: &State, tmp: &std::path::Path, runs: usize, mib: u64) -> Result<(
         median(&mut outs),
         median(&mut attach)
     );
+    Ok(())
+}
+
+fn entropy(tmp: &std::path::Path, runs: usize) -> Result<()> {
+    let state = tmp.join("entropy");
+    let script =
+        "cat /proc/sys/kernel/random/entropy_avail; dmesg | grep 'crng init done' | head -1";
+    let configs = [
+        ("virtio-rng, seed", false, false),
+        ("no virtio-rng, seed", true, false),
+        ("virtio-rng, no seed", false, true),
+        ("no virtio-rng, no seed", true, true),
+    ];
+    let mut rows: Vec<(usize, Vec<f64>, Vec<f64>)> = vec![(0, Vec::new(), Vec::new()); 4];
+    for run in 0..runs {
+        for (i, (_, no_rng, no_seed)) in configs.iter().enumerate() {
+            let name = format!("e{run}-{i}");
+            let mut args = vec!["run", "--timeout", "120", "--name", &name];
+            if *no_rng {
+                args.push("--no-rng");
+            }
+            args.extend(["busybox", "sh", "-c", script]);
+            let exe = std::env::current_exe()?.with_file_name("vch");
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.arg("--state").arg(&state).args(&args);
+            if *no_seed {
+                cmd.env("VCH_NO_ENTROPY_SEED", "1");
+            } else {
+                cmd.env_remove("VCH_NO_ENTROPY_SEED");
+            }
+            let out = cmd.output()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let ready = text.lines().next().map(str::trim) == Some("256");
+            let (_, doc) = vch_timed(&state, &["inspect", &name])?;
+            let doc: serde_json::Value = serde_json::from_str(&doc)?;
+            let pid1 = doc["Boot"]["KernelToPid1Ms"].as_f64().unwrap_or(f64::NAN);
+            let exec = pid1 + doc["Boot"]["Pid1ToExecMs"].as_f64().unwrap_or(f64::NAN);
+            let crng = text
+                .lines()
+                .nth(1)
+                .and_then(|l| l.trim_start_matches('[').split(']').next())
+                .and_then(|t| t.trim().parse::<f64>().ok())
+                .map(|s| s * 1000.0);
+            let row = &mut rows[i];
+            if ready {
+                row.0 += 1;
+            }
+            if let Some(c) = crng {
+                row.1.push(c - pid1);
+            }
+            row.2.push(exec - pid1);
+        }
+    }
+    println!("entropy benchmark: is getrandom ready when the entrypoint runs? (QEMU TCG q35; {runs} runs each, alternating)");
+    for (i, (label, _, _)) in configs.iter().enumerate() {
+        let (ready, crng, exec) = &mut rows[i];
+        let crng_text = if crng.is_empty() {
+            "not initialised before the entrypoint looked".to_owned()
+        } else {
+            format!(
+                "CRNG initialised {:.0} ms after PID 1 (median)",
+                median(crng)
+            )
+        };
+        println!(
+            "  {label:<24} ready at exec in {ready}/{runs}; {crng_text}; exec {:.0} ms after PID 1",
+            median(exec)
+        );
+    }
     Ok(())
 }
