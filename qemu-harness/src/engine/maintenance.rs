@@ -10,7 +10,7 @@
 //! change; `qemu-nbd` needs root and the nbd module); its volumes are more disks whose
 //! contents appear at paths inside the root, or NFS exports; and docker's rules for `cp`
 //! (symlinks, owners, `DIR/.`, escapes) would have to be written a second time against
-//! debugfs's view of ext4. The VM costs a boot (about 2 s under TCG) and gives the same
+//! debugfs's view of ext4. The VM costs a boot (about 3 s per command under TCG) and gives the same
 //! result as for a running container, from one implementation in the tether. QEMU's image
 //! locks keep a `start` from booting the same disk meanwhile.
 
