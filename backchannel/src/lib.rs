@@ -13,6 +13,7 @@
 pub mod handshake;
 pub mod ports;
 pub mod requests;
+pub mod services;
 
 /// Entry points for the fuzz target (`fuzz/`) and tests: the handshake roles with their
 /// random token given, so a run is reproducible. Not a stable API.

@@ -121,6 +121,10 @@ pub struct Settings {
     pub extra_hosts: Vec<String>,
     #[serde(default)]
     pub cpus: u32,
+    /// No virtio-rng device: the guest's CRNG is seeded by the tether alone (the entropy
+    /// bench and scenario; `vch run --no-rng`).
+    #[serde(default)]
+    pub no_rng: bool,
     /// The network mode as asked (`bridge`, `none`, a network name).
     #[serde(default)]
     pub network_mode: String,

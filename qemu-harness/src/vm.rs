@@ -512,6 +512,27 @@ pub async fn keep(
     items: Option<mpsc::UnboundedSender<Item>>,
     live: Option<tokio::sync::oneshot::Sender<Live>>,
 ) -> Result<RunOutcome, VmError> {
+    keep_as(state, created, items, live, false).await
+}
+
+/// Runs a container's VM for maintenance (files copied in or out of a stopped container):
+/// `created.dir` is a folder of its own with a config whose primary session is held, and the
+/// container's metadata is left as it is (the container stays stopped).
+pub async fn keep_for_maintenance(
+    state: State,
+    created: Created,
+    live: tokio::sync::oneshot::Sender<Live>,
+) -> Result<RunOutcome, VmError> {
+    keep_as(state, created, None, Some(live), true).await
+}
+
+async fn keep_as(
+    state: State,
+    created: Created,
+    items: Option<mpsc::UnboundedSender<Item>>,
+    live: Option<tokio::sync::oneshot::Sender<Live>>,
+    maintenance: bool,
+) -> Result<RunOutcome, VmError> {
     let Created { mut meta, dir } = created;
     let _keeper_lock = match state::flock(&dir.join("keeper.lock"), false) {
         Ok(l) => l,
@@ -523,11 +544,14 @@ pub async fn keep(
         }
         Err(e) => return Err(io_err("lock", &dir)(e)),
     };
-    // Read again under the lock: a keeper that ran meanwhile may have changed it.
-    if let Ok(m) = state.meta(&meta.id) {
-        meta = m;
+    // Read again under the lock: a keeper that ran meanwhile may have changed it. A
+    // maintenance VM's metadata is its own (held, without networks) and is never adopted.
+    if !maintenance {
+        if let Ok(m) = state.meta(&meta.id) {
+            meta = m;
+        }
     }
-    let adopt = state::qemu_alive(&meta);
+    let adopt = !maintenance && state::qemu_alive(&meta);
     let iso = if meta.iso.is_empty() {
         artifacts::iso()
     } else {
@@ -538,6 +562,7 @@ pub async fn keep(
     );
     let store_dyn: Arc<dyn Store> = store.clone();
     let guestinfo = HostServer::new(store_dyn.clone());
+    guestinfo.set_dynamic(Arc::new(host_keys));
     let backchannel = Backchannel::parse(&meta.backchannel)?;
 
     let sock = |n: &str| dir.join(n);
@@ -604,6 +629,21 @@ pub async fn keep(
         tracing::info!(id = %meta.id, pid = ?meta.qemu_pid, "adopting the running VM");
     } else {
         let mut cmd = qemu_command(&dir, &iso, &meta, &backchannel, attach_port, &nic_args);
+        if maintenance {
+            // A maintenance VM belongs to the command that copies: it ends with it, also when
+            // that command is killed.
+            cmd.kill_on_drop(true);
+            // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of
+            // the parent; it runs in the child between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let c = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -611,6 +651,8 @@ pub async fn keep(
                 return Err(VmError::Qemu(qemu_binary(), e));
             }
         };
+        // In memory also for a maintenance VM (its hard timeout counts from here), saved
+        // only for the container's own run: a copy leaves the container's state as it was.
         meta.qemu_pid = c.id();
         meta.qemu_started = now_secs();
         meta.starts += 1;
@@ -620,7 +662,9 @@ pub async fn keep(
     }
     let started_at = tokio::time::Instant::now();
     meta.keeper_pid = Some(std::process::id());
-    state.save(&meta)?;
+    if !maintenance {
+        state.save(&meta)?;
+    }
 
     // guestinfo: QEMU (re)connects once it is listening; serve it on a thread (the server is
     // blocking). QEMU redials after a keeper that served it is gone, so later connections
@@ -715,12 +759,14 @@ pub async fn keep(
     }
     // What others changed while the VM ran (a network connected, a rename) stays: the
     // metadata is read again rather than written from this copy.
-    let mut meta = state.meta(&meta.id).unwrap_or(meta);
-    meta.qemu_pid = None;
-    meta.keeper_pid = None;
-    meta.attach_port = None;
-    meta.timed_out = timed_out;
-    state.save(&meta)?;
+    if !maintenance {
+        meta = state.meta(&meta.id).unwrap_or(meta);
+        meta.qemu_pid = None;
+        meta.keeper_pid = None;
+        meta.attach_port = None;
+        meta.timed_out = timed_out;
+        state.save(&meta)?;
+    }
 
     let (started, exit_code) = match load_config(&dir) {
         Ok(cfg) if cfg.sessions.contains_key(&meta.id) => session_result(&cfg, &meta.id),
@@ -738,6 +784,28 @@ pub async fn keep(
         first_output,
         vm_lifetime,
     })
+}
+
+/// What the guest gets afresh with each config read, never stored: this machine's clock
+/// (the tether sets the guest's from it) and 32 random bytes that seed its CRNG.
+fn host_keys() -> Vec<(String, String)> {
+    use rand_core::RngCore;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut keys = vec![(
+        guestinfo::transport::HOST_TIME_KEY.to_owned(),
+        now.to_string(),
+    )];
+    // `VCH_NO_ENTROPY_SEED` (any value) leaves the seed out: for measuring what it changes.
+    if std::env::var_os("VCH_NO_ENTROPY_SEED").is_none() {
+        let mut seed = [0u8; 32];
+        rand_core::OsRng.fill_bytes(&mut seed);
+        let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+        keys.push((guestinfo::transport::ENTROPY_SEED_KEY.to_owned(), hex));
+    }
+    keys
 }
 
 /// The primary session's `started` text and exit status from a config.
@@ -857,7 +925,11 @@ fn qemu_command(
     ])
     // The NICs' root ports take fixed root-bus slots: before any device QEMU places itself.
     .args(nic_args)
-    .args(["-device", "virtio-rng-pci"])
+    .args(if meta.settings.no_rng {
+        &[][..]
+    } else {
+        &["-device", "virtio-rng-pci"][..]
+    })
     .args([
         "-drive",
         &format!(

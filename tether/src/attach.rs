@@ -194,6 +194,11 @@ fn handlers(t: &Arc<Tether>) -> Handlers {
     let t_ids = t.clone();
     Handlers::new()
         .on_channel_open(move |open| {
+            // Our extensions (backchannel::services): a VIC port layer never opens them.
+            if crate::services::handles(open.channel_type()) {
+                crate::services::open(open);
+                return;
+            }
             if open.channel_type() != req::CHANNEL_ATTACH {
                 let msg = format!("unknown channel type {}", open.channel_type());
                 open.reject(OpenFailureReason::UNKNOWN_CHANNEL_TYPE, &msg);

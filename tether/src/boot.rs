@@ -76,6 +76,8 @@ pub fn load_config(
             return Err(ConfigFailure(msg));
         }
     };
+    // The host's clock is read with the config: step to it before the decode's time passes.
+    crate::clock::apply_boot_keys(&raw, crate::clock::monotonic_now_ns());
     let decoded = guestinfo::decode(&raw).map_err(InvalidConfig::from);
     match decoded.and_then(|c| validate(&c).map(|()| c)) {
         Ok(c) => Ok((raw, c)),
@@ -105,6 +107,7 @@ pub fn run() -> anyhow::Result<()> {
     let mut stamps = std::collections::BTreeMap::new();
     stamps.insert("pid1".to_owned(), boottime_us());
     early::mount_kernel_filesystems()?;
+    crate::services::protect_from_oom_killer();
     early::ensure_dev_nodes();
     let modules = early::load_modules(Path::new("/lib/modules"))?;
     let platform = platform::detect()?;

@@ -22,6 +22,7 @@ pub mod output;
 pub mod platform;
 pub mod reaper;
 pub mod runtime;
+pub mod services;
 pub mod session;
 pub mod shutdown;
 pub mod signals;

@@ -173,9 +173,17 @@ impl Tether {
 
     /// Queues a session's or exec's write-back without waiting for the host.
     fn queue_write_back(&self, id: &str) {
-        let kvs = guestinfo::session_writeback(&self.lock().cfg, id);
+        let (kvs, oom) = {
+            let mut st = self.lock();
+            let kvs = guestinfo::session_writeback(&st.cfg, id);
+            (kvs, oom_key(&mut st, id))
+        };
         match kvs {
-            Ok(kvs) => write_keys(&self.transport, kvs, "session write-back"),
+            Ok(kvs) => write_keys(
+                &self.transport,
+                kvs.into_iter().chain(oom),
+                "session write-back",
+            ),
             Err(e) => tracing::error!(session = id, error = %e, "cannot encode session write-back"),
         }
     }
@@ -535,6 +543,30 @@ impl Tether {
     }
 }
 
+/// Our extension key `guestinfo.vice..sessions|ID.oomkilled` (`execs|` for an exec): `true`
+/// once the OOM killer acted while the session ran, `false` again after a later run ended
+/// without; written only when it changes, so a VIC port layer (which ignores it) sees no
+/// extra writes in the ordinary case.
+fn oom_key(st: &mut State, id: &str) -> Option<(String, String)> {
+    let map = if st.cfg.execs.contains_key(id) {
+        "execs"
+    } else {
+        "sessions"
+    };
+    let rt = st.sessions.get_mut(id)?;
+    if rt.oom_killed == rt.oom_written {
+        return None;
+    }
+    rt.oom_written = rt.oom_killed;
+    Some((
+        format!("guestinfo.vice..{map}|{id}.{OOM_KILLED_KEY}"),
+        rt.oom_killed.to_string(),
+    ))
+}
+
+/// The leaf of the OOM key (see [`oom_key`]).
+pub const OOM_KILLED_KEY: &str = "oomkilled";
+
 /// Whether a session's launch has not failed: `started` is empty (not launched yet) or
 /// `true`; anything else is the launch error.
 fn launch_not_failed(s: &SessionConfig) -> bool {
@@ -650,6 +682,10 @@ async fn launch_and_wait(t: &Arc<Tether>, id: &str) -> Option<i64> {
     tracing::info!(session = %id, code, "session exited");
     if let Some(mut s) = t.lock().session_mut(id) {
         s.record_exit(code, clock::now_secs());
+        let victims = s.record_oom();
+        if !victims.is_empty() {
+            tracing::warn!(session = %id, code, ?victims, "the kernel's OOM killer acted while the session ran");
+        }
     }
     t.write_back(id).await;
     finish(t, id);

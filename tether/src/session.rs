@@ -74,6 +74,12 @@ pub struct Session {
     pub launched: bool,
     /// `true` once the process exited and its output drained (or it failed to launch).
     pub done: watch::Sender<bool>,
+    /// Watches for OOM kills while the process runs (see [`SessionMut::record_oom`]).
+    pub oom_watch: Option<crate::services::OomWatch>,
+    /// Whether the last run ended with an OOM kill in the VM.
+    pub oom_killed: bool,
+    /// Whether `oomkilled` = `true` was written back (so a later run writes `false`).
+    pub oom_written: bool,
 }
 
 impl Default for Session {
@@ -96,6 +102,9 @@ impl Session {
             pid: None,
             launched: false,
             done: watch::channel(false).0,
+            oom_watch: None,
+            oom_killed: false,
+            oom_written: false,
         }
     }
 
@@ -160,6 +169,31 @@ impl SessionMut<'_> {
         self.cfg.run_block = false;
         self.rt.pid = Some(running.pid);
         self.rt.pty = running.pty.take();
+        self.rt.oom_watch = Some(crate::services::OomWatch::start());
+        self.rt.oom_killed = false;
+    }
+
+    /// Whether the kernel's OOM killer acted in the VM while the process ran. The VM is the
+    /// container, so any kill counts, as any kill in a container's cgroup does for docker;
+    /// the session's last exit record says so. Returns the victims.
+    pub fn record_oom(&mut self) -> Vec<String> {
+        let victims = self
+            .rt
+            .oom_watch
+            .take()
+            .map(|mut w| w.victims())
+            .unwrap_or_default();
+        self.rt.oom_killed = !victims.is_empty();
+        if self.rt.oom_killed {
+            if let Some(last) = self.cfg.diagnostics.exit_logs.last_mut() {
+                last.message = if last.message.is_empty() {
+                    "out of memory: the OOM killer acted in the container".into()
+                } else {
+                    format!("{} (out of memory)", last.message)
+                };
+            }
+        }
+        victims
     }
 
     /// The launch failed at `at`: the reason goes to `started` (what the host reports), with
@@ -333,6 +367,9 @@ pub fn launch(
     let pid = launch::spawn(spec)?;
     // No await between fork and here: the reaper cannot have collected the child yet.
     let exit = reaper.watch(pid);
+    // It inherited the tether's protection from the OOM killer; the container's processes
+    // are ordinary victims.
+    crate::services::unprotect(pid.as_raw());
     let pumps = pumps
         .into_iter()
         .map(|(stream, src, fanout)| {

@@ -54,6 +54,7 @@ pub async fn run(
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(RunError::Hangup)?;
     let panic_after = cfg.tether.panic_after_ms;
+    let transport_clock = transport.clone();
     let t = Tether::new(cfg, transport, reaper.clone(), sink, leases.clone());
     t.reconcile();
     let timer = t.clone();
@@ -62,6 +63,7 @@ pub async fn run(
         timer.end_startup();
     });
     tokio::spawn(attach::serve(t.clone(), platform.attach_channel()));
+    tokio::spawn(crate::clock::keep_in_step(transport_clock));
     let renewer = t.clone();
     tokio::spawn(net::maintain(leases.clone(), move |r| {
         renewer.lease_renewed(&r)

@@ -147,6 +147,14 @@ pub fn qualify(key: &str) -> Cow<'_, str> {
     }
 }
 
+/// Our extension: the host's clock (Unix time in ns) when it answered, computed for each
+/// request and never stored (under QEMU the harness answers it; see
+/// [`qemu::HostServer::set_dynamic`]).
+pub const HOST_TIME_KEY: &str = "guestinfo.tether.hosttime";
+/// Our extension: 32 random bytes from the host (64 hex digits), fresh for each request and
+/// never stored, that seed the guest's CRNG at boot.
+pub const ENTROPY_SEED_KEY: &str = "guestinfo.tether.seed";
+
 /// Keys must survive `info-set KEY VALUE` parsing (the key ends at the first space).
 pub(crate) fn check_key(key: &str) -> Result<(), TransportError> {
     if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {

@@ -322,7 +322,12 @@ struct ServerShared {
     listeners: Mutex<Vec<Sender<(String, String)>>>,
     generation: AtomicU64,
     damaged: AtomicU64,
+    /// Keys computed at each request (see [`HostServer::set_dynamic`]).
+    dynamic: Mutex<Option<DynamicKeys>>,
 }
+
+/// Computes keys that are answered but never stored (see [`HostServer::set_dynamic`]).
+pub type DynamicKeys = Arc<dyn Fn() -> Vec<(String, String)> + Send + Sync>;
 
 /// Host end of the QEMU stand-in: serves a guest's requests against a [`Store`] like the VMX
 /// would. Cheap to clone; clones share the store, listeners and connection.
@@ -351,8 +356,22 @@ impl HostServer {
                 listeners: Mutex::new(Vec::new()),
                 generation: AtomicU64::new(0),
                 damaged: AtomicU64::new(0),
+                dynamic: Mutex::new(None),
             }),
         }
+    }
+
+    /// Keys computed afresh for each request and never stored: added to every
+    /// `info-get-all` reply and answered by `info-get` (values in wire form). The harness
+    /// gives the guest its clock and an entropy seed this way, so that neither is ever in
+    /// the VM's `.vmx`.
+    pub fn set_dynamic(&self, keys: DynamicKeys) {
+        *lock(&self.shared.dynamic) = Some(keys);
+    }
+
+    fn dynamic(&self) -> Vec<(String, String)> {
+        let f = lock(&self.shared.dynamic).clone();
+        f.map(|f| f()).unwrap_or_default()
     }
 
     /// The store the guest reads and writes.
@@ -496,13 +515,20 @@ impl HostServer {
                 Ok(all) => Message::Reply {
                     id,
                     reply: "1 ".to_owned(),
-                    entries: all.into_iter().filter(|(k, _)| is_guestinfo(k)).collect(),
+                    entries: all
+                        .into_iter()
+                        .filter(|(k, _)| is_guestinfo(k))
+                        .chain(self.dynamic())
+                        .collect(),
                 },
                 Err(e) => Self::reply(id, format!("0 {e}")),
             };
         }
         if let Some(key) = command.strip_prefix("info-get ") {
             let key = qualify(key);
+            if let Some((_, v)) = self.dynamic().into_iter().find(|(k, _)| k.as_str() == key) {
+                return Self::reply(id, format!("1 {v}"));
+            }
             return match store.get(&key) {
                 Ok(Some(v)) => Self::reply(id, format!("1 {v}")),
                 Ok(None) => Self::reply(id, "0 No value found"),

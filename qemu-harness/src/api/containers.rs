@@ -1,5 +1,5 @@
 //! `/containers/...`: create, list, inspect, start, stop, restart, kill, wait, attach,
-//! logs, resize, rename, remove, prune; top and stats answer that the guest cannot yet.
+//! logs, resize, rename, remove, prune (top, stats and archive are in `services.rs`).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -549,7 +549,7 @@ fn inspect_json(v: &ContainerView) -> serde_json::Value {
         "Running": running,
         "Paused": false,
         "Restarting": false,
-        "OOMKilled": false,
+        "OOMKilled": v.oom_killed,
         "Dead": false,
         "Pid": pid,
         "ExitCode": v.exit_code,
@@ -986,22 +986,6 @@ pub async fn prune(state: &ApiState) -> ApiResult {
         StatusCode::OK,
         &serde_json::json!({ "ContainersDeleted": deleted, "SpaceReclaimed": 0 }),
     ))
-}
-
-/// `GET /containers/{id}/top`: not answered by the guest yet.
-pub fn top(state: &ApiState, id: &str) -> ApiResult {
-    state.engine.resolve(id)?;
-    Err(ApiError::not_implemented(format!(
-        "top is not available for container {id}: this VCH's tether does not report the guest's processes yet"
-    )))
-}
-
-/// `GET /containers/{id}/stats`: not answered by the guest yet.
-pub fn stats(state: &ApiState, id: &str) -> ApiResult {
-    state.engine.resolve(id)?;
-    Err(ApiError::not_implemented(format!(
-        "stats are not available for container {id}: this VCH's tether does not sample the guest's resources yet"
-    )))
 }
 
 #[cfg(test)]

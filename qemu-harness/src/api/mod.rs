@@ -12,6 +12,7 @@ pub mod http;
 pub mod images;
 mod networks;
 mod router;
+mod services;
 mod stream;
 mod system;
 pub mod tls;

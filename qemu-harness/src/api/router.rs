@@ -6,7 +6,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::http::{ApiError, Body};
-use super::{containers, exec, images, networks, system, volumes, ApiState};
+use super::{containers, exec, images, networks, services, system, volumes, ApiState};
 
 /// The path without docker's `/vMAJOR.MINOR` prefix, split into segments; an error for a
 /// version newer than this endpoint speaks (docker's words).
@@ -77,8 +77,15 @@ pub async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Bod
         (&Method::POST, ["containers", id, "resize"]) => containers::resize(&state, id, &req).await,
         (&Method::POST, ["containers", id, "rename"]) => containers::rename(&state, id, &req),
         (&Method::DELETE, ["containers", id]) => containers::remove(&state, id, &req).await,
-        (&Method::GET, ["containers", id, "top"]) => containers::top(&state, id),
-        (&Method::GET, ["containers", id, "stats"]) => containers::stats(&state, id),
+        (&Method::GET, ["containers", id, "top"]) => services::top(&state, id, &req).await,
+        (&Method::GET, ["containers", id, "stats"]) => services::stats(&state, id, &req).await,
+        (&Method::GET | &Method::HEAD, ["containers", id, "archive"]) => {
+            services::archive_get(&state, id, &req).await
+        }
+        (&Method::PUT, ["containers", id, "archive"]) => {
+            let id = id.to_string();
+            services::archive_put(state.clone(), &id, req).await
+        }
         (&Method::POST, ["containers", id, "pause" | "unpause"]) => {
             Err(ApiError::not_implemented(format!(
                 "cannot pause container {id}: pausing a container VM is not supported by this VCH"

@@ -18,6 +18,16 @@
 //! throughput of `head -c M MiB /dev/zero`, beside a raw virtio-serial baseline measured in
 //! the same VM and run (round trip of one byte, bulk transfer).
 //!
+//! `bench copy [--runs N] [--mib M]`: `vch cp` throughput of an M MiB directory tree (64
+//! files in 8 directories) into and out of a running container, beside the attach
+//! throughput of `head -c M MiB /dev/zero` (an exec's stdout) in the same VM and run,
+//! alternating; medians of N.
+//!
+//! `bench entropy [--runs N]`: whether the guest's CRNG is initialised when the entrypoint
+//! runs (`/proc/sys/kernel/random/entropy_avail` read by it, the kernel's `crng init done`
+//! time against the tether's exec stamp), with and without virtio-rng, with the tether's
+//! seed from the host and without it (`VCH_NO_ENTROPY_SEED`), alternating.
+//!
 //! `bench images [--runs N]`: `vch run --network none IMAGE true` (the `vch` binary beside
 //! this one) for the built-in busybox image and for a Debian bookworm minbase
 //! (`scripts/debian-image`), each as a store image and as a root filesystem directory
@@ -74,12 +84,19 @@ fn main() -> Result<()> {
         ),
         Some("docker") => docker(&state, arg(&args, "--runs", 10)? as usize, &args),
         Some("images") => images(&tmp, arg(&args, "--runs", 3)? as usize),
+        Some("entropy") => entropy(&tmp, arg(&args, "--runs", 2)? as usize),
+        Some("copy") => copy(
+            &state,
+            &tmp,
+            arg(&args, "--runs", 3)? as usize,
+            arg(&args, "--mib", 100)?,
+        ),
         Some("network") => network(
             &state,
             arg(&args, "--runs", 3)? as usize,
             arg(&args, "--mib", 64)?,
         ),
-        _ => bail!("usage: bench boot [--runs N] | bench backchannel [--execs N] [--mib M] | bench docker [--runs N] [--client PATH] | bench images [--runs N] | bench network [--runs N] [--mib M]"),
+        _ => bail!("usage: bench boot [--runs N] | bench backchannel [--execs N] [--mib M] | bench docker [--runs N] [--client PATH] | bench images [--runs N] | bench copy [--runs N] [--mib M] | bench entropy [--runs N] | bench network [--runs N] [--mib M]"),
     };
     if r.is_ok() {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -189,7 +206,12 @@ struct Running {
 }
 
 fn start(state: &State, bench_port: bool) -> Result<Running> {
+    start_with(state, bench_port, 256)
+}
+
+fn start_with(state: &State, bench_port: bool, memory_mb: u32) -> Result<Running> {
     let mut opts = RunOptions::new("busybox", &["sleep", "600"]);
+    opts.memory_mb = memory_mb;
     opts.timeout = Duration::from_secs(900);
     opts.bench_port = bench_port;
     let created = vm::create(state, opts)?;
@@ -854,4 +876,176 @@ fn derived_archive(
     put("manifest.json", manifest.len() as u64, &mut &manifest[..])?;
     ar.into_inner()?.flush()?;
     Ok(out)
+}
+
+/// A directory tree of `mib` MiB: 8 directories of 8 files, of bytes that do not compress.
+fn make_tree(root: &std::path::Path, mib: u64) -> Result<u64> {
+    let per_file = (mib * 1024 * 1024 / 64) as usize;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut total = 0u64;
+    for d in 0..8 {
+        let dir = root.join(format!("d{d}"));
+        std::fs::create_dir_all(&dir)?;
+        for f in 0..8 {
+            let mut data = vec![0u8; per_file];
+            for chunk in data.chunks_mut(8) {
+                // xorshift64
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let b = x.to_le_bytes();
+                chunk.copy_from_slice(&b[..chunk.len()]);
+            }
+            std::fs::write(dir.join(format!("f{f}")), &data)?;
+            total += data.len() as u64;
+        }
+    }
+    Ok(total)
+}
+
+fn tree_bytes(root: &std::path::Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                total += tree_bytes(&p);
+            } else if let Ok(md) = p.metadata() {
+                total += md.len();
+            }
+        }
+    }
+    total
+}
+
+fn copy(state: &State, tmp: &std::path::Path, runs: usize, mib: u64) -> Result<()> {
+    use qemu_harness::engine::LocalEnd;
+    let tree = tmp.join("tree");
+    let bytes = make_tree(&tree, mib)?;
+    // The guest holds the tree on its disk; memory for its page cache.
+    let vm = start_with(state, false, 512)?;
+    let result = vm.rt.block_on(async {
+        connect(&vm.ctl).await?;
+        let (engine, id) = (&vm.engine, vm.id.as_str());
+        exec_collect(engine, id, sh("true")).await?;
+        let (mut ins, mut outs, mut attach) = (Vec::new(), Vec::new(), Vec::new());
+        let mb = bytes as f64 / 1e6;
+        for run in 0..runs {
+            let dest = format!("/tmp/run{run}");
+            exec_collect(engine, id, sh(&format!("mkdir -p {dest}"))).await?;
+            let t = Instant::now();
+            engine
+                .copy_to_container(
+                    id,
+                    LocalEnd::Path(tree.clone()),
+                    &dest,
+                    false,
+                    false,
+                    &mut tokio::io::empty(),
+                )
+                .await?;
+            ins.push(mb / t.elapsed().as_secs_f64());
+            let out = tmp.join(format!("out{run}"));
+            let t = Instant::now();
+            engine
+                .copy_from_container(
+                    id,
+                    &format!("{dest}/tree"),
+                    false,
+                    LocalEnd::Path(out.clone()),
+                    &mut tokio::io::sink(),
+                )
+                .await?;
+            outs.push(mb / t.elapsed().as_secs_f64());
+            let got = tree_bytes(&out);
+            anyhow::ensure!(got == bytes, "copied out {got} bytes of {bytes}");
+            std::fs::remove_dir_all(&out)?;
+            exec_collect(engine, id, sh(&format!("rm -rf {dest}"))).await?;
+            let t = Instant::now();
+            let (code, out, _) =
+                exec_collect(engine, id, sh(&format!("head -c {bytes} /dev/zero"))).await?;
+            anyhow::ensure!(code == 0 && out.len() as u64 == bytes, "attach transfer");
+            attach.push(mb / t.elapsed().as_secs_f64());
+        }
+        anyhow::Ok((ins, outs, attach))
+    });
+    vm.stop();
+    let (mut ins, mut outs, mut attach) = result?;
+    println!("copy benchmark (one VM, QEMU TCG q35, 512 MiB; median of {runs})");
+    println!(
+        "  {mib} MiB tree (64 files): vch cp in {:.2} MB/s, out {:.2} MB/s; attach (exec stdout of the same bytes) {:.2} MB/s",
+        median(&mut ins),
+        median(&mut outs),
+        median(&mut attach)
+    );
+    Ok(())
+}
+
+fn entropy(tmp: &std::path::Path, runs: usize) -> Result<()> {
+    let state = tmp.join("entropy");
+    let script =
+        "cat /proc/sys/kernel/random/entropy_avail; dmesg | grep 'crng init done' | head -1";
+    let configs = [
+        ("virtio-rng, seed", false, false),
+        ("no virtio-rng, seed", true, false),
+        ("virtio-rng, no seed", false, true),
+        ("no virtio-rng, no seed", true, true),
+    ];
+    let mut rows: Vec<(usize, Vec<f64>, Vec<f64>)> = vec![(0, Vec::new(), Vec::new()); 4];
+    for run in 0..runs {
+        for (i, (_, no_rng, no_seed)) in configs.iter().enumerate() {
+            let name = format!("e{run}-{i}");
+            let mut args = vec!["run", "--timeout", "120", "--name", &name];
+            if *no_rng {
+                args.push("--no-rng");
+            }
+            args.extend(["busybox", "sh", "-c", script]);
+            let exe = std::env::current_exe()?.with_file_name("vch");
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.arg("--state").arg(&state).args(&args);
+            if *no_seed {
+                cmd.env("VCH_NO_ENTROPY_SEED", "1");
+            } else {
+                cmd.env_remove("VCH_NO_ENTROPY_SEED");
+            }
+            let out = cmd.output()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let ready = text.lines().next().map(str::trim) == Some("256");
+            let (_, doc) = vch_timed(&state, &["inspect", &name])?;
+            let doc: serde_json::Value = serde_json::from_str(&doc)?;
+            let pid1 = doc["Boot"]["KernelToPid1Ms"].as_f64().unwrap_or(f64::NAN);
+            let exec = pid1 + doc["Boot"]["Pid1ToExecMs"].as_f64().unwrap_or(f64::NAN);
+            let crng = text
+                .lines()
+                .nth(1)
+                .and_then(|l| l.trim_start_matches('[').split(']').next())
+                .and_then(|t| t.trim().parse::<f64>().ok())
+                .map(|s| s * 1000.0);
+            let row = &mut rows[i];
+            if ready {
+                row.0 += 1;
+            }
+            if let Some(c) = crng {
+                row.1.push(c - pid1);
+            }
+            row.2.push(exec - pid1);
+        }
+    }
+    println!("entropy benchmark: is getrandom ready when the entrypoint runs? (QEMU TCG q35; {runs} runs each, alternating)");
+    for (i, (label, _, _)) in configs.iter().enumerate() {
+        let (ready, crng, exec) = &mut rows[i];
+        let crng_text = if crng.is_empty() {
+            "not initialised before the entrypoint looked".to_owned()
+        } else {
+            format!(
+                "CRNG initialised {:.0} ms after PID 1 (median)",
+                median(crng)
+            )
+        };
+        println!(
+            "  {label:<24} ready at exec in {ready}/{runs}; {crng_text}; exec {:.0} ms after PID 1",
+            median(exec)
+        );
+    }
+    Ok(())
 }

@@ -108,6 +108,9 @@ enum Cmd {
         /// VM memory in MiB
         #[arg(long, default_value_t = 256)]
         memory: u32,
+        /// No virtio-rng device in the VM (the tether seeds the guest's CRNG from the host)
+        #[arg(long)]
+        no_rng: bool,
         /// Mount a volume: NAME:/PATH[:ro|rw][,nocopy] (created if missing), or /PATH for a
         /// new anonymous volume
         #[arg(short = 'v', long = "volume", value_name = "SPEC")]
@@ -321,6 +324,35 @@ enum Cmd {
         stderr: bool,
         /// Name or ID
         name: String,
+    },
+    /// Copy files between a container and this machine (a running or a stopped container):
+    /// CONTAINER:SRC DEST, SRC CONTAINER:DEST, `-` for a tar stream on stdin or stdout
+    Cp {
+        /// Keep the owners (uid:gid) of the files copied in
+        #[arg(short = 'a', long)]
+        archive: bool,
+        /// Follow a symlink given as the source
+        #[arg(short = 'L', long)]
+        follow_link: bool,
+        src: String,
+        dest: String,
+    },
+    /// Show the processes of a running container (ps columns: -ef, the default, or aux)
+    Top {
+        /// Name or ID
+        name: String,
+        /// ps options: -ef or aux
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// Show containers' resource use (CPU, memory, network, block I/O, PIDs)
+    Stats {
+        /// Print one sample and end
+        #[arg(long)]
+        no_stream: bool,
+        /// Names or IDs
+        #[arg(required = true)]
+        names: Vec<String>,
     },
     /// Show a container's configuration and state as JSON
     Inspect {
@@ -592,6 +624,7 @@ async fn command(engine: &Engine, cmd: Cmd) -> Result<ExitCode> {
             log_format,
             timeout,
             memory,
+            no_rng,
             volumes,
             networks,
             ip,
@@ -665,6 +698,7 @@ async fn command(engine: &Engine, cmd: Cmd) -> Result<ExitCode> {
                 hostname: hostname.unwrap_or_default(),
                 dns,
                 cpus,
+                no_rng,
                 network_mode,
                 ..Default::default()
             };
@@ -892,6 +926,19 @@ async fn command(engine: &Engine, cmd: Cmd) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Cp {
+            archive,
+            follow_link,
+            src,
+            dest,
+        } => copy(engine, archive, follow_link, &src, &dest).await,
+        Cmd::Top { name, ps_args } => {
+            let view = engine.top(&name, &ps_args.join(" ")).await?;
+            let titles: Vec<&str> = view.titles.iter().map(String::as_str).collect();
+            print_out(&table_dyn(&titles, &view.processes));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Stats { no_stream, names } => stats(engine, no_stream, &names).await,
         Cmd::Inspect { name } => {
             let view = engine.inspect(&name)?;
             let cfg = view.config.clone().unwrap_or_default();
@@ -902,6 +949,7 @@ async fn command(engine: &Engine, cmd: Cmd) -> Result<ExitCode> {
                 "ImageID": view.meta.image_id,
                 "Created": view.meta.created,
                 "State": state_text(&view),
+                "OOMKilled": view.oom_killed,
                 "Mounts": inspect::mounts(&view.meta),
                 "NetworkSettings": inspect::network_settings(&view.meta, &cfg),
                 "Boot": inspect::boot(&cfg),
@@ -1299,6 +1347,228 @@ where
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// A container path of `vch cp`: `NAME:PATH`, unless the argument is a local path
+/// (docker's rule: one starting with `/` or `.` is local even with a colon).
+fn container_path(arg: &str) -> Option<(&str, &str)> {
+    if arg.starts_with('/') || arg.starts_with('.') {
+        return None;
+    }
+    let (name, path) = arg.split_once(':')?;
+    (!name.is_empty()).then_some((name, path))
+}
+
+async fn copy(
+    engine: &Engine,
+    archive: bool,
+    follow_link: bool,
+    src: &str,
+    dest: &str,
+) -> Result<ExitCode> {
+    use qemu_harness::engine::LocalEnd;
+    let local = |p: &str| {
+        if p == "-" {
+            LocalEnd::Stream
+        } else {
+            LocalEnd::Path(std::path::PathBuf::from(p))
+        }
+    };
+    match (container_path(src), container_path(dest)) {
+        (Some((name, path)), None) => {
+            let mut out = tokio::io::stdout();
+            engine
+                .copy_from_container(name, path, follow_link, local(dest), &mut out)
+                .await?;
+        }
+        (None, Some((name, path))) => {
+            let mut input = tokio::io::stdin();
+            engine
+                .copy_to_container(name, local(src), path, archive, follow_link, &mut input)
+                .await?;
+        }
+        (Some(_), Some(_)) => bail!("copying between containers is not supported"),
+        (None, None) => {
+            bail!("must specify at least one container source (CONTAINER:PATH)")
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Four significant digits at most, without trailing zeros (Go's `%.4g` for these sizes).
+fn g4(v: f64) -> String {
+    let text = if v >= 1000.0 {
+        format!("{v:.0}")
+    } else if v >= 100.0 {
+        format!("{v:.1}")
+    } else if v >= 10.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    };
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        text
+    }
+}
+
+/// docker's binary sizes (`123.4MiB`).
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{}{}", g4(v), UNITS[u])
+}
+
+/// docker's decimal sizes (`1.2MB`).
+fn human_si(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < UNITS.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    format!("{}{}", g4(v), UNITS[u])
+}
+
+/// One row of `vch stats`, as docker's client computes it from the stats JSON.
+fn stats_row(v: &serde_json::Value) -> Vec<String> {
+    let u = |p: &str| v.pointer(p).and_then(|x| x.as_u64()).unwrap_or(0);
+    let cpu_delta = u("/cpu_stats/cpu_usage/total_usage")
+        .saturating_sub(u("/precpu_stats/cpu_usage/total_usage")) as f64;
+    let sys_delta =
+        u("/cpu_stats/system_cpu_usage").saturating_sub(u("/precpu_stats/system_cpu_usage")) as f64;
+    let cpus = u("/cpu_stats/online_cpus").max(1) as f64;
+    let cpu = if sys_delta > 0.0 && u("/precpu_stats/system_cpu_usage") > 0 {
+        cpu_delta / sys_delta * cpus * 100.0
+    } else {
+        0.0
+    };
+    let usage = u("/memory_stats/usage");
+    let mem = usage.saturating_sub(u("/memory_stats/stats/inactive_file"));
+    let limit = u("/memory_stats/limit");
+    let (mut rx, mut tx) = (0, 0);
+    if let Some(nets) = v.get("networks").and_then(|n| n.as_object()) {
+        for n in nets.values() {
+            rx += n.get("rx_bytes").and_then(|x| x.as_u64()).unwrap_or(0);
+            tx += n.get("tx_bytes").and_then(|x| x.as_u64()).unwrap_or(0);
+        }
+    }
+    let (mut read, mut write) = (0, 0);
+    if let Some(io) = v
+        .pointer("/blkio_stats/io_service_bytes_recursive")
+        .and_then(|x| x.as_array())
+    {
+        for e in io {
+            let val = e.get("value").and_then(|x| x.as_u64()).unwrap_or(0);
+            match e.get("op").and_then(|x| x.as_str()) {
+                Some("read") => read += val,
+                Some("write") => write += val,
+                _ => {}
+            }
+        }
+    }
+    let id = v.get("id").and_then(|x| x.as_str()).unwrap_or("");
+    let name = v.get("name").and_then(|x| x.as_str()).unwrap_or("");
+    vec![
+        short(id).to_owned(),
+        name.trim_start_matches('/').to_owned(),
+        format!("{cpu:.2}%"),
+        format!("{} / {}", human_bytes(mem), human_bytes(limit)),
+        format!(
+            "{:.2}%",
+            if limit > 0 {
+                mem as f64 * 100.0 / limit as f64
+            } else {
+                0.0
+            }
+        ),
+        format!("{} / {}", human_si(rx), human_si(tx)),
+        format!("{} / {}", human_si(read), human_si(write)),
+        u("/pids_stats/current").to_string(),
+    ]
+}
+
+const STATS_TITLES: [&str; 8] = [
+    "CONTAINER ID",
+    "NAME",
+    "CPU %",
+    "MEM USAGE / LIMIT",
+    "MEM %",
+    "NET I/O",
+    "BLOCK I/O",
+    "PIDS",
+];
+
+async fn stats(engine: &Engine, no_stream: bool, names: &[String]) -> Result<ExitCode> {
+    // Every container's sampler at once; a row per container, refreshed each second.
+    let mut streams = Vec::new();
+    for n in names {
+        let count = if no_stream { Some(2) } else { None };
+        streams.push(engine.stats(n, count).await?);
+    }
+    let mut rows: Vec<Vec<String>> = vec![Vec::new(); streams.len()];
+    loop {
+        let mut any = false;
+        for (i, s) in streams.iter_mut().enumerate() {
+            if let Some(v) = s.recv().await {
+                rows[i] = stats_row(&v);
+                any = true;
+            }
+        }
+        if !any {
+            break;
+        }
+        if no_stream {
+            // The second sample has the CPU deltas.
+            let mut more = false;
+            for (i, s) in streams.iter_mut().enumerate() {
+                if let Some(v) = s.recv().await {
+                    rows[i] = stats_row(&v);
+                    more = true;
+                }
+            }
+            let _ = more;
+            print_out(&table_dyn(&STATS_TITLES, &rows));
+            break;
+        }
+        // Clear the screen and draw the table again, as docker stats does.
+        print_out(&format!("\x1b[2J\x1b[H{}", table_dyn(&STATS_TITLES, &rows)));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A table with any number of columns (the last one not padded).
+fn table_dyn(titles: &[&str], rows: &[Vec<String>]) -> String {
+    let n = titles.len();
+    let mut widths: Vec<usize> = titles.iter().map(|t| t.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate().take(n) {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}   ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(titles.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
 }
 
 fn state_text(view: &ContainerView) -> String {

@@ -92,6 +92,9 @@ pub struct ContainerView {
     pub finished_at: i64,
     /// The VM's folder.
     pub dir: PathBuf,
+    /// The kernel's OOM killer acted in the VM while the primary process ran (docker's
+    /// `State.OOMKilled`), as the tether wrote back (our `oomkilled` key).
+    pub oom_killed: bool,
 }
 
 impl ContainerView {
@@ -280,6 +283,14 @@ impl Engine {
         } else {
             exit_code
         };
+        let oom_killed = store
+            .as_ref()
+            .and_then(|s| {
+                guestinfo::store::Store::get(s, &oom_key(&meta.id))
+                    .ok()
+                    .flatten()
+            })
+            .is_some_and(|v| v == "true");
         ContainerView {
             meta,
             config,
@@ -289,6 +300,7 @@ impl Engine {
             started_at,
             finished_at,
             dir,
+            oom_killed,
         }
     }
 
@@ -1143,6 +1155,13 @@ fn reset_for_start(dir: &Path, id: &str, run_block: bool) -> Result<(), EngineEr
         what: format!("rename {}", tmp.display()),
         source,
     })
+}
+
+/// The key the tether writes `true` to when the OOM killer acted while the session ran
+/// (our extension; a config rewritten for the next start drops it, as docker clears
+/// `OOMKilled` on a start).
+pub fn oom_key(session: &str) -> String {
+    format!("guestinfo.vice..sessions|{session}.oomkilled")
 }
 
 /// The tether's launch error in the words docker's client looks for to pick its exit code

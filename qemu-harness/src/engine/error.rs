@@ -28,6 +28,9 @@ pub enum ErrorKind {
 pub enum EngineError {
     #[error("No such container: {0}")]
     NoSuchContainer(String),
+    /// A path in a container that does not exist (its text says which).
+    #[error("{0}")]
+    PathNotFound(String),
     #[error("No such exec instance: {0}")]
     NoSuchExec(String),
     #[error("No such image: {0}")]
@@ -77,9 +80,11 @@ impl EngineError {
     pub fn kind(&self) -> ErrorKind {
         use EngineError as E;
         match self {
-            E::NoSuchContainer(_) | E::NoSuchExec(_) | E::NoSuchImage(_) | E::PullDenied(_) => {
-                ErrorKind::NotFound
-            }
+            E::NoSuchContainer(_)
+            | E::NoSuchExec(_)
+            | E::NoSuchImage(_)
+            | E::PullDenied(_)
+            | E::PathNotFound(_) => ErrorKind::NotFound,
             E::NotRunning(_) | E::RemoveRunning(_) | E::Conflict(_) => ErrorKind::Conflict,
             E::AlreadyRunning(_) | E::AlreadyStopped(_) => ErrorKind::NotModified,
             E::BadRequest(_) => ErrorKind::BadRequest,

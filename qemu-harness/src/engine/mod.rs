@@ -23,6 +23,8 @@
 //! | connect / disconnect | [`Engine::network_connect`], [`Engine::network_disconnect`] | a running VM's NIC is hot-added / removed |
 //! | images | [`Engine::images`], [`Engine::image`], [`Engine::image_load`], [`Engine::image_import`], [`Engine::image_tag`], [`Engine::image_remove`], [`Engine::image_save`], [`Engine::image_pull`] (the built-in busybox only) | over [`crate::images::ImageStore`]; `create` resolves names, IDs, prefixes and directories with [`Engine::image_resolve`] |
 //! | events | [`Engine::events`] | create, start, die, destroy, … |
+//! | copy files | [`Engine::archive_stat`], [`Engine::archive_get`], [`Engine::archive_put`], [`Engine::copy_from_container`], [`Engine::copy_to_container`] | tar streams over the tether's `archive-*@tether` channels; docker's client rules for `vch cp` |
+//! | top / stats | [`Engine::top`], [`Engine::stats`] | read by the tether from the guest's `/proc` and `/sys` |
 //!
 //! Containers live in the state directory ([`crate::state`]) and are kept by `vch keeper`
 //! processes, so they outlive the front end that started them; an engine opened later (a
@@ -35,7 +37,9 @@ mod error;
 mod events;
 mod exec;
 mod images;
+mod maintenance;
 mod objects;
+mod services;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -54,6 +58,7 @@ pub use events::{Event, EventKind};
 pub use exec::{ExecCreate, ExecView};
 pub use images::{ImageDetail, ImageView};
 pub use objects::{network_id, NetworkView, VolumeView};
+pub use services::{chunk_stream, ArchiveOut, ChunkStream, LocalEnd, TopView};
 
 use crate::state::State;
 
