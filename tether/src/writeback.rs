@@ -96,6 +96,10 @@ struct Shared {
     queue: Mutex<Option<Sender<Job>>>,
     /// Writes queued and not yet performed: a read with nothing pending skips the flush.
     pending: Arc<AtomicUsize>,
+    /// Every key written through [`WriteBack::set`] since the last
+    /// [`WriteBack::take_written`], with its plain value: a reload tells the host's changes
+    /// from the tether's own by it.
+    written: Mutex<Map>,
 }
 
 /// A transport whose writes are performed, in order, by a thread of their own. Clones share
@@ -123,6 +127,7 @@ impl WriteBack {
             gate,
             queue: Mutex::new(None),
             pending,
+            written: Mutex::new(Map::new()),
         });
         // The thread ends when the last handle is gone (the queue's sender is dropped).
         let spawned = std::thread::Builder::new()
@@ -220,6 +225,12 @@ impl WriteBack {
         FlushOnDrop(self.clone())
     }
 
+    /// The keys written through [`Transport::set`] since the last call, with their plain
+    /// values (a later write of a key replaces an earlier one).
+    pub fn take_written(&self) -> Map {
+        std::mem::take(&mut *lock(&self.shared.written))
+    }
+
     fn flush_before_read(&self) {
         if !self.flush(FLUSH_TIMEOUT) {
             tracing::warn!(
@@ -299,6 +310,7 @@ impl Transport for WriteBack {
     /// Queues the write and returns at once; a failure is logged by the write-back thread
     /// (the tether's callers only log it either way).
     fn set(&self, key: &str, value: &str) -> Result<(), TransportError> {
+        lock(&self.shared.written).insert(key.to_owned(), value.to_owned());
         self.submit(Job::Set(key.to_owned(), value.to_owned()));
         Ok(())
     }
