@@ -34,6 +34,8 @@ type Deferred = Box<dyn FnOnce(&dyn Transport) + Send>;
 
 enum Job {
     Set(String, String),
+    /// Several writes in order, sent together (see [`Transport::set_many`]).
+    SetMany(Vec<(String, String)>),
     Run(Deferred),
     Flush(mpsc::SyncSender<()>),
     Notify(tokio::sync::oneshot::Sender<()>),
@@ -42,7 +44,7 @@ enum Job {
 impl Job {
     /// Whether the job is a write the pending count tracks.
     fn is_write(&self) -> bool {
-        matches!(self, Job::Set(..) | Job::Run(_))
+        matches!(self, Job::Set(..) | Job::SetMany(_) | Job::Run(_))
     }
 }
 
@@ -51,6 +53,11 @@ fn perform(inner: &dyn Transport, job: Job) {
     match job {
         Job::Set(key, value) => {
             if let Err(e) = inner.set(&key, &value) {
+                tracing::error!(key = %key, error = %e, "write-back failed");
+            }
+        }
+        Job::SetMany(pairs) => {
+            for (key, e) in inner.set_many(&pairs) {
                 tracing::error!(key = %key, error = %e, "write-back failed");
             }
         }
@@ -313,6 +320,18 @@ impl Transport for WriteBack {
         lock(&self.shared.written).insert(key.to_owned(), value.to_owned());
         self.submit(Job::Set(key.to_owned(), value.to_owned()));
         Ok(())
+    }
+
+    /// Queued as one job: the write-back thread sends them together.
+    fn set_many(&self, pairs: &[(String, String)]) -> Vec<(String, TransportError)> {
+        {
+            let mut written = lock(&self.shared.written);
+            for (k, v) in pairs {
+                written.insert(k.clone(), v.clone());
+            }
+        }
+        self.submit(Job::SetMany(pairs.to_vec()));
+        Vec::new()
     }
 
     fn get_all(&self) -> Result<Map, TransportError> {
