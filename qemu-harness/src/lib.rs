@@ -18,6 +18,7 @@
 // docker's JSON documents (`/info`, `inspect`) are large `json!` literals.
 #![recursion_limit = "256"]
 
+pub mod accel;
 pub mod api;
 pub mod artifacts;
 pub mod client;

@@ -60,6 +60,12 @@ pub struct Meta {
     /// A raw `org.tether.bench` virtio port on `bench.sock` (benchmarks).
     #[serde(default)]
     pub bench_port: bool,
+    /// The accelerator asked for (`auto`, `kvm`, `tcg`; empty is `auto`).
+    #[serde(default)]
+    pub accel: String,
+    /// The accelerator the last start got (`kvm` or `tcg`).
+    #[serde(default)]
+    pub accel_used: String,
     /// Volumes attached as extra disks (or NFS mounts), as at creation: the VM is rebuilt
     /// from them, and `rm` removes the anonymous ones.
     #[serde(default)]

@@ -73,6 +73,9 @@ pub enum VmError {
     /// a network's segment could not be had
     #[error(transparent)]
     Netd(#[from] crate::netd::NetdError),
+    /// the accelerator asked for cannot be had
+    #[error(transparent)]
+    Accel(#[from] crate::accel::AccelError),
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> VmError + 'a {
@@ -151,6 +154,8 @@ pub struct RunOptions {
     /// Give the VM a raw virtio-serial port `org.tether.bench` on `<vm dir>/bench.sock`
     /// (QEMU dials it): the benchmarks' baseline channel.
     pub bench_port: bool,
+    /// The accelerator (`--accel`; default `$VCH_ACCEL`, else `auto`).
+    pub accel: crate::accel::Request,
     /// Raw extraConfig entries set after the composed config (tests use it to inject
     /// malformed keys).
     pub extra_config: Vec<(String, String)>,
@@ -184,6 +189,8 @@ impl RunOptions {
             log_format: String::new(),
             iso: None,
             bench_port: false,
+            // A malformed `$VCH_ACCEL` is reported by `vch` itself; here it means `auto`.
+            accel: crate::accel::Request::from_env().unwrap_or_default(),
             extra_config: Vec::new(),
             volumes: Vec::new(),
             network: NetworkRequest::default(),
@@ -279,6 +286,11 @@ pub fn create(state: &State, mut opts: RunOptions) -> Result<Created, VmError> {
         opts.spec.name = opts.spec.id.chars().take(12).collect();
     }
     state.check_name(&opts.spec.name)?;
+    // `--accel kvm` where KVM does not run a guest fails here, before anything is made
+    // (the verdict is cached per host boot).
+    if opts.accel == crate::accel::Request::Kvm {
+        crate::accel::resolve(opts.accel, state.root())?;
+    }
 
     // Everything the user asked for is checked before anything is made: the image, a
     // config the codec can carry, the volumes and the networks.
@@ -450,6 +462,8 @@ fn prepare(
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         bench_port: opts.bench_port,
+        accel: opts.accel.as_str().to_owned(),
+        accel_used: String::new(),
         volumes,
         nics,
         settings: opts.settings.clone(),
@@ -564,6 +578,19 @@ async fn keep_as(
     let guestinfo = HostServer::new(store_dyn.clone());
     guestinfo.set_dynamic(Arc::new(host_keys));
     let backchannel = Backchannel::parse(&meta.backchannel)?;
+    // Decided at every start (the probe's verdict is cached per host boot): a container
+    // made on a host without KVM gets it once it runs where KVM works.
+    let accel = {
+        let (req, root) = (
+            crate::accel::Request::parse(&meta.accel)?,
+            state.root().to_owned(),
+        );
+        tokio::task::spawn_blocking(move || crate::accel::resolve(req, &root))
+            .await
+            .map_err(|e| VmError::Config(format!("accelerator probe: {e}")))??
+    };
+    tracing::debug!(id = %meta.id, accel = accel.as_str(), asked = %meta.accel, "accelerator");
+    meta.accel_used = accel.as_str().to_owned();
 
     let sock = |n: &str| dir.join(n);
     for n in ["gi.sock", "ctl.sock"] {
@@ -628,7 +655,15 @@ async fn keep_as(
     if adopt {
         tracing::info!(id = %meta.id, pid = ?meta.qemu_pid, "adopting the running VM");
     } else {
-        let mut cmd = qemu_command(&dir, &iso, &meta, &backchannel, attach_port, &nic_args);
+        let mut cmd = qemu_command(
+            &dir,
+            &iso,
+            &meta,
+            accel,
+            &backchannel,
+            attach_port,
+            &nic_args,
+        );
         if maintenance {
             // A maintenance VM belongs to the command that copies: it ends with it, also when
             // that command is killed.
@@ -896,57 +931,51 @@ fn qemu_command(
     dir: &Path,
     iso: &Path,
     meta: &Meta,
+    accel: crate::accel::Accel,
     backchannel: &Backchannel,
     attach_port: Option<u16>,
     nic_args: &[String],
 ) -> tokio::process::Command {
     let d = |name: &str| dir.join(name).display().to_string();
     let mut cmd = tokio::process::Command::new(qemu_binary());
-    cmd.args([
-        "-machine",
-        "q35",
-        "-accel",
-        "tcg",
-        "-nodefaults",
-        "-no-user-config",
-        "-nographic",
-        "-no-reboot",
-    ])
-    // QEMU's monitor, for NICs added and removed while the VM runs (`network connect`).
-    .args([
-        "-qmp",
-        &format!("unix:{},server=on,wait=off", d("qmp.sock")),
-    ])
-    .args([
-        "-m",
-        &meta.memory_mb.to_string(),
-        "-smp",
-        &meta.settings.cpus.max(1).to_string(),
-    ])
-    // The NICs' root ports take fixed root-bus slots: before any device QEMU places itself.
-    .args(nic_args)
-    .args(if meta.settings.no_rng {
-        &[][..]
-    } else {
-        &["-device", "virtio-rng-pci"][..]
-    })
-    .args([
-        "-drive",
-        &format!(
-            "file={},media=cdrom,readonly=on,if=ide,index=2",
-            iso.display()
-        ),
-        "-boot",
-        "d",
-    ])
-    .args([
-        "-drive",
-        &format!(
-            "file={},format={},if=none,id=root,cache=writeback",
-            meta.disk, meta.disk_format
-        ),
-    ])
-    .args(["-device", "virtio-blk-pci,drive=root"]);
+    cmd.args(["-machine", "q35"])
+        .args(accel.qemu_args())
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+        // QEMU's monitor, for NICs added and removed while the VM runs (`network connect`).
+        .args([
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", d("qmp.sock")),
+        ])
+        .args([
+            "-m",
+            &meta.memory_mb.to_string(),
+            "-smp",
+            &meta.settings.cpus.max(1).to_string(),
+        ])
+        // The NICs' root ports take fixed root-bus slots: before any device QEMU places itself.
+        .args(nic_args)
+        .args(if meta.settings.no_rng {
+            &[][..]
+        } else {
+            &["-device", "virtio-rng-pci"][..]
+        })
+        .args([
+            "-drive",
+            &format!(
+                "file={},media=cdrom,readonly=on,if=ide,index=2",
+                iso.display()
+            ),
+            "-boot",
+            "d",
+        ])
+        .args([
+            "-drive",
+            &format!(
+                "file={},format={},if=none,id=root,cache=writeback",
+                meta.disk, meta.disk_format
+            ),
+        ])
+        .args(["-device", "virtio-blk-pci,drive=root"]);
     // Volumes: one virtio disk each, like the port layer's independent-persistent disks. The
     // guest finds them by label; writeback caching is safe because the guest flushes
     // (ext4 journal commits, unmount at shutdown) and QEMU writes its cache out at exit.

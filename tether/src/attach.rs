@@ -87,29 +87,38 @@ pub fn server_config(
     Ok(config)
 }
 
-/// Opens the device: raw mode for a UART (the serialport crate sets 8N1 raw at 115200, a
-/// no-op on a virtual port but what the original did), as is for a virtio port.
+/// Opens the device: raw 8N1 at 115200 without flow control for a UART (what the
+/// original's serial library set; a no-op on a virtual port), as is for a virtio port.
 fn open_device(path: &Path) -> std::io::Result<AsyncStream> {
-    use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+    use std::os::fd::OwnedFd;
+    use std::os::unix::fs::OpenOptionsExt;
     let is_uart = path
         .file_name()
         .map(|n| n.to_string_lossy().starts_with("ttyS"))
         .unwrap_or(false);
-    let fd: OwnedFd = if is_uart {
-        let port = serialport::new(path.to_string_lossy(), 115_200)
-            .timeout(Duration::from_secs(3600))
-            .open_native()
-            .map_err(std::io::Error::other)?;
-        // SAFETY: into_raw_fd hands over ownership of an open descriptor exactly once.
-        unsafe { OwnedFd::from_raw_fd(port.into_raw_fd()) }
-    } else {
-        std::fs::File::options()
-            .read(true)
-            .write(true)
-            .open(path)?
-            .into()
-    };
-    AsyncStream::new(fd)
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        // A UART must not become PID 1's controlling terminal.
+        .custom_flags(if is_uart { libc::O_NOCTTY } else { 0 })
+        .open(path)?;
+    if is_uart {
+        raw_uart(&file).map_err(std::io::Error::from)?;
+    }
+    AsyncStream::new(OwnedFd::from(file))
+}
+
+/// Raw mode with nix's termios (the serialport crate did this before, at the price of a
+/// second copy of nix in the binary).
+fn raw_uart(file: &std::fs::File) -> nix::Result<()> {
+    use nix::sys::termios::{self, BaudRate, ControlFlags, InputFlags, SetArg};
+    let mut t = termios::tcgetattr(file)?;
+    termios::cfmakeraw(&mut t);
+    t.control_flags |= ControlFlags::CLOCAL | ControlFlags::CREAD;
+    t.control_flags &= !(ControlFlags::CSTOPB | ControlFlags::PARENB | ControlFlags::CRTSCTS);
+    t.input_flags &= !(InputFlags::IXON | InputFlags::IXOFF | InputFlags::IXANY);
+    termios::cfsetspeed(&mut t, BaudRate::B115200)?;
+    termios::tcsetattr(file, SetArg::TCSANOW, &t)
 }
 
 /// Serves the back-channel until shutdown.

@@ -104,6 +104,9 @@ pub struct Tether {
     ids_changed: watch::Sender<u64>,
     /// The networks configured and their leases (networks come and go on reloads).
     networks: crate::net::Leases,
+    /// The host's keys as of the last reload, with the tether's own writes since laid over
+    /// them: what a reload compares the host's keys with to see what the host changed.
+    seen: Mutex<Option<guestinfo::Map>>,
 }
 
 impl Tether {
@@ -127,6 +130,7 @@ impl Tether {
             shutdown: watch::channel(false).0,
             ids_changed: watch::channel(0).0,
             networks,
+            seen: Mutex::new(None),
         })
     }
 
@@ -317,33 +321,73 @@ impl Tether {
 
     /// Re-reads the config from the host and acts on what changed.
     pub fn reload(self: &Arc<Self>) {
-        // Decoded into a copy: a config that does not decode leaves the current one whole.
-        // Nothing else changes the state meanwhile (this runs on the runtime thread).
-        let mut cfg = self.lock().cfg.clone();
-        if let Err(e) = guestinfo::reload_config(&self.transport, &mut cfg) {
-            tracing::error!(error = %e, "reload: keeping the previous config");
-            return;
+        let map = match guestinfo::Transport::get_all(&self.transport) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "reload: keeping the previous config");
+                return;
+            }
+        };
+        // An exec's reload (the common one) adds one exec and changes nothing else the
+        // tether did not write itself: only its keys are decoded. Anything else takes the
+        // whole decode, which merges every key into the config.
+        let fast = {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let written = self.transport.take_written();
+            let st = self.lock();
+            let fast = seen.as_mut().and_then(|s| {
+                s.extend(written);
+                new_execs_only(s, &map, &st.cfg)
+            });
+            drop(st);
+            // Set again once the decode succeeded: after a failed one the next reload
+            // decodes the whole config again.
+            *seen = None;
+            fast
+        };
+        let decoded = match fast {
+            Some(new) => Ok(new),
+            None => {
+                // Decoded into a copy: a config that does not decode leaves the current one
+                // whole. Nothing else changes the state meanwhile (this runs on the runtime
+                // thread).
+                let mut cfg = self.lock().cfg.clone();
+                guestinfo::decode_into(&map, &mut cfg).map(|()| {
+                    self.lock().cfg = cfg;
+                    Vec::new()
+                })
+            }
+        };
+        match decoded {
+            Ok(new) => {
+                let mut st = self.lock();
+                for (id, exec) in new {
+                    st.cfg.execs.insert(id, exec);
+                }
+                drop(st);
+                *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(map.clone());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload: keeping the previous config");
+                return;
+            }
         }
-        self.lock().cfg = cfg;
         tracing::debug!("config reloaded");
         self.reconcile();
-        self.reload_networks();
+        self.reload_networks(
+            map.get(crate::net::reload::NETWORKS_KEY)
+                .map(String::as_str),
+        );
     }
 
     /// Networks connected or disconnected while the container runs (see
     /// [`crate::net::reload`]), done off the runtime (a new NIC is waited for), one reload
     /// after the other; what changed is written back as a DHCP renewal is.
-    fn reload_networks(self: &Arc<Self>) {
-        // The host's list of networks: a reload merges maps, so the config keeps networks
-        // the host no longer lists.
-        let listed =
-            match guestinfo::Transport::get(&self.transport, crate::net::reload::NETWORKS_KEY) {
-                Ok(v) => crate::net::reload::listed(v.as_deref()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "reload: cannot read the list of networks");
-                    return;
-                }
-            };
+    fn reload_networks(self: &Arc<Self>, listed: Option<&str>) {
+        // The host's list of networks (`listed`, from the reload's own read of every key:
+        // no round trip of its own on an exec's way): a reload merges maps, so the config
+        // keeps networks the host no longer lists.
+        let listed = crate::net::reload::listed(listed);
         let Some(listed) = listed else {
             return;
         };
@@ -595,6 +639,80 @@ fn stop_signal(s: &SessionConfig) -> &str {
 
 /// The life of one session or exec: wait for `runblock`, launch, wait for the exit, write
 /// back, and relaunch while a restart policy says so.
+/// The execs a reload adds, decoded from their keys alone, when that is all the host
+/// changed: every key of `map` that differs from `seen` (the host's keys as of the last
+/// reload with the tether's own writes laid over them) belongs to an exec the config does
+/// not have yet, or is the execs' key list, which only grew. `None`: something else
+/// changed (or nothing did), and the whole config is decoded.
+fn new_execs_only(
+    seen: &guestinfo::Map,
+    map: &guestinfo::Map,
+    cfg: &ContainerConfig,
+) -> Option<Vec<(String, SessionConfig)>> {
+    const LIST: &str = "guestinfo.vice./execs@non-persistent";
+    if seen.keys().any(|k| !map.contains_key(k)) {
+        return None;
+    }
+    let mut small = guestinfo::Map::new();
+    let mut ids: Vec<String> = Vec::new();
+    for (k, v) in map {
+        if seen.get(k) == Some(v) {
+            continue;
+        }
+        if k == LIST {
+            let old = seen.get(k).map(String::as_str).unwrap_or("");
+            let new: Vec<&str> = v.split('|').collect();
+            if !old
+                .split('|')
+                .filter(|i| !i.is_empty())
+                .all(|i| new.contains(&i))
+            {
+                return None;
+            }
+            small.insert(k.clone(), v.clone());
+            continue;
+        }
+        let id = exec_id_of(k)?;
+        if cfg.execs.contains_key(id) || cfg.sessions.contains_key(id) {
+            return None;
+        }
+        if !ids.iter().any(|i| i == id) {
+            ids.push(id.to_owned());
+        }
+        // A reload never reads these (the tether's own write-backs); leaving them out
+        // gives the plain decode below the same result.
+        let leaf = k.trim_end_matches("@non-persistent");
+        if [
+            ".started",
+            ".status",
+            ".detail.starttime",
+            ".detail.stoptime",
+        ]
+        .iter()
+        .any(|s| leaf.ends_with(s))
+        {
+            continue;
+        }
+        small.insert(k.clone(), v.clone());
+    }
+    if ids.is_empty() || !small.contains_key(LIST) {
+        return None;
+    }
+    let mut decoded = guestinfo::decode(&small).ok()?;
+    ids.into_iter()
+        .map(|id| decoded.execs.remove(&id).map(|e| (id, e)))
+        .collect()
+}
+
+/// The exec ID in an exec's key (`guestinfo.vice./execs|ID/...`, `guestinfo.vice..execs|ID.started`).
+fn exec_id_of(key: &str) -> Option<&str> {
+    let rest = key
+        .strip_prefix("guestinfo.vice./execs|")
+        .or_else(|| key.strip_prefix("guestinfo.vice..execs|"))?;
+    let end = rest.find(['/', '.', '@', '|', '~']).unwrap_or(rest.len());
+    (end > 0).then(|| &rest[..end])
+}
+
 async fn run_session(t: Arc<Tether>, id: String, latch: Option<oneshot::Receiver<()>>) {
     let primary = id == t.primary_id();
     if let Some(latch) = latch {
@@ -725,6 +843,85 @@ async fn startup(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn exec(id: &str, cmd: &str) -> SessionConfig {
+        let mut e = SessionConfig::default();
+        e.common.id = id.into();
+        e.cmd.path = cmd.into();
+        e.cmd.args = vec![cmd.into(), "-x".into()];
+        e.cmd.env = vec!["A=b".into()];
+        e.run_block = true;
+        e.active = true;
+        e.attach = true;
+        e
+    }
+
+    fn keys(cfg: &ContainerConfig) -> guestinfo::Map {
+        guestinfo::encode(cfg).unwrap().into_iter().collect()
+    }
+
+    #[test]
+    fn a_new_exec_alone_is_decoded_as_the_whole_decode_would() {
+        let mut cfg = ContainerConfig::default();
+        cfg.common.id = "c1".into();
+        cfg.sessions.insert("c1".into(), exec("c1", "/bin/sleep"));
+        cfg.execs.insert("e1".into(), exec("e1", "/bin/true"));
+        let seen = keys(&cfg);
+        let mut with = cfg.clone();
+        let mut e2 = exec("e2", "/bin/ls");
+        // Keys a reload never reads, whatever the host wrote there.
+        e2.started = "true".into();
+        e2.exit_status = 3;
+        with.execs.insert("e2".into(), e2);
+        let map = keys(&with);
+
+        let fast = new_execs_only(&seen, &map, &cfg).expect("the fast path");
+        let mut full = cfg.clone();
+        guestinfo::decode_into(&map, &mut full).unwrap();
+        assert_eq!(fast.len(), 1);
+        assert_eq!(fast[0].0, "e2");
+        assert_eq!(Some(&fast[0].1), full.execs.get("e2"));
+        assert_eq!(fast[0].1.cmd.args, vec!["/bin/ls", "-x"]);
+        assert_eq!((fast[0].1.started.as_str(), fast[0].1.exit_status), ("", 0));
+    }
+
+    #[test]
+    fn anything_else_changed_takes_the_whole_decode() {
+        let mut cfg = ContainerConfig::default();
+        cfg.common.id = "c1".into();
+        cfg.sessions.insert("c1".into(), exec("c1", "/bin/sleep"));
+        cfg.execs.insert("e1".into(), exec("e1", "/bin/true"));
+        let seen = keys(&cfg);
+        // Nothing changed.
+        assert!(new_execs_only(&seen, &seen, &cfg).is_none());
+        // A new exec and a change to the primary session.
+        let mut with = cfg.clone();
+        with.execs.insert("e2".into(), exec("e2", "/bin/ls"));
+        if let Some(s) = with.sessions.get_mut("c1") {
+            s.cmd.args.push("more".into());
+        }
+        assert!(new_execs_only(&seen, &keys(&with), &cfg).is_none());
+        // A change to a known exec.
+        let mut with = cfg.clone();
+        if let Some(e) = with.execs.get_mut("e1") {
+            e.active = false;
+        }
+        assert!(new_execs_only(&seen, &keys(&with), &cfg).is_none());
+    }
+
+    #[test]
+    fn exec_ids_in_keys() {
+        assert_eq!(
+            exec_id_of("guestinfo.vice./execs|ab12/cmd/Path@non-persistent"),
+            Some("ab12")
+        );
+        assert_eq!(
+            exec_id_of("guestinfo.vice..execs|ab12.started@non-persistent"),
+            Some("ab12")
+        );
+        assert_eq!(exec_id_of("guestinfo.vice./execs@non-persistent"), None);
+        assert_eq!(exec_id_of("guestinfo.vice./sessions|ab12/cmd/Path"), None);
+    }
 
     #[test]
     fn attach_refusals_say_what_the_original_said() {

@@ -34,6 +34,8 @@ type Deferred = Box<dyn FnOnce(&dyn Transport) + Send>;
 
 enum Job {
     Set(String, String),
+    /// Several writes in order, sent together (see [`Transport::set_many`]).
+    SetMany(Vec<(String, String)>),
     Run(Deferred),
     Flush(mpsc::SyncSender<()>),
     Notify(tokio::sync::oneshot::Sender<()>),
@@ -42,7 +44,7 @@ enum Job {
 impl Job {
     /// Whether the job is a write the pending count tracks.
     fn is_write(&self) -> bool {
-        matches!(self, Job::Set(..) | Job::Run(_))
+        matches!(self, Job::Set(..) | Job::SetMany(_) | Job::Run(_))
     }
 }
 
@@ -51,6 +53,11 @@ fn perform(inner: &dyn Transport, job: Job) {
     match job {
         Job::Set(key, value) => {
             if let Err(e) = inner.set(&key, &value) {
+                tracing::error!(key = %key, error = %e, "write-back failed");
+            }
+        }
+        Job::SetMany(pairs) => {
+            for (key, e) in inner.set_many(&pairs) {
                 tracing::error!(key = %key, error = %e, "write-back failed");
             }
         }
@@ -96,6 +103,10 @@ struct Shared {
     queue: Mutex<Option<Sender<Job>>>,
     /// Writes queued and not yet performed: a read with nothing pending skips the flush.
     pending: Arc<AtomicUsize>,
+    /// Every key written through [`WriteBack::set`] since the last
+    /// [`WriteBack::take_written`], with its plain value: a reload tells the host's changes
+    /// from the tether's own by it.
+    written: Mutex<Map>,
 }
 
 /// A transport whose writes are performed, in order, by a thread of their own. Clones share
@@ -123,6 +134,7 @@ impl WriteBack {
             gate,
             queue: Mutex::new(None),
             pending,
+            written: Mutex::new(Map::new()),
         });
         // The thread ends when the last handle is gone (the queue's sender is dropped).
         let spawned = std::thread::Builder::new()
@@ -220,6 +232,12 @@ impl WriteBack {
         FlushOnDrop(self.clone())
     }
 
+    /// The keys written through [`Transport::set`] since the last call, with their plain
+    /// values (a later write of a key replaces an earlier one).
+    pub fn take_written(&self) -> Map {
+        std::mem::take(&mut *lock(&self.shared.written))
+    }
+
     fn flush_before_read(&self) {
         if !self.flush(FLUSH_TIMEOUT) {
             tracing::warn!(
@@ -299,8 +317,21 @@ impl Transport for WriteBack {
     /// Queues the write and returns at once; a failure is logged by the write-back thread
     /// (the tether's callers only log it either way).
     fn set(&self, key: &str, value: &str) -> Result<(), TransportError> {
+        lock(&self.shared.written).insert(key.to_owned(), value.to_owned());
         self.submit(Job::Set(key.to_owned(), value.to_owned()));
         Ok(())
+    }
+
+    /// Queued as one job: the write-back thread sends them together.
+    fn set_many(&self, pairs: &[(String, String)]) -> Vec<(String, TransportError)> {
+        {
+            let mut written = lock(&self.shared.written);
+            for (k, v) in pairs {
+                written.insert(k.clone(), v.clone());
+            }
+        }
+        self.submit(Job::SetMany(pairs.to_vec()));
+        Vec::new()
     }
 
     fn get_all(&self) -> Result<Map, TransportError> {

@@ -70,6 +70,16 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// Every guest-visible key with plain values. One round trip on QEMU; on the backdoor,
     /// which cannot list keys, every key of the container schema (one round trip each).
     fn get_all(&self) -> Result<Map, TransportError>;
+    /// Writes several keys in order, as [`Transport::set`] on each would; returns the keys
+    /// that failed, with why. A transport that can have several requests in flight (QEMU's)
+    /// sends them all before it waits for the answers: the host sees the same writes in the
+    /// same order, one round trip's latency instead of one per key.
+    fn set_many(&self, pairs: &[(String, String)]) -> Vec<(String, TransportError)> {
+        pairs
+            .iter()
+            .filter_map(|(k, v)| self.set(k, v).err().map(|e| (k.clone(), e)))
+            .collect()
+    }
     /// Host-to-guest commands: `Some` on the first call, `None` afterwards.
     fn commands(&self) -> Option<Receiver<HostCommand>>;
 }
@@ -107,17 +117,12 @@ where
     K: AsRef<str>,
     V: AsRef<str>,
 {
-    let mut failed = Vec::new();
-    for (k, v) in pairs {
-        let (k, v) = (k.as_ref(), v.as_ref());
-        if k.contains('/') {
-            continue;
-        }
-        if let Err(e) = t.set(k, v) {
-            failed.push((k.to_owned(), e));
-        }
-    }
-    failed
+    let pairs: Vec<(String, String)> = pairs
+        .into_iter()
+        .map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned()))
+        .filter(|(k, _)| !k.contains('/'))
+        .collect();
+    t.set_many(&pairs)
 }
 
 /// The wire form of a plain value (`""` ⇒ `<nil>`).

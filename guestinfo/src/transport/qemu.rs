@@ -51,6 +51,9 @@ enum Outcome {
 
 type Writer = Arc<Mutex<Box<dyn Write + Send>>>;
 
+/// A reply: its text and its key/value entries (`info-get-all`).
+type Answer = (String, Vec<(String, String)>);
+
 #[derive(Default)]
 struct Waiters {
     pending: HashMap<u64, SyncSender<Outcome>>,
@@ -149,7 +152,57 @@ impl QemuClient {
         self
     }
 
-    fn request(&self, command: &str) -> Result<(String, Vec<(String, String)>), TransportError> {
+    /// Sends `commands` without waiting between them, then waits for every answer (each
+    /// under the usual timeout). A request that must be tried again (a damaged frame) or
+    /// whose sending failed is made again on its own, in order, after the others.
+    fn request_many(&self, commands: &[String]) -> Vec<Result<Answer, TransportError>> {
+        let mut sent: Vec<Option<(u64, mpsc::Receiver<Outcome>)>> = Vec::new();
+        for command in commands {
+            let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = mpsc::sync_channel(1);
+            {
+                let mut w = lock(&self.shared.waiters);
+                if w.closed {
+                    sent.push(None);
+                    continue;
+                }
+                w.pending.insert(id, tx);
+            }
+            let msg = Message::Request {
+                id,
+                command: command.to_owned(),
+            };
+            if write_message(&mut **lock(&self.shared.writer), &msg).is_err() {
+                lock(&self.shared.waiters).pending.remove(&id);
+                sent.push(None);
+                continue;
+            }
+            sent.push(Some((id, rx)));
+        }
+        let deadline = Instant::now() + self.timeout;
+        sent.into_iter()
+            .zip(commands)
+            .map(|(s, command)| {
+                let Some((id, rx)) = s else {
+                    return self.request(command);
+                };
+                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(Outcome::Reply(reply, entries)) => Ok((reply, entries)),
+                    Ok(Outcome::Error(message)) => Err(TransportError::Protocol(message)),
+                    Ok(Outcome::Retry) => self.request(command),
+                    Ok(Outcome::Closed) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        Err(TransportError::Closed)
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        lock(&self.shared.waiters).pending.remove(&id);
+                        Err(TransportError::Timeout(self.timeout))
+                    }
+                }
+            })
+            .collect()
+    }
+
+    fn request(&self, command: &str) -> Result<Answer, TransportError> {
         let deadline = Instant::now() + self.timeout;
         for _ in 0..MAX_ATTEMPTS {
             // A fresh id per attempt: a late reply to an earlier attempt is discarded.
@@ -294,6 +347,27 @@ impl Transport for QemuClient {
         let key = qualify(key);
         let (reply, _) = self.request(&format!("info-set {key} {}", super::to_wire(value)))?;
         check_set_reply(&key, &reply)
+    }
+
+    fn set_many(&self, pairs: &[(String, String)]) -> Vec<(String, TransportError)> {
+        let mut failed = Vec::new();
+        let mut keys = Vec::new();
+        let mut commands = Vec::new();
+        for (key, value) in pairs {
+            if let Err(e) = check_writable(key) {
+                failed.push((key.clone(), e));
+                continue;
+            }
+            let key = qualify(key).into_owned();
+            commands.push(format!("info-set {key} {}", super::to_wire(value)));
+            keys.push(key);
+        }
+        for (key, r) in keys.into_iter().zip(self.request_many(&commands)) {
+            if let Err(e) = r.and_then(|(reply, _)| check_set_reply(&key, &reply)) {
+                failed.push((key, e));
+            }
+        }
+        failed
     }
 
     fn get_all(&self) -> Result<Map, TransportError> {

@@ -1,8 +1,14 @@
 //! Benchmarks that boot real VMs and print figures (not timed tests).
 //!
-//! `bench boot [--runs N]`: N VMs with the tether and N with a bare init (same kernel, ISO
-//! layout and QEMU settings), alternating; medians of QEMU start → the entrypoint's first
-//! output byte, their ratio, the tether's own PID 1 → exec time, its binary size and its
+//! Every figure is printed beside its baseline measured in the same run, alternating, with
+//! the machine's load. `--base-iso ISO` (and `--base-bin TETHER`) add a baseline build of the
+//! tether (for example `main`'s, built in another worktree) beside this tree's (the
+//! candidate; `$TETHER_ISO` selects another).
+//!
+//! `bench boot [--runs N] [--base-iso ISO] [--base-bin TETHER]`: N VMs with a bare init
+//! (same kernel, ISO layout and QEMU settings) and N with each tether, round after round;
+//! medians of QEMU start → the entrypoint's first output byte and each tether's ratio to the
+//! bare init, the tether's own PID 1 → exec time and boot stamps, its binary size and its
 //! resident memory while idle with one running session.
 //!
 //! `bench docker [--runs N] [--client PATH]`: wall time of `docker run --rm busybox true` and
@@ -14,9 +20,11 @@
 //! transfer from this machine into a container through a published port (`-p`), in the
 //! same run, alternating.
 //!
-//! `bench backchannel [--execs N] [--mib M]`: exec round-trip latency of `true` and attach
-//! throughput of `head -c M MiB /dev/zero`, beside a raw virtio-serial baseline measured in
-//! the same VM and run (round trip of one byte, bulk transfer).
+//! `bench backchannel [--execs N] [--mib M] [--rounds R] [--base-iso ISO]`: exec round-trip
+//! latency of `true` (VMs alternating) with its breakdown (host-side steps, the keeper's
+//! part, the guest's from the tether's log), and throughput of M MiB of `/dev/zero` through
+//! attach (an exec's stdout), `logs -f` (the primary's stdout) and a raw virtio-serial port
+//! of the same VM (R rounds), beside the raw byte round trip.
 //!
 //! `bench copy [--runs N] [--mib M]`: `vch cp` throughput of an M MiB directory tree (64
 //! files in 8 directories) into and out of a running container, beside the attach
@@ -41,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use qemu_harness::control;
-use qemu_harness::engine::{Engine, ExecCreate};
+use qemu_harness::engine::{Engine, ExecCreate, LogItem, LogOptions};
 use qemu_harness::state::State;
 use qemu_harness::vm::{self, Captured, RunOptions};
 use std::io::Write;
@@ -71,16 +79,31 @@ fn arg(args: &[String], name: &str, default: u64) -> Result<u64> {
     }
 }
 
+/// A path option (`--base-iso PATH`).
+fn path_arg(args: &[String], name: &str) -> Option<PathBuf> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let tmp = std::env::temp_dir().join(format!("tether-bench-{}", std::process::id()));
     let state = State::open(&tmp)?;
     let r = match args.first().map(String::as_str) {
-        Some("boot") => boot(&state, arg(&args, "--runs", 10)? as usize),
+        Some("boot") => boot(
+            &state,
+            arg(&args, "--runs", 10)? as usize,
+            path_arg(&args, "--base-iso"),
+            path_arg(&args, "--base-bin"),
+        ),
         Some("backchannel") => backchannel(
             &state,
             arg(&args, "--execs", 50)? as usize,
-            arg(&args, "--mib", 64)?,
+            arg(&args, "--mib", 32)?,
+            arg(&args, "--rounds", 3)? as usize,
+            path_arg(&args, "--base-iso"),
         ),
         Some("docker") => docker(&state, arg(&args, "--runs", 10)? as usize, &args),
         Some("images") => images(&tmp, arg(&args, "--runs", 3)? as usize),
@@ -96,7 +119,7 @@ fn main() -> Result<()> {
             arg(&args, "--runs", 3)? as usize,
             arg(&args, "--mib", 64)?,
         ),
-        _ => bail!("usage: bench boot [--runs N] | bench backchannel [--execs N] [--mib M] | bench docker [--runs N] [--client PATH] | bench images [--runs N] | bench copy [--runs N] [--mib M] | bench entropy [--runs N] | bench network [--runs N] [--mib M]"),
+        _ => bail!("usage: bench boot [--runs N] [--base-iso ISO] [--base-bin TETHER] | bench backchannel [--execs N] [--mib M] [--rounds R] [--base-iso ISO] | bench docker [--runs N] [--client PATH] | bench images [--runs N] | bench copy [--runs N] [--mib M] | bench entropy [--runs N] | bench network [--runs N] [--mib M]"),
     };
     if r.is_ok() {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -106,114 +129,220 @@ fn main() -> Result<()> {
     r
 }
 
-fn boot(state: &State, runs: usize) -> Result<()> {
+/// The bootstrap ISO a label stands for: the candidate (this tree's, or `$TETHER_ISO`) or the
+/// baseline given with `--base-iso`.
+#[derive(Debug, Clone)]
+struct Variant {
+    label: &'static str,
+    iso: Option<PathBuf>,
+}
+
+fn variants(base_iso: Option<PathBuf>) -> Result<Vec<Variant>> {
+    let mut v = Vec::new();
+    if let Some(b) = base_iso {
+        if !b.is_file() {
+            bail!("--base-iso {}: no such file", b.display());
+        }
+        v.push(Variant {
+            label: "baseline",
+            iso: Some(b),
+        });
+    }
+    v.push(Variant {
+        label: "candidate",
+        iso: None,
+    });
+    Ok(v)
+}
+
+fn boot(
+    state: &State,
+    runs: usize,
+    base_iso: Option<PathBuf>,
+    base_bin: Option<PathBuf>,
+) -> Result<()> {
     let bare = qemu_harness::artifacts::workspace_root().join("target/bootstrap/bare.iso");
     if !bare.is_file() {
         bail!("{} missing: run scripts/build-iso", bare.display());
     }
-    let (mut tether, mut baseline, mut kernel) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut tether_off, mut bare_off) = (Vec::new(), Vec::new());
-    // Every boot stamp, as milliseconds after the PID 1 stamp, per stamp name.
-    let mut stages: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
-    for i in 0..2 * runs {
-        let with_tether = i % 2 == 0;
-        let mut opts = RunOptions::new("busybox", &["echo", "hello"]);
-        opts.timeout = Duration::from_secs(60);
-        // No NIC (`--network none`), as these figures were always taken.
-        opts.network = qemu_harness::network::NetworkRequest::default();
-        if !with_tether {
-            opts.iso = Some(bare.clone());
-        }
-        let outcome = vm::run(state, opts, &mut Captured::default())?;
-        let first = outcome
-            .first_output
-            .context("no output from the VM")?
-            .as_secs_f64()
-            * 1000.0;
-        let life = outcome.vm_lifetime.as_secs_f64() * 1000.0;
-        if with_tether {
-            tether.push(first);
-            tether_off.push(life);
-            let cfg = vm::load_config(&outcome.dir)?;
-            let s = &cfg.tether.boot_stamps;
-            if let (Some(p), Some(_)) = (s.get("pid1"), s.get("exec")) {
-                kernel.push(*p as f64 / 1000.0);
-                for (name, at) in s.iter().filter(|(n, _)| n.as_str() != "pid1") {
-                    stages
-                        .entry(name.clone())
-                        .or_default()
-                        .push((at - p) as f64 / 1000.0);
+    let tethers = variants(base_iso)?;
+    // Per label: first output, power-off, kernel -> PID 1, and every boot stamp after PID 1.
+    #[derive(Default)]
+    struct Figures {
+        first: Vec<f64>,
+        off: Vec<f64>,
+        kernel: Vec<f64>,
+        stages: std::collections::BTreeMap<String, Vec<f64>>,
+    }
+    let mut figs: std::collections::BTreeMap<&str, Figures> = Default::default();
+    // Bare, then each tether, round after round: the machine's load shifts over a run.
+    for _ in 0..runs {
+        let mut round: Vec<(&str, Option<PathBuf>)> = vec![("bare init", Some(bare.clone()))];
+        round.extend(tethers.iter().map(|t| (t.label, t.iso.clone())));
+        for (label, iso) in round {
+            let mut opts = RunOptions::new("busybox", &["echo", "hello"]);
+            opts.timeout = Duration::from_secs(60);
+            // No NIC (`--network none`), as these figures were always taken.
+            opts.network = qemu_harness::network::NetworkRequest::default();
+            opts.iso = iso;
+            let outcome = vm::run(state, opts, &mut Captured::default())?;
+            let f = figs.entry(label).or_default();
+            f.first.push(
+                outcome
+                    .first_output
+                    .context("no output from the VM")?
+                    .as_secs_f64()
+                    * 1000.0,
+            );
+            f.off.push(outcome.vm_lifetime.as_secs_f64() * 1000.0);
+            if label != "bare init" {
+                let cfg = vm::load_config(&outcome.dir)?;
+                let s = &cfg.tether.boot_stamps;
+                if let (Some(p), Some(_)) = (s.get("pid1"), s.get("exec")) {
+                    f.kernel.push(*p as f64 / 1000.0);
+                    for (name, at) in s.iter().filter(|(n, _)| n.as_str() != "pid1") {
+                        f.stages
+                            .entry(name.clone())
+                            .or_default()
+                            .push((at - p) as f64 / 1000.0);
+                    }
                 }
             }
-        } else {
-            baseline.push(first);
-            bare_off.push(life);
+            let _ = std::fs::remove_dir_all(&outcome.dir);
         }
-        let _ = std::fs::remove_dir_all(&outcome.dir);
     }
-    let (t, b) = (median(&mut tether), median(&mut baseline));
-    println!("boot benchmark: {runs} VMs each, alternating, QEMU TCG q35");
-    println!("  QEMU start -> entrypoint's first output byte (median): tether {t:.0} ms, bare init {b:.0} ms, ratio {:.3}", t / b);
     println!(
-        "  QEMU start -> power-off (median): tether {:.0} ms, bare init {:.0} ms",
-        median(&mut tether_off),
-        median(&mut bare_off)
+        "boot benchmark: {runs} VMs each, alternating, QEMU TCG q35; {}",
+        load()
     );
-    println!(
-        "  kernel start -> PID 1 (CLOCK_BOOTTIME, median): {:.1} ms",
-        median(&mut kernel)
-    );
-    println!(
-        "  tether internal PID 1 -> entrypoint exec (median): {:.1} ms",
-        stages.get_mut("exec").map_or(f64::NAN, |v| median(v))
-    );
-    let mut order: Vec<(f64, String)> = stages
-        .iter_mut()
-        .map(|(name, v)| (median(v), name.clone()))
-        .collect();
-    order.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let listed: Vec<String> = order
-        .iter()
-        .map(|(ms, name)| format!("{name} {ms:.1}"))
-        .collect();
-    println!(
-        "  boot stamps, ms after PID 1 (median each): {}",
-        listed.join(", ")
-    );
+    let b = figs
+        .get_mut("bare init")
+        .map_or(f64::NAN, |f| median(&mut f.first));
+    let b_off = figs
+        .get_mut("bare init")
+        .map_or(f64::NAN, |f| median(&mut f.off));
+    println!("  bare init: QEMU start -> first output byte {b:.0} ms, -> power-off {b_off:.0} ms (medians)");
+    for t in &tethers {
+        let Some(f) = figs.get_mut(t.label) else {
+            continue;
+        };
+        let first = median(&mut f.first);
+        println!(
+            "  {} tether: QEMU start -> first output byte {first:.0} ms, ratio to the bare init {:.3}; -> power-off {:.0} ms; kernel start -> PID 1 {:.1} ms; PID 1 -> entrypoint exec {:.1} ms",
+            t.label,
+            first / b,
+            median(&mut f.off),
+            median(&mut f.kernel),
+            f.stages.get_mut("exec").map_or(f64::NAN, |v| median(v)),
+        );
+        let mut order: Vec<(f64, String)> = f
+            .stages
+            .iter_mut()
+            .map(|(name, v)| (median(v), name.clone()))
+            .collect();
+        order.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let listed: Vec<String> = order
+            .iter()
+            .map(|(ms, name)| format!("{name} {ms:.1}"))
+            .collect();
+        println!(
+            "    boot stamps, ms after PID 1 (median each): {}",
+            listed.join(", ")
+        );
+    }
+    footprint(state, &tethers, base_bin)
+}
+
+/// The machine's load as `uptime` tells it (the figures are taken on a shared machine).
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| {
+            format!(
+                "load average {}",
+                l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// Binary size and idle RSS of each tether.
+fn footprint(state: &State, tethers: &[Variant], base_bin: Option<PathBuf>) -> Result<()> {
     let bin = qemu_harness::artifacts::workspace_root()
         .join("target/x86_64-unknown-linux-musl/release/tether");
-    let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
-    println!(
-        "  tether binary: {size} bytes ({:.2} MB)",
-        size as f64 / 1e6
-    );
-    println!(
-        "  tether RSS idle with one running session: {}",
-        idle_rss(state)?
-    );
+    let mut bins = Vec::new();
+    if let Some(b) = base_bin {
+        bins.push(("baseline", b));
+    }
+    bins.push(("candidate", bin));
+    for (label, b) in bins {
+        let size = std::fs::metadata(&b)
+            .with_context(|| b.display().to_string())?
+            .len();
+        println!(
+            "  {label} tether binary: {size} bytes ({:.3} MB) [{}]",
+            size as f64 / 1e6,
+            b.display()
+        );
+    }
+    let rt = runtime()?;
+    for t in tethers {
+        println!(
+            "  {} tether RSS idle with one running session: {}",
+            t.label,
+            idle_rss(&rt, state, t)?
+        );
+    }
     Ok(())
 }
 
-/// A VM with one sleeping session, kept by an in-process keeper.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// A VM with one running session, kept by an in-process keeper.
 struct Running {
-    rt: tokio::runtime::Runtime,
     engine: Engine,
     id: String,
+    dir: PathBuf,
     /// The raw bench port's listener (bound before QEMU starts: QEMU dials it once).
     bench: Option<std::os::unix::net::UnixListener>,
     ctl: PathBuf,
     keeper: tokio::task::JoinHandle<Result<vm::RunOutcome, vm::VmError>>,
 }
 
-fn start(state: &State, bench_port: bool) -> Result<Running> {
-    start_with(state, bench_port, 256)
+fn start(
+    rt: &tokio::runtime::Runtime,
+    state: &State,
+    variant: &Variant,
+    bench_port: bool,
+    command: &[&str],
+) -> Result<Running> {
+    start_with(
+        rt,
+        state,
+        variant,
+        bench_port,
+        command,
+        RunOptions::new("busybox", &[]).memory_mb,
+    )
 }
 
-fn start_with(state: &State, bench_port: bool, memory_mb: u32) -> Result<Running> {
-    let mut opts = RunOptions::new("busybox", &["sleep", "600"]);
+fn start_with(
+    rt: &tokio::runtime::Runtime,
+    state: &State,
+    variant: &Variant,
+    bench_port: bool,
+    command: &[&str],
+    memory_mb: u32,
+) -> Result<Running> {
+    let mut opts = RunOptions::new("busybox", command);
     opts.memory_mb = memory_mb;
-    opts.timeout = Duration::from_secs(900);
+    opts.timeout = Duration::from_secs(1800);
     opts.bench_port = bench_port;
+    opts.iso = variant.iso.clone();
     let created = vm::create(state, opts)?;
     let dir = created.dir.clone();
     let bench = if bench_port {
@@ -223,25 +352,25 @@ fn start_with(state: &State, bench_port: bool, memory_mb: u32) -> Result<Running
     } else {
         None
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let id = created.meta.id.clone();
     let keeper = rt.spawn(vm::keep(state.clone(), created, None, None));
+    let engine = {
+        let _guard = rt.enter();
+        Engine::new(state.clone(), std::env::current_exe()?)
+    };
     Ok(Running {
-        rt,
-        engine: Engine::new(state.clone(), std::env::current_exe()?),
+        engine,
         id,
         bench,
         ctl: dir.join("ctl.sock"),
+        dir,
         keeper,
     })
 }
 
 impl Running {
-    fn stop(self) {
-        let _ = self.rt.block_on(async {
+    fn stop(self, rt: &tokio::runtime::Runtime) {
+        let _ = rt.block_on(async {
             if let Ok(conn) = control::connect(&self.ctl).await {
                 let _ = control::request(&conn, control::REQ_KILL, b"KILL").await;
             }
@@ -251,7 +380,7 @@ impl Running {
 }
 
 async fn connect(ctl: &std::path::Path) -> Result<()> {
-    for _ in 0..600 {
+    for _ in 0..1200 {
         if control::connect(ctl).await.is_ok() {
             return Ok(());
         }
@@ -276,107 +405,327 @@ async fn exec_collect(
     Ok(engine.exec_collect(id, spec).await?)
 }
 
-fn idle_rss(state: &State) -> Result<String> {
-    let vm = start(state, false)?;
-    let out = vm.rt.block_on(async {
+fn idle_rss(rt: &tokio::runtime::Runtime, state: &State, variant: &Variant) -> Result<String> {
+    let vm = start(rt, state, variant, false, &["sleep", "600"])?;
+    let out = rt.block_on(async {
         connect(&vm.ctl).await?;
         let (_, out, _) =
             exec_collect(&vm.engine, &vm.id, sh("grep -E 'VmRSS' /proc/1/status")).await?;
         anyhow::Ok(String::from_utf8_lossy(&out).trim().to_owned())
     });
-    vm.stop();
+    vm.stop(rt);
     out
 }
 
 /// The guest's end of the raw bench port, found by name as the tether finds its own.
 const FIND_PORT: &str = "for p in /sys/class/virtio-ports/*; do if [ \"$(cat $p/name)\" = org.tether.bench ]; then d=/dev/${p##*/}; fi; done; exec 3<>$d; ";
 
-fn backchannel(state: &State, execs: usize, mib: u64) -> Result<()> {
-    let mut vm = start(state, true)?;
-    let listener = vm.bench.take().context("bench port")?;
-    listener.set_nonblocking(true)?;
-    let result = vm.rt.block_on(async {
-        let listener = tokio::net::UnixListener::from_std(listener)?;
-        connect(&vm.ctl).await?;
-        let (engine, id) = (&vm.engine, vm.id.as_str());
-        let (mut raw, _) = tokio::time::timeout(Duration::from_secs(120), listener.accept())
-            .await
-            .context("bench port")??;
-        // Warm-up exec: the first one also waits for the back-channel to connect.
-        exec_collect(engine, id, sh("true")).await?;
+/// The keeper's exec timings (`control::EXEC_PHASES` events), captured in this process:
+/// [read, encode, store, announce] in microseconds.
+static KEEPER_PHASES: std::sync::Mutex<Vec<[u64; 4]>> = std::sync::Mutex::new(Vec::new());
 
-        // Exec round trip of `true`.
-        let mut exec_ms = Vec::new();
+struct PhaseLayer;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PhaseLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct V([u64; 4]);
+        impl tracing::field::Visit for V {
+            fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+                let i = match field.name() {
+                    "read_us" => 0,
+                    "encode_us" => 1,
+                    "store_us" => 2,
+                    "announce_us" => 3,
+                    _ => return,
+                };
+                self.0[i] = value;
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        if event.metadata().target() == control::EXEC_PHASES {
+            let mut v = V([0; 4]);
+            event.record(&mut v);
+            KEEPER_PHASES
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(v.0);
+        }
+    }
+}
+
+fn take_keeper_phases() -> Vec<[u64; 4]> {
+    std::mem::take(&mut *KEEPER_PHASES.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// The guest's side of each attached exec, from the tether's log (info lines, stamped with
+/// the guest's uptime): the `reload` command received -> the exec waits for `unblock`
+/// (config re-read, decoded, reconciled) -> the process started (attach, unblock, spawn)
+/// -> it exited. Milliseconds per exec.
+fn guest_phases(debug_log: &std::path::Path) -> Vec<[f64; 3]> {
+    let text = std::fs::read_to_string(debug_log).unwrap_or_default();
+    let stamp = |line: &str| -> Option<f64> {
+        line.split_whitespace()
+            .next()?
+            .strip_suffix('s')?
+            .parse::<f64>()
+            .ok()
+            .map(|s| s * 1000.0)
+    };
+    let session = |line: &str| -> Option<String> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("session="))
+            .map(str::to_owned)
+    };
+    let mut reload = None;
+    let mut open: std::collections::HashMap<String, (f64, f64, Option<f64>)> = Default::default();
+    let mut done = Vec::new();
+    for line in text.lines() {
+        let Some(at) = stamp(line) else { continue };
+        if line.contains("host command") && line.contains("Reload") {
+            reload = Some(at);
+        } else if line.contains("waiting for unblock") {
+            if let (Some(r), Some(s)) = (reload.take(), session(line)) {
+                open.insert(s, (r, at, None));
+            }
+        } else if line.contains("session started") {
+            if let Some(e) = session(line).and_then(|s| open.get_mut(&s)) {
+                e.2 = Some(at);
+            }
+        } else if line.contains("session exited") {
+            if let Some((r, w, Some(st))) = session(line).and_then(|s| open.remove(&s)) {
+                done.push([w - r, st - w, at - st]);
+            }
+        }
+    }
+    done
+}
+
+/// Exec round trips, per VM: host-side steps, the keeper's and the guest's.
+#[derive(Default)]
+struct ExecFigures {
+    total: Vec<f64>,
+    /// start -> announced -> bound -> unblocked -> EOF -> exit status
+    host: [Vec<f64>; 5],
+    keeper: [Vec<f64>; 4],
+    guest: [Vec<f64>; 3],
+}
+
+fn ms(a: std::time::Instant, b: Option<std::time::Instant>) -> f64 {
+    b.map(|b| b.saturating_duration_since(a).as_secs_f64() * 1000.0)
+        .unwrap_or(f64::NAN)
+}
+
+#[derive(Default)]
+struct Bulk {
+    raw: Vec<f64>,
+    attach: Vec<f64>,
+    logs: Vec<f64>,
+}
+
+fn backchannel(
+    state: &State,
+    execs: usize,
+    mib: u64,
+    rounds: usize,
+    base_iso: Option<PathBuf>,
+) -> Result<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    let _ =
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(PhaseLayer));
+    let bytes = mib * 1024 * 1024;
+    let vs = variants(base_iso)?;
+    let rt = runtime()?;
+    // The data: `bytes` of 64-byte lines (`logs` hands out lines: /dev/zero's bytes would
+    // make one line that never ends), made once in the guest's memory. The primary writes
+    // it to its stdout each time /tmp/goN appears: the `logs -f` transfer.
+    let primary = format!(
+        "yes {} | head -c {bytes} > /tmp/data; \
+         i=0; while true; do while [ ! -e /tmp/go$i ]; do sleep 0.05; done; cat /tmp/data; i=$((i+1)); done",
+        "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrs"[..63].to_owned()
+    );
+    let mut vms = Vec::new();
+    for v in &vs {
+        vms.push(start(&rt, state, v, true, &["sh", "-c", &primary])?);
+    }
+    let result = rt.block_on(async {
+        let mut raws = Vec::new();
+        for vm in vms.iter_mut() {
+            let listener = vm.bench.take().context("bench port")?;
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::UnixListener::from_std(listener)?;
+            connect(&vm.ctl).await?;
+            let (raw, _) = tokio::time::timeout(Duration::from_secs(180), listener.accept())
+                .await
+                .context("bench port")??;
+            // Warm-up exec: the first one also waits for the back-channel to connect.
+            exec_collect(&vm.engine, &vm.id, sh("true")).await?;
+            raws.push(raw);
+        }
+        take_keeper_phases();
+
+        // Exec round trip of `true`, alternating between the VMs.
+        let mut ex: Vec<ExecFigures> = vms.iter().map(|_| ExecFigures::default()).collect();
         for _ in 0..execs {
-            let t = Instant::now();
-            let (code, _, _) = exec_collect(
-                engine,
-                id,
-                ExecCreate {
-                    command: vec!["true".into()],
-                    ..Default::default()
-                },
-            )
-            .await?;
-            anyhow::ensure!(code == 0, "true exited {code}");
-            exec_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            for (vm, f) in vms.iter().zip(ex.iter_mut()) {
+                let (code, _, _, s) = vm
+                    .engine
+                    .exec_collect_stamped(
+                        &vm.id,
+                        ExecCreate {
+                            command: vec!["true".into()],
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                anyhow::ensure!(code == 0, "true exited {code}");
+                f.total.push(ms(s.start, s.finished));
+                let steps = [s.announced, s.bound, s.unblocked, s.eof, s.finished];
+                let mut from = s.start;
+                for (i, at) in steps.iter().enumerate() {
+                    f.host[i].push(ms(from, *at));
+                    from = at.unwrap_or(from);
+                }
+                for k in take_keeper_phases() {
+                    for (v, us) in f.keeper.iter_mut().zip(k) {
+                        v.push(us as f64 / 1000.0);
+                    }
+                }
+            }
         }
-        // Raw port round trip: an echo loop in the guest, one byte at a time.
-        let (e2, id2) = (engine.clone(), id.to_owned());
-        let echo = tokio::spawn(async move {
-            exec_collect(&e2, &id2, sh(&format!("{FIND_PORT} cat <&3 >&3"))).await
-        });
+        for (vm, f) in vms.iter().zip(ex.iter_mut()) {
+            for g in guest_phases(&vm.dir.join("tether.debug")) {
+                for (v, ms) in f.guest.iter_mut().zip(g) {
+                    v.push(ms);
+                }
+            }
+        }
+
+        // Raw port round trip (the first VM with a bench port: the candidate when alone):
+        // an echo loop in the guest, one byte at a time.
         let mut rtt_ms = Vec::new();
-        let mut b = [0u8; 1];
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        for i in 0..execs {
-            let t = Instant::now();
-            raw.write_all(&[i as u8]).await?;
-            raw.read_exact(&mut b).await?;
-            rtt_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        {
+            let vm = vms.last().context("no VM")?;
+            let raw = raws.last_mut().context("no raw port")?;
+            let (e2, id2) = (vm.engine.clone(), vm.id.clone());
+            let echo = tokio::spawn(async move {
+                exec_collect(&e2, &id2, sh(&format!("{FIND_PORT} cat <&3 >&3"))).await
+            });
+            let mut b = [0u8; 1];
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for i in 0..execs {
+                let t = Instant::now();
+                raw.write_all(&[i as u8]).await?;
+                raw.read_exact(&mut b).await?;
+                rtt_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            echo.abort();
+            let _ = exec_collect(&vm.engine, &vm.id, sh("killall cat")).await;
         }
-        echo.abort();
-        let _ = exec_collect(engine, id, sh("killall cat")).await;
-        // Raw bulk: the guest writes M MiB to the port.
-        let bytes = mib * 1024 * 1024;
-        let (e3, id3) = (engine.clone(), id.to_owned());
-        let writer = tokio::spawn(async move {
-            exec_collect(
-                &e3,
-                &id3,
-                sh(&format!("{FIND_PORT} head -c {bytes} /dev/zero >&3")),
-            )
-            .await
-        });
-        let mut got = 0u64;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut first = None;
-        while got < bytes {
-            let n = raw.read(&mut buf).await?;
-            anyhow::ensure!(n > 0, "bench port closed");
-            first.get_or_insert_with(Instant::now);
-            got += n as u64;
+
+        // Bulk: raw port, attach (an exec's stdout), `logs -f` (the primary's stdout
+        // through the output channel and log), the same bytes, round after round.
+        let mut bulk: Vec<Bulk> = vms.iter().map(|_| Bulk::default()).collect();
+        for round in 0..rounds {
+            for ((vm, raw), b) in vms.iter().zip(raws.iter_mut()).zip(bulk.iter_mut()) {
+                let (e3, id3) = (vm.engine.clone(), vm.id.clone());
+                let writer = tokio::spawn(async move {
+                    exec_collect(&e3, &id3, sh(&format!("{FIND_PORT} cat /tmp/data >&3"))).await
+                });
+                let mut got = 0u64;
+                let mut buf = vec![0u8; 1 << 20];
+                let mut first = None;
+                while got < bytes {
+                    let n = raw.read(&mut buf).await?;
+                    anyhow::ensure!(n > 0, "bench port closed");
+                    first.get_or_insert_with(Instant::now);
+                    got += n as u64;
+                }
+                b.raw
+                    .push(first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN));
+                let _ = writer.await;
+
+                let (code, out, span) =
+                    exec_collect(&vm.engine, &vm.id, sh("cat /tmp/data")).await?;
+                anyhow::ensure!(
+                    code == 0 && out.len() as u64 == bytes,
+                    "attach transfer: code {code}, {} bytes",
+                    out.len()
+                );
+                b.attach.push(span.as_secs_f64());
+
+                let (_, mut rx) = vm.engine.logs(
+                    &vm.id,
+                    LogOptions {
+                        follow: true,
+                        tail: Some(0),
+                        ..Default::default()
+                    },
+                )?;
+                exec_collect(&vm.engine, &vm.id, sh(&format!("touch /tmp/go{round}"))).await?;
+                let mut got = 0u64;
+                let mut first = None;
+                while got < bytes {
+                    match tokio::time::timeout(Duration::from_secs(120), rx.recv()).await {
+                        Ok(Some(LogItem::Line(l))) => {
+                            first.get_or_insert_with(Instant::now);
+                            got += l.bytes.len() as u64;
+                        }
+                        other => bail!("logs -f ended after {got} bytes: {other:?}"),
+                    }
+                }
+                b.logs
+                    .push(first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN));
+            }
         }
-        let raw_secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
-        let _ = writer.await;
-        // Attach: the same bytes as an exec's stdout through SSH on the back-channel.
-        let (code, out, span) =
-            exec_collect(engine, id, sh(&format!("head -c {bytes} /dev/zero"))).await?;
-        anyhow::ensure!(
-            code == 0 && out.len() as u64 == bytes,
-            "attach transfer: code {code}, {} bytes",
-            out.len()
-        );
-        anyhow::Ok((exec_ms, rtt_ms, raw_secs, span.as_secs_f64()))
+        anyhow::Ok((ex, rtt_ms, bulk))
     });
-    vm.stop();
-    let (mut exec_ms, mut rtt_ms, raw_secs, attach_secs) = result?;
-    let (e, r) = (median(&mut exec_ms), median(&mut rtt_ms));
-    let mb = (mib * 1024 * 1024) as f64 / 1e6;
-    let (raw_mbs, att_mbs) = (mb / raw_secs, mb / attach_secs);
-    println!("back-channel benchmark (one VM, QEMU TCG q35)");
-    println!("  exec round trip of `true` (median of {execs}): {e:.1} ms; raw virtio-serial byte round trip (median of {execs}): {r:.2} ms; ratio {:.0}", e / r);
-    println!("  {mib} MiB of /dev/zero: attach (exec stdout over SSH) {att_mbs:.2} MB/s; raw virtio-serial {raw_mbs:.2} MB/s; ratio {:.2}", att_mbs / raw_mbs);
+    for vm in vms {
+        vm.stop(&rt);
+    }
+    let (mut ex, mut rtt_ms, mut bulk) = result?;
+    let r = median(&mut rtt_ms);
+    let mb = bytes as f64 / 1e6;
+    println!(
+        "back-channel benchmark (QEMU TCG q35, VMs alternating); {}",
+        load()
+    );
+    println!("  raw virtio-serial byte round trip (median of {execs}): {r:.2} ms");
+    for (v, f) in vs.iter().zip(ex.iter_mut()) {
+        let e = median(&mut f.total);
+        let h: Vec<f64> = f.host.iter_mut().map(|v| median(v)).collect();
+        let k: Vec<f64> = f.keeper.iter_mut().map(|v| median(v)).collect();
+        let g: Vec<f64> = f.guest.iter_mut().map(|v| median(v)).collect();
+        println!(
+            "  {} exec round trip of `true` (median of {execs}): {e:.1} ms (ratio to the raw byte round trip {:.0})",
+            v.label,
+            e / r
+        );
+        println!(
+            "    host: exec request -> ID announced {:.1}, -> attach channel bound {:.1}, -> unblock sent {:.1}, -> output EOF {:.1}, -> exit status {:.1} ms",
+            h[0], h[1], h[2], h[3], h[4]
+        );
+        println!(
+            "    keeper (inside 'ID announced'): config read {:.2}, encode {:.2}, store write {:.2}, reload pushed -> ID announced {:.1} ms",
+            k[0], k[1], k[2], k[3]
+        );
+        println!(
+            "    guest (tether log, all execs of the VM): reload received -> waiting for unblock {:.1}, -> process started {:.1}, -> process exited {:.1} ms",
+            g[0], g[1], g[2]
+        );
+    }
+    for (v, b) in vs.iter().zip(bulk.iter_mut()) {
+        let (raw, att, logs) = (
+            mb / median(&mut b.raw),
+            mb / median(&mut b.attach),
+            mb / median(&mut b.logs),
+        );
+        println!(
+            "  {} {mib} MiB of 64-byte lines (median of {rounds}): raw virtio-serial {raw:.2} MB/s; attach (exec stdout over SSH) {att:.2} MB/s, ratio {:.2}; logs -f {logs:.2} MB/s, ratio {:.2}",
+            v.label,
+            att / raw,
+            logs / raw
+        );
+    }
     Ok(())
 }
 
@@ -923,8 +1272,13 @@ fn copy(state: &State, tmp: &std::path::Path, runs: usize, mib: u64) -> Result<(
     let tree = tmp.join("tree");
     let bytes = make_tree(&tree, mib)?;
     // The guest holds the tree on its disk; memory for its page cache.
-    let vm = start_with(state, false, 512)?;
-    let result = vm.rt.block_on(async {
+    let rt = runtime()?;
+    let this_tree = Variant {
+        label: "candidate",
+        iso: None,
+    };
+    let vm = start_with(&rt, state, &this_tree, false, &["sleep", "600"], 512)?;
+    let result = rt.block_on(async {
         connect(&vm.ctl).await?;
         let (engine, id) = (&vm.engine, vm.id.as_str());
         exec_collect(engine, id, sh("true")).await?;
@@ -969,7 +1323,7 @@ fn copy(state: &State, tmp: &std::path::Path, runs: usize, mib: u64) -> Result<(
         }
         anyhow::Ok((ins, outs, attach))
     });
-    vm.stop();
+    vm.stop(&rt);
     let (mut ins, mut outs, mut attach) = result?;
     println!("copy benchmark (one VM, QEMU TCG q35, 512 MiB; median of {runs})");
     println!(

@@ -32,6 +32,11 @@ struct Cli {
     /// Log what vch does to stderr (RUST_LOG filters override the level)
     #[arg(short = 'D', long, global = true)]
     debug: bool,
+    /// Accelerator of the VMs this command (or daemon) creates: auto (KVM when a probe
+    /// shows it runs a guest here, else TCG), kvm (an error where it does not) or tcg
+    /// [default: $VCH_ACCEL, else auto]
+    #[arg(long, global = true, value_name = "auto|kvm|tcg")]
+    accel: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -587,6 +592,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         qemu_harness::netd::run(&root, dir)?;
         return Ok(ExitCode::SUCCESS);
     }
+    // `--accel` travels as `$VCH_ACCEL`, which every container creation reads (the CLI's
+    // and the daemon's alike). Set before any thread is started.
+    if let Some(a) = &cli.accel {
+        std::env::set_var(qemu_harness::accel::ENV, a);
+    }
+    qemu_harness::accel::Request::from_env()?;
     let state = State::open(cli.state.clone().unwrap_or_else(State::default_dir))?;
     let exe = std::env::current_exe().context("locate vch")?;
     let rt = runtime()?;
@@ -953,6 +964,10 @@ async fn command(engine: &Engine, cmd: Cmd) -> Result<ExitCode> {
                 "Mounts": inspect::mounts(&view.meta),
                 "NetworkSettings": inspect::network_settings(&view.meta, &cfg),
                 "Boot": inspect::boot(&cfg),
+                "Accelerator": {
+                    "Requested": if view.meta.accel.is_empty() { "auto" } else { view.meta.accel.as_str() },
+                    "Used": view.meta.accel_used,
+                },
                 "Config": cfg,
             });
             print_out(&format!("{}\n", serde_json::to_string_pretty(&doc)?));

@@ -4,7 +4,7 @@
 //! front end's attachment is bound.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backchannel::requests::WindowSize;
 
@@ -26,6 +26,37 @@ pub struct ExecCreate {
     pub stderr: bool,
     /// docker's `DetachKeys` for this exec (front ends use them).
     pub detach_keys: Option<String>,
+}
+
+/// When each host-side step of an attached exec's round trip ended (the bench's
+/// breakdown; see backchannel/README.md for the sequence).
+#[derive(Debug, Clone, Copy)]
+pub struct ExecStamps {
+    pub start: Instant,
+    /// The keeper answered with the exec's ID: the exec's keys written, `reload` pushed,
+    /// the tether re-read its config and announced the ID (`container-ids`).
+    pub announced: Option<Instant>,
+    /// The attach channel to the exec is open.
+    pub bound: Option<Instant>,
+    /// `unblock` sent.
+    pub unblocked: Option<Instant>,
+    /// The exec's output ended (EOF).
+    pub eof: Option<Instant>,
+    /// Its exit status arrived.
+    pub finished: Option<Instant>,
+}
+
+impl ExecStamps {
+    fn new() -> ExecStamps {
+        ExecStamps {
+            start: Instant::now(),
+            announced: None,
+            bound: None,
+            unblocked: None,
+            eof: None,
+            finished: None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -88,6 +119,15 @@ impl Engine {
         exec_id: &str,
         detach: bool,
     ) -> Result<Option<Attachment>, EngineError> {
+        self.exec_start_stamped(exec_id, detach, None).await
+    }
+
+    async fn exec_start_stamped(
+        &self,
+        exec_id: &str,
+        detach: bool,
+        mut stamps: Option<&mut ExecStamps>,
+    ) -> Result<Option<Attachment>, EngineError> {
         let (container_id, spec, exit) = {
             let mut execs = lock(&self.inner.execs);
             let rec = execs
@@ -122,6 +162,9 @@ impl Engine {
         control::request(&conn, control::REQ_EXEC, &payload)
             .await
             .map_err(EngineError::Backchannel)?;
+        if let Some(s) = stamps.as_deref_mut() {
+            s.announced = Some(Instant::now());
+        }
         self.publish(
             self.container_event(&format!("exec_start: {}", spec.command.join(" ")), &meta)
                 .with("execID", exec_id.to_owned()),
@@ -131,9 +174,13 @@ impl Engine {
         }
         let slot = self.register(exec_id, false);
         let opts = AttachOptions { stdin: spec.stdin };
-        self.bind(conn, exec_id, spec.tty, opts, Some(exit), slot)
-            .await
-            .map(Some)
+        let att = self
+            .bind(conn, exec_id, spec.tty, opts, Some(exit), slot)
+            .await?;
+        if let Some(s) = stamps {
+            s.bound = Some(Instant::now());
+        }
+        Ok(Some(att))
     }
 
     /// An exec's state. The exit code is the attachment's as soon as it ended, else what
@@ -233,12 +280,28 @@ impl Engine {
         name: &str,
         spec: ExecCreate,
     ) -> Result<(i64, Vec<u8>, Duration), EngineError> {
+        self.exec_collect_stamped(name, spec)
+            .await
+            .map(|(code, out, span, _)| (code, out, span))
+    }
+
+    /// [`Engine::exec_collect`], with when each step ended.
+    pub async fn exec_collect_stamped(
+        &self,
+        name: &str,
+        spec: ExecCreate,
+    ) -> Result<(i64, Vec<u8>, Duration, ExecStamps), EngineError> {
         use tokio::io::AsyncReadExt;
+        let mut stamps = ExecStamps::new();
         let id = self.exec_create(name, spec)?;
-        let Some(mut att) = self.exec_start(&id, false).await? else {
+        let Some(mut att) = self
+            .exec_start_stamped(&id, false, Some(&mut stamps))
+            .await?
+        else {
             return Err(EngineError::Backchannel("the exec did not attach".into()));
         };
         att.control.unblock().await;
+        stamps.unblocked = Some(Instant::now());
         let mut out = Vec::new();
         let mut buf = vec![0u8; 256 * 1024];
         let mut first = None;
@@ -255,13 +318,16 @@ impl Engine {
             out.extend_from_slice(&buf[..n]);
         }
         let span = first.map(|f| f.elapsed()).unwrap_or_default();
-        match att.control.finish().await {
-            super::Ended::Exited(code) => Ok((code, out, span)),
+        stamps.eof = Some(Instant::now());
+        let ended = att.control.finish().await;
+        stamps.finished = Some(Instant::now());
+        match ended {
+            super::Ended::Exited(code) => Ok((code, out, span, stamps)),
             _ => {
                 let view = self.exec_inspect(&id)?;
                 match (view.launch_error, view.exit_code) {
                     (Some(e), _) => Err(EngineError::StartFailed(e)),
-                    (None, Some(code)) => Ok((code, out, span)),
+                    (None, Some(code)) => Ok((code, out, span, stamps)),
                     (None, None) => Err(EngineError::Backchannel("no exit status".into())),
                 }
             }

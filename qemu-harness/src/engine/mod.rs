@@ -55,7 +55,7 @@ pub use containers::{
 };
 pub use error::{EngineError, ErrorKind};
 pub use events::{Event, EventKind};
-pub use exec::{ExecCreate, ExecView};
+pub use exec::{ExecCreate, ExecStamps, ExecView};
 pub use images::{ImageDetail, ImageView};
 pub use objects::{network_id, NetworkView, VolumeView};
 pub use services::{chunk_stream, ArchiveOut, ChunkStream, LocalEnd, TopView};

@@ -486,3 +486,32 @@ fn device_mode_survives_a_disconnected_host() {
         Some("web")
     );
 }
+
+#[test]
+fn set_many_sends_them_together_in_order() {
+    let server = HostServer::new(Arc::new(MemStore::new()));
+    let sets = server.subscribe();
+    let (g, h) = pair();
+    let _srv = spawn_server(&server, h);
+    let client = client_on(g);
+    let pairs: Vec<(String, String)> = (0..5)
+        .map(|i| (format!("guestinfo.vice..k{i}"), format!("v{i}")))
+        .chain([("guestinfo.vice..k0".to_owned(), String::new())])
+        .chain([("guestinfo.vice./ro".to_owned(), "x".to_owned())])
+        .collect();
+    let failed = client.set_many(&pairs);
+    // The read-only key is refused (by the client, as `set` refuses it); the rest arrive.
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].0, "guestinfo.vice./ro");
+    let seen: Vec<(String, String)> = (0..6).map(|_| must(sets.recv())).collect();
+    let want: Vec<(String, String)> = (0..5)
+        .map(|i| (format!("guestinfo.vice..k{i}"), format!("v{i}")))
+        .chain([("guestinfo.vice..k0".to_owned(), String::new())])
+        .collect();
+    assert_eq!(seen, want, "in order, the later write of k0 last");
+    assert_eq!(must(client.get("guestinfo.vice..k0")).as_deref(), Some(""));
+    assert_eq!(
+        must(client.get("guestinfo.vice..k4")).as_deref(),
+        Some("v4")
+    );
+}
