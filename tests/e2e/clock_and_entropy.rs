@@ -83,7 +83,7 @@ fn qmp(sock: &std::path::Path, command: &str) {
 
 #[test]
 fn clock_right_after_pauses_and_entropy_ready_without_rng() {
-    let pause_for = if std::env::var_os("TETHER_E2E_LONG").is_some() {
+    let pause_for = if e2e::faults::long_scenarios() {
         Duration::from_secs(30)
     } else {
         Duration::from_secs(8)

@@ -5,7 +5,7 @@
 //! newly attached client receives output; at the end `vch logs` has every line once, in
 //! order per stream, correctly tagged, and the container's exit status reaches the host.
 //!
-//! The long variant (`TETHER_LONG_FAULTS=1`, set by `.ci/run`) writes at least 100 MB.
+//! The long variant (`TETHER_E2E_LONG=1`, set by `.ci/run`) writes at least 100 MB.
 
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ const BATCH: u64 = 2000;
 
 #[test]
 fn disconnect_storm_loses_no_line() {
-    let long = faults::long_faults();
+    let long = faults::long_scenarios();
     // 100 MB over both streams in the long variant.
     let min_batches = if long {
         (100_000_000 / (2 * LINE_BYTES as u64)).div_ceil(BATCH)

@@ -1,6 +1,6 @@
 //! The VCH goes away for a long time: the container's keeper is stopped (SIGSTOP: its
 //! sockets stay open but nothing answers) for 15 s, 60 s in the long variant
-//! (`TETHER_LONG_FAULTS=1`), while the container keeps writing. Nothing in the guest blocks
+//! (`TETHER_E2E_LONG=1`), while the container keeps writing. Nothing in the guest blocks
 //! (the output keeps growing during the outage) or grows without bound (the tether's RSS,
 //! sampled in the guest each second, is printed beside its value before the outage; the
 //! bound is the output queue, 64 records of at most 60 KiB, plus each attached client's
@@ -19,7 +19,7 @@ const SAMPLER: &str = "(while [ ! -e /tmp/stop ]; do read u _ < /proc/uptime; \
 
 #[test]
 fn keeper_gone_for_a_long_time() {
-    let outage = if faults::long_faults() {
+    let outage = if faults::long_scenarios() {
         Duration::from_secs(60)
     } else {
         Duration::from_secs(15)

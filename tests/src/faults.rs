@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use crate::Vch;
 
-/// Whether the long variants run (`.ci/run` sets it): the 100 MB storm, the 60 s outage.
-pub fn long_faults() -> bool {
-    std::env::var_os("TETHER_LONG_FAULTS").is_some_and(|v| !v.is_empty() && v != "0")
+/// Whether the long variants run (`TETHER_E2E_LONG`, which `.ci/run` sets): the 100 MB storm,
+/// the 60 s outage, the 30 s clock pauses.
+pub fn long_scenarios() -> bool {
+    std::env::var_os("TETHER_E2E_LONG").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 /// Bytes of one workload line, newline included.
