@@ -10,6 +10,7 @@
 //! exec, step by step.
 #![doc = include_str!("../README.md")]
 
+pub mod chunks;
 pub mod handshake;
 pub mod ports;
 pub mod requests;

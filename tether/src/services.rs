@@ -14,6 +14,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use backchannel::chunks::{ChunkReader, ChunkWriter, CHUNK};
 use backchannel::services::{
     self as svc, ArchiveOpen, BlockCounters, Clock, ErrorKind, NetCounters, PathStat, Process,
     Sample,
@@ -26,8 +27,6 @@ use tokio::sync::mpsc;
 const PRIVATE: &str = "/.tether";
 /// Chunks in flight between a blocking thread and the channel.
 const CHUNKS: usize = 8;
-/// Size of each chunk.
-const CHUNK: usize = 64 * 1024;
 
 /// Whether `ty` is one of the service channel types.
 pub fn handles(ty: &str) -> bool {
@@ -156,57 +155,6 @@ fn stat_of(r: &Resolved, given: &str) -> Result<PathStat, (ErrorKind, String)> {
     })
 }
 
-/// A `Write` that hands its bytes to the runtime in chunks.
-struct ChunkWriter {
-    tx: mpsc::Sender<Vec<u8>>,
-    buf: Vec<u8>,
-}
-
-impl Write for ChunkWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::take(&mut self.buf);
-        self.tx
-            .blocking_send(chunk)
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
-    }
-}
-
-/// A `Read` over chunks the runtime receives from the channel.
-struct ChunkReader {
-    rx: mpsc::Receiver<Vec<u8>>,
-    cur: Vec<u8>,
-    at: usize,
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.at >= self.cur.len() {
-            match self.rx.blocking_recv() {
-                Some(c) => {
-                    self.cur = c;
-                    self.at = 0;
-                }
-                None => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.cur.len() - self.at);
-        out[..n].copy_from_slice(&self.cur[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
 /// Tells the client how the channel's work ended: exit status 0, or 1 with the reason on
 /// stderr; then closes.
 async fn conclude(writer: &mut sshproto::ChannelWriter, result: Result<(), String>) {
@@ -268,10 +216,7 @@ fn archive_get(open: ChannelOpenRequest) {
 
 /// Writes the tar stream of `r` (owners, modes, times kept; symlinks not followed).
 fn pack(r: &Resolved, tx: mpsc::Sender<Vec<u8>>) -> io::Result<()> {
-    let mut b = tar::Builder::new(ChunkWriter {
-        tx,
-        buf: Vec::with_capacity(CHUNK),
-    });
+    let mut b = tar::Builder::new(ChunkWriter::new(tx, "the client went away"));
     b.follow_symlinks(false);
     b.mode(tar::HeaderMode::Complete);
     let md = fs::symlink_metadata(&r.path)?;
@@ -313,17 +258,8 @@ fn archive_put(open: ChannelOpenRequest) {
     tokio::spawn(async move {
         let (tx, rx) = mpsc::channel::<Vec<u8>>(CHUNKS);
         let flags = req.flags;
-        let unpacker = tokio::task::spawn_blocking(move || {
-            unpack(
-                ChunkReader {
-                    rx,
-                    cur: Vec::new(),
-                    at: 0,
-                },
-                &dest,
-                flags,
-            )
-        });
+        let unpacker =
+            tokio::task::spawn_blocking(move || unpack(ChunkReader::new(rx), &dest, flags));
         let (mut reader, writer) = ch.split();
         let mut buf = vec![0u8; CHUNK];
         loop {

@@ -11,6 +11,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use backchannel::chunks::{ChunkReader, ChunkWriter, CHUNK};
 use backchannel::services::{
     self as svc, ArchiveOpen, Clock, ErrorKind as SvcKind, PathStat, Process, Sample,
 };
@@ -24,8 +25,6 @@ use crate::state::Meta;
 
 /// How long a service waits for the end of a channel after its data ended.
 const END_WAIT: Duration = Duration::from_secs(5);
-/// Chunks between a blocking tar thread and a channel.
-const CHUNK: usize = 64 * 1024;
 
 /// An archive coming out of a container: the stat of its path and the tar stream.
 #[derive(Debug)]
@@ -550,56 +549,6 @@ fn stats_json(
 
 // ------------------------------------------------------------------ docker cp, client side
 
-/// A `Write` that hands chunks to an async consumer.
-struct ChunkWriter {
-    tx: mpsc::Sender<Vec<u8>>,
-    buf: Vec<u8>,
-}
-
-impl Write for ChunkWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::take(&mut self.buf);
-        self.tx
-            .blocking_send(chunk)
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the copy was abandoned"))
-    }
-}
-
-/// A `Read` over chunks an async producer sends.
-struct ChunkReader {
-    rx: mpsc::Receiver<Vec<u8>>,
-    cur: Vec<u8>,
-    at: usize,
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.at >= self.cur.len() {
-            match self.rx.blocking_recv() {
-                Some(c) => {
-                    self.cur = c;
-                    self.at = 0;
-                }
-                None => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.cur.len() - self.at);
-        out[..n].copy_from_slice(&self.cur[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
 /// An async reader over a channel of chunks (what a blocking tar writer produces, or a
 /// request body).
 #[derive(Debug)]
@@ -856,31 +805,20 @@ impl Engine {
         } = archive;
         let (tx, rx) = mpsc::channel::<Vec<u8>>(8);
         let unpacker = tokio::task::spawn_blocking(move || -> io::Result<()> {
-            let mut input: Box<dyn Read + Send> = Box::new(ChunkReader {
-                rx,
-                cur: Vec::new(),
-                at: 0,
-            });
+            let mut input: Box<dyn Read + Send> = Box::new(ChunkReader::new(rx));
             for (old, new) in renames {
                 let (rtx, rrx) = mpsc::channel::<Vec<u8>>(8);
                 let src = input;
                 let t = std::thread::spawn(move || {
                     rebase(
                         src,
-                        ChunkWriter {
-                            tx: rtx,
-                            buf: Vec::new(),
-                        },
+                        ChunkWriter::new(rtx, "the copy was abandoned"),
                         &old,
                         &new,
                     )
                 });
                 input = Box::new(JoinedReader {
-                    inner: ChunkReader {
-                        rx: rrx,
-                        cur: Vec::new(),
-                        at: 0,
-                    },
+                    inner: ChunkReader::new(rrx),
                     thread: Some(t),
                 });
             }
@@ -933,15 +871,8 @@ impl Engine {
             }
         });
         tokio::task::spawn_blocking(move || {
-            let r = ChunkReader {
-                rx: in_rx,
-                cur: Vec::new(),
-                at: 0,
-            };
-            let w = ChunkWriter {
-                tx: out_tx,
-                buf: Vec::new(),
-            };
+            let r = ChunkReader::new(in_rx);
+            let w = ChunkWriter::new(out_tx, "the copy was abandoned");
             if let Err(e) = f(r, w) {
                 tracing::warn!(error = %e, "archive transformation");
             }
@@ -1035,10 +966,7 @@ impl Engine {
             pack_local(
                 &local,
                 &base,
-                ChunkWriter {
-                    tx,
-                    buf: Vec::new(),
-                },
+                ChunkWriter::new(tx, "the copy was abandoned"),
             )
         });
         let stream = ChunkStream {
