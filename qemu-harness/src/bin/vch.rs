@@ -815,21 +815,12 @@ async fn command(engine: &Engine, cmd: Cmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Wait { names } => {
-            let mut failed = false;
-            for n in names {
-                match engine.wait(&n, WaitCondition::NotRunning).await {
-                    Ok(code) => println!("{code}"),
-                    Err(e) => {
-                        eprintln!("vch: {e}");
-                        failed = true;
-                    }
-                }
-            }
-            Ok(if failed {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+            for_each_shown(
+                &names,
+                |n| async move { engine.wait(&n, WaitCondition::NotRunning).await },
+                |_, code| println!("{code}"),
+            )
+            .await
         }
         Cmd::Kill { signal, names } => {
             let signal = &signal;
@@ -1030,34 +1021,25 @@ async fn command(engine: &Engine, cmd: Cmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Rmi { force, names } | Cmd::Image(ImageCmd::Rm { force, names }) => {
-            let mut failed = false;
-            for n in &names {
-                match engine.image_remove(n, force) {
-                    Ok(removed) => {
-                        let mut text = String::new();
-                        for r in removed {
-                            match r {
-                                images::Removed::Untagged(t) => {
-                                    text.push_str(&format!("Untagged: {t}\n"))
-                                }
-                                images::Removed::Deleted(id) => {
-                                    text.push_str(&format!("Deleted: {id}\n"))
-                                }
+            for_each_shown(
+                &names,
+                |n| async move { engine.image_remove(&n, force) },
+                |_, removed| {
+                    let mut text = String::new();
+                    for r in removed {
+                        match r {
+                            images::Removed::Untagged(t) => {
+                                text.push_str(&format!("Untagged: {t}\n"))
+                            }
+                            images::Removed::Deleted(id) => {
+                                text.push_str(&format!("Deleted: {id}\n"))
                             }
                         }
-                        print_out(&text);
                     }
-                    Err(e) => {
-                        eprintln!("vch: {e}");
-                        failed = true;
-                    }
-                }
-            }
-            Ok(if failed {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+                    print_out(&text);
+                },
+            )
+            .await
         }
         Cmd::Tag { source, target } => {
             engine.image_tag(&source, &target)?;
@@ -1347,10 +1329,24 @@ where
     F: Fn(String) -> Fut,
     Fut: std::future::Future<Output = Result<(), EngineError>>,
 {
+    for_each_shown(names, f, |n, ()| println!("{n}")).await
+}
+
+/// [`for_each`] with what each success prints made by `show` (the exit code of `wait`,
+/// what `rmi` untagged and deleted).
+async fn for_each_shown<T, F, Fut>(
+    names: &[String],
+    f: F,
+    show: impl Fn(&str, T),
+) -> Result<ExitCode>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<T, EngineError>>,
+{
     let mut failed = false;
     for n in names {
         match f(n.clone()).await {
-            Ok(()) => println!("{n}"),
+            Ok(v) => show(n, v),
             Err(e) => {
                 eprintln!("vch: {e}");
                 failed = true;
