@@ -142,12 +142,22 @@ pub fn calculate_key(scope: Scope, prefix: &str, name: &str) -> Option<String> {
         return out.get(ROOT.len() + 1..).map(str::to_owned);
     }
 
-    let out = out.replace(old, &new.to_string());
+    // The original rewrites every separator of the whole key, the root's own dots included,
+    // and then restores the root. One pass into the final string does the same (both
+    // separators are one byte, so positions do not move): this runs for every field of
+    // every decode and encode, on PID 1's boot path.
+    let (head, rest) = if visible {
+        (ROOT, out.get(ROOT.len()..)?)
+    } else {
+        (ROOT, out.as_str())
+    };
+    let mut key = String::with_capacity(head.len() + 1 + rest.len());
+    key.push_str(head);
     if !visible {
-        return Some(format!("{ROOT}{new}{out}"));
+        key.push(new);
     }
-    // The replacement also mangled the root's own dots; restore it.
-    out.get(ROOT.len()..).map(|rest| format!("{ROOT}{rest}"))
+    key.extend(rest.chars().map(|c| if c == old { new } else { c }));
+    Some(key)
 }
 
 /// `appendToPrefix`: joins `value` to `prefix` with `separator`, keeping any `@…` suffix at the
