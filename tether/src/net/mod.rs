@@ -13,6 +13,7 @@
 
 pub mod apply;
 pub mod dhcp;
+pub mod dhcp_msg;
 pub mod lease;
 pub mod link;
 pub mod packet;
