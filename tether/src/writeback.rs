@@ -298,14 +298,46 @@ pub fn background_priority() {
 
 fn worker(inner: &dyn Transport, rx: &Receiver<Job>, pending: &AtomicUsize, gate: &Gate) {
     background_priority();
-    while let Ok(job) = rx.recv() {
+    let mut next = None;
+    while let Some(job) = next.take().or_else(|| rx.recv().ok()) {
         gate.wait_open();
-        let counted = job.is_write();
+        let (job, counted) = match job {
+            Job::Set(k, v) => merge_writes(vec![(k, v)], rx, &mut next),
+            Job::SetMany(pairs) => merge_writes(pairs, rx, &mut next),
+            other => {
+                let counted = usize::from(other.is_write());
+                (other, counted)
+            }
+        };
         perform(inner, job);
-        if counted {
-            pending.fetch_sub(1, Ordering::AcqRel);
-        }
+        pending.fetch_sub(counted, Ordering::AcqRel);
     }
+}
+
+/// Adds the writes queued right behind `pairs` to them, in order, so that they go to the host
+/// together (see [`Transport::set_many`]): an exec that ends before its start's write-back
+/// was sent has both sent at once, the same keys in the same order. The first job that is not
+/// a plain write is left in `next`. Returns the write job and how many queued jobs it stands
+/// for.
+fn merge_writes(
+    mut pairs: Vec<(String, String)>,
+    rx: &Receiver<Job>,
+    next: &mut Option<Job>,
+) -> (Job, usize) {
+    let mut counted = 1;
+    loop {
+        match rx.try_recv() {
+            Ok(Job::Set(k, v)) => pairs.push((k, v)),
+            Ok(Job::SetMany(more)) => pairs.extend(more),
+            Ok(other) => {
+                *next = Some(other);
+                break;
+            }
+            Err(_) => break,
+        }
+        counted += 1;
+    }
+    (Job::SetMany(pairs), counted)
 }
 
 impl Transport for WriteBack {
@@ -443,6 +475,52 @@ mod tests {
         wb.set("b", "2").unwrap();
         wb.written().await;
         assert_eq!(lock(&slow.log).len(), 2);
+    }
+
+    /// Records how many keys each `set_many` carried.
+    #[derive(Debug, Default)]
+    struct Batches(Mutex<Vec<Vec<String>>>);
+
+    impl Transport for Batches {
+        fn get(&self, _: &str) -> Result<Option<String>, TransportError> {
+            Ok(None)
+        }
+        fn set(&self, key: &str, _: &str) -> Result<(), TransportError> {
+            lock(&self.0).push(vec![key.to_owned()]);
+            Ok(())
+        }
+        fn set_many(&self, pairs: &[(String, String)]) -> Vec<(String, TransportError)> {
+            lock(&self.0).push(pairs.iter().map(|(k, _)| k.clone()).collect());
+            Vec::new()
+        }
+        fn get_all(&self) -> Result<Map, TransportError> {
+            Ok(Map::new())
+        }
+        fn commands(&self) -> Option<Receiver<HostCommand>> {
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_queued_together_go_together_in_order() {
+        let t = Arc::new(Batches::default());
+        let wb = WriteBack::start(t.clone());
+        wb.hold();
+        wb.set_many(&[("a".into(), "1".into()), ("b".into(), "2".into())]);
+        wb.set("c", "3").unwrap();
+        wb.set_many(&[("a".into(), "4".into())]);
+        wb.defer(|t| t.set("d", "5").unwrap());
+        wb.set("e", "6").unwrap();
+        wb.written().await;
+        assert_eq!(
+            *lock(&t.0),
+            [
+                vec!["a".to_owned(), "b".into(), "c".into(), "a".into()],
+                vec!["d".into()],
+                vec!["e".into()],
+            ]
+        );
+        assert_eq!(wb.shared.pending.load(Ordering::Acquire), 0);
     }
 
     #[test]

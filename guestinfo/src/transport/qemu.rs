@@ -157,8 +157,19 @@ impl QemuClient {
     /// whose sending failed is made again on its own, in order, after the others.
     fn request_many(&self, commands: &[String]) -> Vec<Result<Answer, TransportError>> {
         let mut sent: Vec<Option<(u64, mpsc::Receiver<Outcome>)>> = Vec::new();
+        // All the frames in one write: one transfer through the virtio port, so the host
+        // reads them together and stores them with one write of its store.
+        let mut out = Vec::new();
         for command in commands {
             let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let msg = Message::Request {
+                id,
+                command: command.to_owned(),
+            };
+            let Ok(frame) = encode_frame(&msg) else {
+                sent.push(None);
+                continue;
+            };
             let (tx, rx) = mpsc::sync_channel(1);
             {
                 let mut w = lock(&self.shared.waiters);
@@ -168,16 +179,20 @@ impl QemuClient {
                 }
                 w.pending.insert(id, tx);
             }
-            let msg = Message::Request {
-                id,
-                command: command.to_owned(),
-            };
-            if write_message(&mut **lock(&self.shared.writer), &msg).is_err() {
-                lock(&self.shared.waiters).pending.remove(&id);
-                sent.push(None);
-                continue;
-            }
+            out.extend_from_slice(&frame);
             sent.push(Some((id, rx)));
+        }
+        if !out.is_empty() {
+            let mut w = lock(&self.shared.writer);
+            if w.write_all(&out).and_then(|()| w.flush()).is_err() {
+                drop(w);
+                let mut waiters = lock(&self.shared.waiters);
+                for s in &mut sent {
+                    if let Some((id, _)) = s.take() {
+                        waiters.pending.remove(&id);
+                    }
+                }
+            }
         }
         let deadline = Instant::now() + self.timeout;
         sent.into_iter()
@@ -534,13 +549,30 @@ impl HostServer {
                 Err(e) => return Err(e),
             };
             frames.push(buf.get(..n).unwrap_or_default());
+            // The `info-set`s that arrived together (a guest's pipelined write-back) are
+            // stored with one write of the store (one fsync of the `.vmx` instead of one per
+            // key), then answered together; anything else is answered in turn.
+            let mut sets = Vec::new();
+            let mut replies = Vec::new();
             while let Some(event) = frames.next_event() {
-                if let Some(reply) = self.handle_event(event) {
-                    let frame = fitted_frame(&reply)?;
-                    let mut w = lock(writer);
-                    w.write_all(&frame)?;
-                    w.flush()?;
+                if let FrameEvent::Message(Message::Request { id, command }) = &event {
+                    if let Some(set) = parse_set(command) {
+                        sets.push((*id, set.map(|(k, v)| (k.to_owned(), v.to_owned()))));
+                        continue;
+                    }
                 }
+                replies.extend(self.handle_sets(std::mem::take(&mut sets)));
+                replies.extend(self.handle_event(event));
+            }
+            replies.extend(self.handle_sets(sets));
+            if !replies.is_empty() {
+                let mut out = Vec::new();
+                for reply in &replies {
+                    out.extend(fitted_frame(reply)?);
+                }
+                let mut w = lock(writer);
+                w.write_all(&out)?;
+                w.flush()?;
             }
         }
         if let Some(FrameEvent::Corrupt(why)) = frames.finish() {
@@ -609,25 +641,41 @@ impl HostServer {
                 Err(e) => Self::reply(id, format!("0 {e}")),
             };
         }
-        if let Some(rest) = command.strip_prefix("info-set ") {
-            let Some((key, value)) = rest.split_once(' ') else {
-                return Self::reply(id, "0 Two and exactly two arguments expected");
-            };
-            if !is_guestinfo(key) {
-                return Self::reply(id, "0 Only guestinfo keys can be set");
-            }
-            if key.contains('/') {
-                return Self::reply(id, "0 Read-only key");
-            }
-            return match store.set(key, value) {
-                Ok(()) => {
-                    self.notify(key, value);
-                    Self::reply(id, "1 ")
-                }
-                Err(e) => Self::reply(id, format!("0 {e}")),
-            };
+        if let Some(set) = parse_set(command) {
+            let set = set.map(|(k, v)| (k.to_owned(), v.to_owned()));
+            return self
+                .handle_sets(vec![(id, set)])
+                .pop()
+                .unwrap_or_else(|| Self::reply(id, "0 "));
         }
         Self::reply(id, "0 Unknown command")
+    }
+
+    /// Answers `info-set` requests in order, storing the acceptable ones with one
+    /// [`Store::set_all`] (all or none of them are stored).
+    fn handle_sets(&self, sets: Vec<(u64, SetRequest)>) -> Vec<Message> {
+        let entries: Vec<(String, String)> = sets
+            .iter()
+            .filter_map(|(_, s)| s.as_ref().ok().cloned())
+            .collect();
+        let stored = if entries.is_empty() {
+            Ok(())
+        } else {
+            self.shared
+                .store
+                .set_all(&entries)
+                .map_err(|e| e.to_string())
+        };
+        sets.into_iter()
+            .map(|(id, s)| match (s, &stored) {
+                (Err(why), _) => Self::reply(id, why),
+                (Ok((key, value)), Ok(())) => {
+                    self.notify(&key, &value);
+                    Self::reply(id, "1 ")
+                }
+                (Ok(_), Err(e)) => Self::reply(id, format!("0 {e}")),
+            })
+            .collect()
     }
 
     fn notify(&self, key: &str, wire_value: &str) {
@@ -656,6 +704,25 @@ fn fitted_frame(msg: &Message) -> io::Result<Vec<u8>> {
         }
         other => other.map_err(invalid),
     }
+}
+
+/// An `info-set`'s key and wire value, or the VMX's refusal.
+type SetRequest = Result<(String, String), &'static str>;
+
+/// An `info-set KEY VALUE` request's key and wire value, or the VMX's refusal; `None` for
+/// other requests.
+fn parse_set(command: &str) -> Option<Result<(&str, &str), &'static str>> {
+    let rest = command.strip_prefix("info-set ")?;
+    let Some((key, value)) = rest.split_once(' ') else {
+        return Some(Err("0 Two and exactly two arguments expected"));
+    };
+    Some(if !is_guestinfo(key) {
+        Err("0 Only guestinfo keys can be set")
+    } else if key.contains('/') {
+        Err("0 Read-only key")
+    } else {
+        Ok((key, value))
+    })
 }
 
 fn is_guestinfo(key: &str) -> bool {

@@ -515,3 +515,88 @@ fn set_many_sends_them_together_in_order() {
         Some("v4")
     );
 }
+
+/// Counts the writes of the store (each is one rewrite and fsync of a [`crate::store::FileStore`]).
+#[derive(Debug, Default)]
+struct CountingStore {
+    inner: MemStore,
+    writes: std::sync::atomic::AtomicUsize,
+}
+
+impl Store for CountingStore {
+    fn get(&self, key: &str) -> Result<Option<String>, crate::store::StoreError> {
+        self.inner.get(key)
+    }
+    fn set(&self, key: &str, value: &str) -> Result<(), crate::store::StoreError> {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.set(key, value)
+    }
+    fn set_all(&self, entries: &[(String, String)]) -> Result<(), crate::store::StoreError> {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.set_all(entries)
+    }
+    fn all(&self) -> Result<Map, crate::store::StoreError> {
+        self.inner.all()
+    }
+}
+
+#[test]
+fn pipelined_sets_are_stored_together_and_answered_each() {
+    let store = Arc::new(CountingStore::default());
+    let server = HostServer::new(store.clone());
+    let sets = server.subscribe();
+    let (g, h) = pair();
+    let _srv = spawn_server(&server, h);
+    let client = client_on(g);
+    let pairs: Vec<(String, String)> = (0..8)
+        .map(|i| (format!("guestinfo.vice..k{i}"), format!("v{i}")))
+        .collect();
+    assert!(client.set_many(&pairs).is_empty());
+    let seen: Vec<(String, String)> = (0..8).map(|_| must(sets.recv())).collect();
+    assert_eq!(seen, pairs, "every write seen, in order");
+    // One write of the guest's reaches the host in one read (a socket pair here): one store
+    // write for the eight keys.
+    assert_eq!(store.writes.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        must(client.get("guestinfo.vice..k7")).as_deref(),
+        Some("v7")
+    );
+    // A refused key among them is refused alone, as before.
+    let mut raw = must(UnixStream::pair());
+    let _srv2 = spawn_server(&server, raw.1);
+    let mut out = Vec::new();
+    for (id, command) in [
+        (1, "info-set guestinfo.vice..a 1"),
+        (2, "info-set guestinfo.vice./ro 2"),
+        (3, "info-set guestinfo.vice..b 3"),
+    ] {
+        out.extend(must(encode_frame(&Message::Request {
+            id,
+            command: command.into(),
+        })));
+    }
+    must(raw.0.write_all(&out));
+    let mut frames = FrameReader::new();
+    let mut replies = Vec::new();
+    let mut buf = [0u8; 4096];
+    while replies.len() < 3 {
+        let n = must(raw.0.read(&mut buf));
+        assert!(n > 0, "closed");
+        frames.push(&buf[..n]);
+        while let Some(FrameEvent::Message(Message::Reply { id, reply, .. })) = frames.next_event()
+        {
+            replies.push((id, reply));
+        }
+    }
+    assert_eq!(
+        replies,
+        [
+            (1, "1 ".to_owned()),
+            (2, "0 Read-only key".to_owned()),
+            (3, "1 ".to_owned())
+        ]
+    );
+    assert_eq!(store.writes.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
