@@ -167,11 +167,19 @@ impl tokio::io::AsyncWrite for AsyncStream {
     }
 }
 
-/// Bytes of output an attached client may fall behind before it is detached: a client that
-/// stopped reading must not hold up the process, its log or the other clients, so nobody
-/// waits for it, and its queue is bounded; what it missed is in the log. A live client that
-/// is merely slower than the process has this much slack (seconds of output under TCG).
+/// Bytes of output an attached client may fall behind before the stream waits for it. A
+/// client that is merely slower than the process (the back-channel's cipher under TCG, a
+/// slow terminal) then holds the stream up, as a slow attached client does with docker: the
+/// process blocks on its full pipe and nothing is lost, for that client or the log.
 const SUBSCRIBER_BUDGET: usize = 4 << 20;
+
+/// How long a client over its budget may drain nothing before it is detached: one that
+/// stopped reading must not hold up the process, its log or the other clients for longer
+/// (what it missed is in the log).
+const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often a stream held up by a client over its budget looks at its progress.
+const HELD_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// One attached client's end: output chunks, counted out of its budget.
 #[derive(Debug)]
@@ -227,18 +235,54 @@ impl Fanout {
         Subscription { rx, queued }
     }
 
-    /// Copies a chunk to every client without waiting for any: the ones that went away or
-    /// fell [`SUBSCRIBER_BUDGET`] bytes behind are dropped (their stream ends).
+    /// Copies a chunk to every client. While a client is more than [`SUBSCRIBER_BUDGET`]
+    /// bytes behind, this waits for it to drain below; one that drains nothing for
+    /// [`STUCK_AFTER`] is detached (its stream ends), as are clients that went away.
     pub async fn publish(&self, chunk: &[u8]) {
-        let mut g = self.lock();
-        if g.subscribers.is_empty() {
-            return;
-        }
-        g.subscribers.retain(|s| {
-            if s.queued.load(Ordering::Acquire) + chunk.len() > SUBSCRIBER_BUDGET {
-                tracing::warn!("an attached client stopped reading; detaching it");
-                return false;
+        // Each held-up client's queue when it last made progress, and since when.
+        let mut watch: Vec<(Arc<AtomicUsize>, usize, tokio::time::Instant)> = Vec::new();
+        loop {
+            let over: Vec<Arc<AtomicUsize>> = {
+                let mut g = self.lock();
+                g.subscribers.retain(|s| !s.tx.is_closed());
+                let now = tokio::time::Instant::now();
+                g.subscribers.retain(|s| {
+                    let queued = s.queued.load(Ordering::Acquire);
+                    match watch.iter_mut().find(|(q, ..)| Arc::ptr_eq(q, &s.queued)) {
+                        Some((_, last, since)) if queued < *last => {
+                            *last = queued;
+                            *since = now;
+                            true
+                        }
+                        Some((_, _, since)) if now.duration_since(*since) >= STUCK_AFTER => {
+                            tracing::warn!(
+                                "an attached client read nothing for {} s; detaching it",
+                                STUCK_AFTER.as_secs()
+                            );
+                            false
+                        }
+                        _ => true,
+                    }
+                });
+                g.subscribers
+                    .iter()
+                    .filter(|s| s.queued.load(Ordering::Acquire) + chunk.len() > SUBSCRIBER_BUDGET)
+                    .map(|s| s.queued.clone())
+                    .collect()
+            };
+            if over.is_empty() {
+                break;
             }
+            for q in over {
+                if !watch.iter().any(|(w, ..)| Arc::ptr_eq(w, &q)) {
+                    let queued = q.load(Ordering::Acquire);
+                    watch.push((q, queued, tokio::time::Instant::now()));
+                }
+            }
+            tokio::time::sleep(HELD_POLL).await;
+        }
+        let mut g = self.lock();
+        g.subscribers.retain(|s| {
             s.queued.fetch_add(chunk.len(), Ordering::AcqRel);
             s.tx.send(chunk.to_vec()).is_ok()
         });
@@ -308,9 +352,9 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// A client that stops reading is detached once it is a queue behind; the others and
-    /// the publisher never wait for it.
-    #[tokio::test]
+    /// A client that stops reading holds the stream up for at most `STUCK_AFTER` once it is
+    /// a budget behind, then it is detached; the live client gets everything.
+    #[tokio::test(start_paused = true)]
     async fn a_stuck_client_holds_up_nobody() {
         let f = Fanout::default();
         let _stuck = f.subscribe();
@@ -332,13 +376,45 @@ mod tests {
             }
             got
         };
-        let ((), got) = tokio::time::timeout(Duration::from_secs(5), async {
+        let started = tokio::time::Instant::now();
+        let ((), got) = tokio::time::timeout(STUCK_AFTER + Duration::from_secs(5), async {
             tokio::join!(publisher, reader)
         })
         .await
-        .expect("nobody waits for the stuck client");
+        .expect("nobody waits for the stuck client for long");
+        assert!(
+            started.elapsed() >= STUCK_AFTER,
+            "detached before it was stuck"
+        );
         assert_eq!(got.len(), n * chunk.len());
         assert_eq!(f.lock().subscribers.len(), 0);
+    }
+
+    /// A client slower than the process but still reading is waited for: it gets every
+    /// byte, however far the process is ahead (the exec's own output under TCG).
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_client_loses_nothing() {
+        let f = Fanout::default();
+        let mut slow = f.subscribe();
+        let chunk = vec![3u8; 64 * 1024];
+        let n = 3 * SUBSCRIBER_BUDGET / chunk.len();
+        let publisher = async {
+            for _ in 0..n {
+                f.publish(&chunk).await;
+            }
+            f.close();
+        };
+        let reader = async {
+            let mut got = 0usize;
+            while let Some(c) = slow.recv().await {
+                got += c.len();
+                // Far slower than the publisher, but never STUCK_AFTER without progress.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            got
+        };
+        let ((), got) = tokio::join!(publisher, reader);
+        assert_eq!(got, n * chunk.len());
     }
 
     #[tokio::test]
