@@ -81,26 +81,16 @@ fn config() -> impl bincode::config::Config {
 
 /// Encodes one record as a complete frame.
 pub fn encode(record: &Record) -> Result<Vec<u8>, EncodeError> {
-    // The body is encoded straight behind a header filled in afterwards: every byte of
-    // output is copied once here (this runs for each chunk a process writes, under TCG).
-    let data = match &record.body {
-        Body::Data(d) => d.len(),
-        Body::Eof => 0,
+    let body = bincode::encode_to_vec(record, config())?;
+    let len = match u32::try_from(body.len()) {
+        Ok(len) if body.len() <= MAX_BODY => len,
+        _ => return Err(EncodeError::TooLarge(body.len())),
     };
-    let mut out = Vec::with_capacity(HEADER + 48 + record.session.len() + data);
+    let mut out = Vec::with_capacity(HEADER + body.len());
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&[0u8; HEADER - MAGIC.len()]);
-    bincode::encode_into_std_write(record, &mut out, config())?;
-    let body_len = out.len() - HEADER;
-    let len = match u32::try_from(body_len) {
-        Ok(len) if body_len <= MAX_BODY => len,
-        _ => return Err(EncodeError::TooLarge(body_len)),
-    };
-    let crc = crc32fast::hash(out.get(HEADER..).unwrap_or_default());
-    if let Some(h) = out.get_mut(MAGIC.len()..HEADER) {
-        h[..4].copy_from_slice(&len.to_le_bytes());
-        h[4..].copy_from_slice(&crc.to_le_bytes());
-    }
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
     Ok(out)
 }
 

@@ -157,30 +157,24 @@ pub async fn pump(
     fanout: Arc<Fanout>,
 ) {
     let mut seq = 0u64;
+    let mut buf = vec![0u8; iolog::MAX_PAYLOAD];
     loop {
-        // Each chunk is read into the buffer its record then carries to the writer: the
-        // record costs no copy (attached clients still get theirs).
-        let mut data = Vec::with_capacity(iolog::MAX_PAYLOAD);
-        match src.read_append(&mut data).await {
+        let n = match src.read(&mut buf).await {
             Ok(0) => break,
-            Ok(n) => {
-                // A short chunk (interactive output) does not pin a whole buffer while queued.
-                if n < iolog::MAX_PAYLOAD / 4 {
-                    data.shrink_to_fit();
-                }
-            }
+            Ok(n) => n,
             Err(e) => {
                 tracing::warn!(session, error = %e, "session output read failed");
                 break;
             }
-        }
-        fanout.publish(&data).await;
+        };
+        let data = buf.get(..n).unwrap_or_default();
+        fanout.publish(data).await;
         let record = Record {
             session: session.clone(),
             stream,
             seq,
             time_ns: now_ns(),
-            body: Body::Data(data),
+            body: Body::Data(data.to_vec()),
         };
         // A closed sink (shutdown) still lets us drain, so the process never blocks on us.
         if send(&sink, record).await {

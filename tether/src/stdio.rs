@@ -52,35 +52,6 @@ impl AsyncStream {
         }
     }
 
-    /// Reads into the spare capacity of `buf`, appending what was read; 0 at end of stream
-    /// (EIO from a pty master too, as [`AsyncStream::read`]). Output chunks are read into
-    /// the buffer that carries them on, instead of being copied out of a reused one.
-    pub async fn read_append(&self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-        loop {
-            let mut guard = self.fd.readable().await?;
-            let spare = buf.spare_capacity_mut();
-            let (ptr, cap) = (spare.as_mut_ptr(), spare.len());
-            let res = guard.try_io(|fd| {
-                // SAFETY: `ptr` points at `cap` bytes of `buf`'s spare capacity, valid for
-                // writes and not otherwise borrowed while read(2) fills at most `cap` of them.
-                let r = unsafe { libc::read(fd.get_ref().as_raw_fd(), ptr.cast(), cap) };
-                usize::try_from(r).map_err(|_| std::io::Error::last_os_error())
-            });
-            match res {
-                Ok(Ok(n)) => {
-                    let len = buf.len() + n.min(cap);
-                    // SAFETY: read(2) initialised the first `n` (<= `cap`) spare bytes.
-                    unsafe { buf.set_len(len) };
-                    return Ok(n);
-                }
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-
     /// Writes all of `data`.
     pub async fn write_all(&self, mut data: &[u8]) -> std::io::Result<()> {
         while !data.is_empty() {
@@ -435,31 +406,6 @@ mod tests {
             None,
             "a late subscriber sees the end at once"
         );
-    }
-
-    #[tokio::test]
-    async fn read_append_fills_spare_capacity_and_sees_the_end() {
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-        let src = AsyncStream::new(r).unwrap();
-        nix::unistd::write(&w, b"hello").unwrap();
-        let mut buf = Vec::with_capacity(3);
-        buf.push(b'>');
-        assert_eq!(
-            src.read_append(&mut buf).await.unwrap(),
-            2,
-            "capped by the capacity"
-        );
-        assert_eq!(buf, b">he");
-        let mut rest = Vec::with_capacity(64);
-        assert_eq!(src.read_append(&mut rest).await.unwrap(), 3);
-        assert_eq!(rest, b"llo");
-        drop(w);
-        assert_eq!(
-            src.read_append(&mut rest).await.unwrap(),
-            0,
-            "end of stream"
-        );
-        assert_eq!(rest, b"llo");
     }
 
     #[tokio::test]
