@@ -108,7 +108,6 @@ pub fn run() -> anyhow::Result<()> {
     stamps.insert("pid1".to_owned(), boottime_us());
     early::mount_kernel_filesystems()?;
     crate::services::protect_from_oom_killer();
-    crate::services::raise_priority();
     early::ensure_dev_nodes();
     let modules = early::load_modules(Path::new("/lib/modules"))?;
     let platform = platform::detect()?;

@@ -400,9 +400,6 @@ unsafe fn child_after_clone(a: &ChildArgs<'_>) -> ! {
             std::ptr::null_mut::<u64>(),
             8usize,
         );
-        // The tether's own CPU precedence (services::raise_priority) is not the workload's:
-        // ordinary niceness again (raising it is always allowed).
-        libc::syscall(libc::SYS_setpriority, libc::PRIO_PROCESS, 0, 0);
         // Its own session and process group, so signals to the group reach the whole job
         // and nothing of the tether.
         libc::syscall(libc::SYS_setsid);
@@ -571,29 +568,6 @@ mod spawn_tests {
             0,
             "SIGPIPE still ignored: {ign}"
         );
-    }
-
-    #[test]
-    fn child_starts_at_ordinary_niceness() {
-        assert!(nix::unistd::getuid().is_root(), "launch tests need root");
-        // Niceness is per thread: raise this test's own thread like PID 1 raises itself.
-        let out = std::thread::spawn(|| {
-            // SAFETY: setpriority on the calling thread, plain integers.
-            let rc =
-                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, crate::services::PID1_NICE) };
-            assert_eq!(rc, 0);
-            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-            // Field 19 of /proc/PID/stat is the niceness (`sh`'s comm has no space).
-            let script = "read -r l < /proc/self/stat; set -- $l; echo ${19}";
-            let pid = spawn(spec("/bin/sh", &["sh", "-c", script], "/", Stdio::Fd(w))).unwrap();
-            let mut out = String::new();
-            std::fs::File::from(r).read_to_string(&mut out).unwrap();
-            nix::sys::wait::waitpid(pid, None).unwrap();
-            out
-        })
-        .join()
-        .unwrap();
-        assert_eq!(out.trim(), "0", "the child kept the tether's niceness");
     }
 
     #[test]

@@ -777,26 +777,6 @@ pub fn protect_from_oom_killer() {
     }
 }
 
-/// The niceness of PID 1 and its threads (children start at 0 again, see `launch`).
-pub const PID1_NICE: i32 = -10;
-
-/// Gives PID 1 precedence over the workload for the CPU. Its work (reaping, the output log,
-/// the back-channel, write-backs) is small and driven by the workload's own events, but it
-/// must happen while the workload keeps every CPU busy: with 10,000 runnable orphans of
-/// equal weight, the reaper waited its turn behind them and zombies piled up (1.34 s from
-/// the last exit to the last reap under TCG), and under a fork bomb `exec` has to get
-/// through. -10 weighs about nine ordinary processes, not a real-time class that could
-/// starve the workload. Must run before any thread starts: niceness is per thread and
-/// inherited by threads created later.
-pub fn raise_priority() {
-    // SAFETY: setpriority on the calling thread (who = 0) with a plain integer; no memory
-    // is passed.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, PID1_NICE) };
-    if rc != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the tether's CPU priority");
-    }
-}
-
 /// Gives a process the tether started the ordinary OOM score (it inherited the tether's).
 pub fn unprotect(pid: i32) {
     if let Err(e) = fs::write(format!("/proc/{pid}/oom_score_adj"), b"0") {
