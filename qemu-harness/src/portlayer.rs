@@ -99,6 +99,12 @@ impl PortLayer {
         );
         let (conn, driver) = match Client::connect(stream, config).await {
             Ok(x) => x,
+            // A VM that powers off during the handshake (a container that ran briefly)
+            // closes the stream: normal, and not worth a warning on `vch run`'s stderr.
+            Err(sshproto::Error::Eof) => {
+                tracing::debug!("back-channel closed during the SSH handshake");
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "back-channel SSH");
                 return;
