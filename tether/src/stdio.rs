@@ -210,53 +210,49 @@ impl Fanout {
     /// bytes behind, this waits for it to drain below; one that drains nothing for
     /// [`STUCK_AFTER`] is detached (its stream ends), as are clients that went away.
     pub async fn publish(&self, chunk: &[u8]) {
-        // Each held-up client's queue when it last made progress, and since when.
-        let mut watch: Vec<(Arc<AtomicUsize>, usize, tokio::time::Instant)> = Vec::new();
+        // Each held-up client's queue when it last drained some, and since when.
+        let mut held: Vec<(Arc<AtomicUsize>, usize, tokio::time::Instant)> = Vec::new();
         loop {
-            let over: Vec<Arc<AtomicUsize>> = {
+            {
                 let mut g = self.lock();
-                g.subscribers.retain(|s| !s.tx.is_closed());
                 let now = tokio::time::Instant::now();
+                let mut waiting = false;
                 g.subscribers.retain(|s| {
+                    if s.tx.is_closed() {
+                        return false;
+                    }
                     let queued = s.queued.load(Ordering::Acquire);
-                    match watch.iter_mut().find(|(q, ..)| Arc::ptr_eq(q, &s.queued)) {
+                    if queued + chunk.len() <= SUBSCRIBER_BUDGET {
+                        return true;
+                    }
+                    match held.iter_mut().find(|(q, ..)| Arc::ptr_eq(q, &s.queued)) {
+                        None => held.push((s.queued.clone(), queued, now)),
                         Some((_, last, since)) if queued < *last => {
                             *last = queued;
                             *since = now;
-                            true
                         }
                         Some((_, _, since)) if now.duration_since(*since) >= STUCK_AFTER => {
                             tracing::warn!(
                                 "an attached client read nothing for {} s; detaching it",
                                 STUCK_AFTER.as_secs()
                             );
-                            false
+                            return false;
                         }
-                        _ => true,
+                        Some(_) => {}
                     }
+                    waiting = true;
+                    true
                 });
-                g.subscribers
-                    .iter()
-                    .filter(|s| s.queued.load(Ordering::Acquire) + chunk.len() > SUBSCRIBER_BUDGET)
-                    .map(|s| s.queued.clone())
-                    .collect()
-            };
-            if over.is_empty() {
-                break;
-            }
-            for q in over {
-                if !watch.iter().any(|(w, ..)| Arc::ptr_eq(w, &q)) {
-                    let queued = q.load(Ordering::Acquire);
-                    watch.push((q, queued, tokio::time::Instant::now()));
+                if !waiting {
+                    g.subscribers.retain(|s| {
+                        s.queued.fetch_add(chunk.len(), Ordering::AcqRel);
+                        s.tx.send(chunk.to_vec()).is_ok()
+                    });
+                    return;
                 }
             }
             tokio::time::sleep(HELD_POLL).await;
         }
-        let mut g = self.lock();
-        g.subscribers.retain(|s| {
-            s.queued.fetch_add(chunk.len(), Ordering::AcqRel);
-            s.tx.send(chunk.to_vec()).is_ok()
-        });
     }
 
     /// Ends the stream for every client (their receivers return `None` after the last chunk).
