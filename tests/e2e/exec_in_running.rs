@@ -1,5 +1,6 @@
 //! `vch exec` runs commands in a running container: exit codes propagate, a missing binary
-//! fails fast with 127, stdin can be piped and its end closes the process's stdin.
+//! fails fast with 127, stdin can be piped and its end closes the process's stdin, and an
+//! output larger than what a client may fall behind arrives whole.
 
 use std::time::Duration;
 
@@ -70,4 +71,16 @@ fn stdin_is_piped_and_closed() {
         vch.cmd_with_input(&["exec", "-i", "in", "wc", "-c"], &vec![b'x'; 1_000_000]);
     assert_eq!(code, 0);
     assert_eq!(out.trim(), "1000000");
+}
+
+/// An exec's output far beyond the 4 MiB an attached client may fall behind arrives whole:
+/// a client slower than the process (the back-channel's cipher under TCG) is waited for,
+/// not detached.
+#[test]
+fn exec_output_larger_than_the_client_budget_arrives_whole() {
+    let vch = e2e::Vch::new();
+    sleeper(&vch, "big");
+    let (code, out, err) = vch.cmd(&["exec", "big", "head", "-c", "16777216", "/dev/zero"]);
+    assert_eq!(code, 0, "stderr: {err}");
+    assert_eq!(out.len(), 16 << 20, "stderr: {err}");
 }
