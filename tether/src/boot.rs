@@ -205,6 +205,9 @@ pub fn run() -> anyhow::Result<()> {
         return Err(e.into());
     }
 
+    if let Err(e) = crate::cgroup::setup() {
+        tracing::warn!(error = %e, "the container's processes share the CPU with the tether one by one");
+    }
     set_rlimits();
     ignore_unused_signals();
     write_pid_file();

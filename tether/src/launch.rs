@@ -174,6 +174,8 @@ struct ChildArgs<'a> {
     path: &'a CString,
     argv: &'a [*const libc::c_char],
     envp: &'a [*const libc::c_char],
+    /// The container cgroup's `cgroup.procs` (see [`crate::cgroup`]), or -1.
+    cgroup_procs: RawFd,
     /// Set by a failing child: stage in the high half, errno in the low half; 0 on success.
     failure: AtomicU64,
 }
@@ -231,6 +233,7 @@ pub fn spawn(spec: Spec) -> Result<Pid, LaunchError> {
         path: &path,
         argv: &argv_ptrs,
         envp: &envp_ptrs,
+        cgroup_procs: crate::cgroup::procs_fd(),
         failure: AtomicU64::new(0),
     };
     let mut stack = vec![0u8; CHILD_STACK];
@@ -400,6 +403,11 @@ unsafe fn child_after_clone(a: &ChildArgs<'_>) -> ! {
             std::ptr::null_mut::<u64>(),
             8usize,
         );
+        // Into the container's cgroup before anything of the workload runs: "0" moves the
+        // writer. A failure leaves it where the tether is, which only costs the CPU sharing.
+        if a.cgroup_procs >= 0 {
+            libc::syscall(libc::SYS_write, a.cgroup_procs, b"0".as_ptr(), 1usize);
+        }
         // Its own session and process group, so signals to the group reach the whole job
         // and nothing of the tether.
         libc::syscall(libc::SYS_setsid);

@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod boot;
+pub mod cgroup;
 pub mod clock;
 pub mod disk;
 pub mod early;

@@ -13,11 +13,16 @@ fn main() {
         eprintln!("tether: must run as PID 1 of a container VM (it mounts filesystems and powers the machine off)");
         std::process::exit(2);
     }
+    // Before any thread exists, so that every thread inherits it (see `reaper`).
+    let sigchld_blocked = tether::reaper::block_sigchld();
     std::panic::set_hook(Box::new(|info| {
         log::write_raw(format!("tether: PANIC: {info}\n").as_bytes());
         shutdown::panic_power_off();
     }));
     log::init(tracing::Level::INFO);
+    if let Err(e) = sigchld_blocked {
+        tracing::warn!(error = %e, "SIGCHLD not blocked: exits wait for the reaper's sweeps");
+    }
     if let Err(e) = boot::run() {
         tracing::error!("{e:#}");
     }

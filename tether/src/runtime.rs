@@ -328,6 +328,7 @@ impl Tether {
                 return;
             }
         };
+        tracing::debug!(keys = map.len(), "reload: config read");
         // An exec's reload (the common one) adds one exec and changes nothing else the
         // tether did not write itself: only its keys are decoded. Anything else takes the
         // whole decode, which merges every key into the config.
@@ -345,6 +346,7 @@ impl Tether {
             *seen = None;
             fast
         };
+        let fast_path = fast.is_some();
         let decoded = match fast {
             Some(new) => Ok(new),
             None => {
@@ -372,7 +374,7 @@ impl Tether {
                 return;
             }
         }
-        tracing::debug!("config reloaded");
+        tracing::debug!(fast = fast_path, "config reloaded");
         self.reconcile();
         self.reload_networks(
             map.get(crate::net::reload::NETWORKS_KEY)

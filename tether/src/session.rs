@@ -301,7 +301,6 @@ pub struct LaunchIo {
 }
 
 /// Starts a session's process with its output pumped to the log and its fan-outs.
-/// Must run on the runtime thread (the reaper registration relies on it).
 pub fn launch(
     id: &str,
     cfg: &SessionConfig,
@@ -364,9 +363,7 @@ pub fn launch(
         stderr,
         controlling_tty: cfg.tty,
     };
-    let pid = launch::spawn(spec)?;
-    // No await between fork and here: the reaper cannot have collected the child yet.
-    let exit = reaper.watch(pid);
+    let (pid, exit) = reaper.spawn(|| launch::spawn(spec))?;
     // It inherited the tether's protection from the OOM killer; the container's processes
     // are ordinary victims.
     crate::services::unprotect(pid.as_raw());
