@@ -1,5 +1,5 @@
 //! `vch exec` runs commands in a running container: exit codes propagate, a missing binary
-//! fails fast with 127, stdin can be piped and its end closes the process's stdin, and an
+//! fails fast with 127, execs run in a cgroup beside the container's, stdin can be piped and its end closes the process's stdin, and an
 //! output larger than what a client may fall behind arrives whole.
 
 use std::time::Duration;
@@ -45,6 +45,17 @@ fn exec_true_false_and_missing_binary() {
         out,
         "y /tmp user /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
     );
+    // The container's processes and its execs each run in a cgroup of their own (the CPU
+    // is shared per cgroup: a fork bomb in one cannot starve the tether or an exec), the
+    // tether (PID 1) outside both.
+    let (_, out, err) = vch.cmd(&[
+        "exec",
+        "ex",
+        "sh",
+        "-c",
+        "cat /proc/self/cgroup /proc/$(pidof sleep)/cgroup /proc/1/cgroup",
+    ]);
+    assert_eq!(out, "0::/exec\n0::/container\n0::/\n", "stderr: {err}");
     // Exec output is in the container's output log too.
     let log = std::fs::read(
         vch.dir

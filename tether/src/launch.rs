@@ -144,6 +144,9 @@ pub struct Spec {
     pub stderr: Stdio,
     /// Make stdin the controlling terminal (pty sessions).
     pub controlling_tty: bool,
+    /// A cgroup's `cgroup.procs`, open for writing, that the process moves itself into
+    /// before exec (see [`crate::cgroup`]); -1 for none.
+    pub cgroup_procs: RawFd,
 }
 
 fn cstr(s: &str, what: &'static str) -> Result<CString, LaunchError> {
@@ -174,7 +177,7 @@ struct ChildArgs<'a> {
     path: &'a CString,
     argv: &'a [*const libc::c_char],
     envp: &'a [*const libc::c_char],
-    /// The container cgroup's `cgroup.procs` (see [`crate::cgroup`]), or -1.
+    /// The target cgroup's `cgroup.procs` (see [`crate::cgroup`]), or -1.
     cgroup_procs: RawFd,
     /// Set by a failing child: stage in the high half, errno in the low half; 0 on success.
     failure: AtomicU64,
@@ -233,7 +236,7 @@ pub fn spawn(spec: Spec) -> Result<Pid, LaunchError> {
         path: &path,
         argv: &argv_ptrs,
         envp: &envp_ptrs,
-        cgroup_procs: crate::cgroup::procs_fd(),
+        cgroup_procs: spec.cgroup_procs,
         failure: AtomicU64::new(0),
     };
     let mut stack = vec![0u8; CHILD_STACK];
@@ -403,8 +406,7 @@ unsafe fn child_after_clone(a: &ChildArgs<'_>) -> ! {
             std::ptr::null_mut::<u64>(),
             8usize,
         );
-        // Into the container's cgroup before anything of the workload runs: "0" moves the
-        // writer. A failure leaves it where the tether is, which only costs the CPU sharing.
+        // Into its cgroup before anything of the workload runs: "0" moves the writer. A failure leaves it where the tether is, which only costs the CPU sharing.
         if a.cgroup_procs >= 0 {
             libc::syscall(libc::SYS_write, a.cgroup_procs, b"0".as_ptr(), 1usize);
         }
@@ -553,6 +555,7 @@ mod spawn_tests {
             stdout,
             stderr: Stdio::Null,
             controlling_tty: false,
+            cgroup_procs: -1,
         }
     }
 

@@ -766,12 +766,17 @@ async fn run_session(t: Arc<Tether>, id: String, latch: Option<oneshot::Receiver
 /// The order matters to the host: it has the launch error (or the exit status) before an
 /// attached client is told the session ended, since the client then reads it back.
 async fn launch_and_wait(t: &Arc<Tether>, id: &str) -> Option<i64> {
-    let (sc, io) = {
+    let (sc, io, group) = {
         let mut st = t.lock();
+        let group = if st.cfg.execs.contains_key(id) {
+            crate::cgroup::Group::Exec
+        } else {
+            crate::cgroup::Group::Container
+        };
         let mut s = st.session_mut(id)?;
-        (s.cfg.clone(), s.launch_io())
+        (s.cfg.clone(), s.launch_io(), group)
     };
-    let launched = session::launch(id, &sc, io, &t.reaper, &t.sink);
+    let launched = session::launch(id, &sc, io, &t.reaper, &t.sink, group);
     let now = clock::now_secs();
     let mut running = match launched {
         Ok(r) => r,

@@ -307,6 +307,7 @@ pub fn launch(
     io: LaunchIo,
     reaper: &Reaper,
     sink: &OutputSink,
+    group: crate::cgroup::Group,
 ) -> Result<Running, StartError> {
     let identity = user::resolve(Path::new("/"), &cfg.user, &cfg.group)?;
     let env = environment(cfg, &identity.home);
@@ -362,6 +363,7 @@ pub fn launch(
         stdout,
         stderr,
         controlling_tty: cfg.tty,
+        cgroup_procs: crate::cgroup::procs_fd(group),
     };
     let (pid, exit) = reaper.spawn(|| launch::spawn(spec))?;
     // It inherited the tether's protection from the OOM killer; the container's processes
