@@ -85,6 +85,19 @@ fn low32(r: u64) -> u32 {
     r as u32
 }
 
+/// The registers as an asm block left them (`[ax, bx, cx, dx, si, di, bp]`), low halves.
+fn regs_from([ax, bx, cx, dx, si, di, bp]: [u64; 7]) -> Regs {
+    Regs {
+        ax: low32(ax),
+        bx: low32(bx),
+        cx: low32(cx),
+        dx: low32(dx),
+        si: low32(si),
+        di: low32(di),
+        bp: low32(bp),
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 impl Port for IoPort {
     fn call(&self, r: Regs) -> Regs {
@@ -118,15 +131,7 @@ impl Port for IoPort {
                 options(nostack, nomem),
             );
         }
-        Regs {
-            ax: low32(ax),
-            bx: low32(bx),
-            cx: low32(cx),
-            dx: low32(dx),
-            si: low32(si),
-            di: low32(di),
-            bp: low32(bp),
-        }
+        regs_from([ax, bx, cx, dx, si, di, bp])
     }
 
     fn hb_out(&self, r: Regs, data: &[u8]) -> Regs {
@@ -156,15 +161,7 @@ impl Port for IoPort {
                 options(nostack, readonly),
             );
         }
-        Regs {
-            ax: low32(ax),
-            bx: low32(bx),
-            cx: low32(cx),
-            dx: low32(dx),
-            si: low32(si),
-            di: low32(di),
-            bp: low32(bp),
-        }
+        regs_from([ax, bx, cx, dx, si, di, bp])
     }
 
     fn hb_in(&self, r: Regs, buf: &mut [u8]) -> Regs {
@@ -193,15 +190,7 @@ impl Port for IoPort {
                 options(nostack),
             );
         }
-        Regs {
-            ax: low32(ax),
-            bx: low32(bx),
-            cx: low32(cx),
-            dx: low32(dx),
-            si: low32(si),
-            di: low32(di),
-            bp: low32(bp),
-        }
+        regs_from([ax, bx, cx, dx, si, di, bp])
     }
 }
 
