@@ -9,9 +9,9 @@
 //! SIGCHLD is a standard signal, though: exits that come while one is pending share it, and
 //! only the first child is named. A sweep (`waitpid(-1)` until nothing has exited) collects
 //! the rest once the exits pause for [`SWEEP_QUIET`], or every [`SWEEP_MAX`] in a storm that
-//! does not pause. Sweeping after every exit instead costs a walk of every child per exit:
-//! with 10,000 orphans that made their exits take a third longer under TCG, and waking for
-//! each exit to `waitpid(-1)` as well.
+//! does not pause. Sweeping after every signal instead walks every child each time: with
+//! 10,000 orphans their exits ended at 34-36 s instead of 28 s under TCG, as they did with a
+//! thread blocked in `waitpid(-1)`.
 //!
 //! The thread runs at a raised priority (the thread only, [`REAPER_NICE`]), so a storm of
 //! exiting processes, or a busy process above the workload, cannot starve it: 10,000 orphans
