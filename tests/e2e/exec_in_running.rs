@@ -1,6 +1,7 @@
 //! `vch exec` runs commands in a running container: exit codes propagate, a missing binary
-//! fails fast with 127, execs run in a cgroup beside the container's, stdin can be piped and its end closes the process's stdin, and an
-//! output larger than what a client may fall behind arrives whole.
+//! fails fast with 127, execs run in a cgroup beside the container's, stdin can be piped and
+//! its end closes the process's stdin, and an output larger than what a client may fall
+//! behind arrives whole.
 
 use std::time::Duration;
 

@@ -406,7 +406,8 @@ unsafe fn child_after_clone(a: &ChildArgs<'_>) -> ! {
             std::ptr::null_mut::<u64>(),
             8usize,
         );
-        // Into its cgroup before anything of the workload runs: "0" moves the writer. A failure leaves it where the tether is, which only costs the CPU sharing.
+        // Into its cgroup before anything of the workload runs: "0" moves the writer. A
+        // failure leaves it where the tether is, which only costs the CPU sharing.
         if a.cgroup_procs >= 0 {
             libc::syscall(libc::SYS_write, a.cgroup_procs, b"0".as_ptr(), 1usize);
         }

@@ -188,14 +188,14 @@ fn reap_forever(shared: &Shared, signals: &SignalFd) {
     // Children may have exited before the reaper started.
     sweep(shared);
     let mut swept = Instant::now();
-    // Set while exits came since the last sweep.
-    let mut unswept_since: Option<Instant> = None;
+    // Whether exits came since the last sweep.
+    let mut unswept = false;
     loop {
-        let now = Instant::now();
-        let wait = match unswept_since {
+        let wait = if unswept {
             // A sweep once the exits pause, or every SWEEP_MAX in a storm that does not.
-            Some(_) => SWEEP_QUIET.min((swept + SWEEP_MAX).saturating_duration_since(now)),
-            None => SAFETY_SWEEP,
+            SWEEP_QUIET.min((swept + SWEEP_MAX).saturating_duration_since(Instant::now()))
+        } else {
+            SAFETY_SWEEP
         };
         // Rounded up: a poll that returns early would spin until the deadline.
         let timeout =
@@ -211,17 +211,18 @@ fn reap_forever(shared: &Shared, signals: &SignalFd) {
             }
         };
         if woken && read_signals(shared, signals) {
-            unswept_since.get_or_insert_with(Instant::now);
+            unswept = true;
         }
         let now = Instant::now();
-        let due = match unswept_since {
-            Some(_) => !woken || now >= swept + SWEEP_MAX,
-            None => !woken && now >= swept + SAFETY_SWEEP,
+        let due = if unswept {
+            !woken || now >= swept + SWEEP_MAX
+        } else {
+            !woken && now >= swept + SAFETY_SWEEP
         };
         if due {
             sweep(shared);
             swept = Instant::now();
-            unswept_since = None;
+            unswept = false;
         }
     }
 }
