@@ -60,6 +60,27 @@ fn fork_bomb_leaves_the_tether_in_charge() {
     }
     assert_eq!(vch.inspect("bomb")["State"], "Up");
 
+    // `top` and `cp` run on threads of the tether's, which the kernel may refuse while the
+    // bomb holds every pid: each answers or says why, and the VM stays up (tokio's blocking
+    // pool panicked PID 1 there).
+    for (what, args) in [
+        ("top", &["top", "bomb"][..]),
+        ("cp", &["cp", "bomb:/etc/hostname", "-"][..]),
+    ] {
+        let t = Instant::now();
+        let (code, out, err) = vch.cmd(args);
+        eprintln!(
+            "{what} during the bomb: {code} after {:?}: {} bytes, {err:?}",
+            t.elapsed(),
+            out.len()
+        );
+        assert!(
+            code == 0 || !err.trim().is_empty(),
+            "{what} failed ({code}) without a reason"
+        );
+        assert_eq!(vch.inspect("bomb")["State"], "Up", "after {what}");
+    }
+
     let t = Instant::now();
     let (code, _, err) = vch.cmd(&["stop", "-t", &GRACE_SECS.to_string(), "bomb"]);
     let took = t.elapsed();

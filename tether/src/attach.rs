@@ -129,7 +129,7 @@ pub async fn serve(t: Arc<Tether>, path: PathBuf) {
     t.started_up().await;
     let handlers = handlers(&t);
     let cfg = t.lock().cfg.clone();
-    let parsed = tokio::task::spawn_blocking(move || server_config(&cfg, handlers)).await;
+    let parsed = crate::blocking::run("host-key", move || server_config(&cfg, handlers)).await;
     let config = match parsed {
         Ok(Ok(c)) => Arc::new(c),
         Ok(Err(e)) => {

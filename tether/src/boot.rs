@@ -76,6 +76,7 @@ pub fn load_config(
             return Err(ConfigFailure(msg));
         }
     };
+    crate::clock::stamp("fetched");
     // The host's clock is read with the config: step to it before the decode's time passes.
     crate::clock::apply_boot_keys(&raw, crate::clock::monotonic_now_ns());
     let decoded = guestinfo::decode(&raw).map_err(InvalidConfig::from);
@@ -110,7 +111,9 @@ pub fn run() -> anyhow::Result<()> {
     crate::services::protect_from_oom_killer();
     early::ensure_dev_nodes();
     let modules = early::load_modules(Path::new("/lib/modules"))?;
+    crate::clock::stamp("early");
     let platform = platform::detect()?;
+    crate::clock::stamp("platform");
     if let Some(f) = platform.debug_channel() {
         log::set_destination(f);
     }
@@ -210,15 +213,24 @@ pub fn run() -> anyhow::Result<()> {
     }
     set_rlimits();
     ignore_unused_signals();
-    write_pid_file();
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        // Blocking threads run the tether's deferrable work (parsing the host key).
+        // Tokio's own blocking threads, should anything use them, run at the background
+        // priority as `crate::blocking`'s do (the tether's blocking jobs run there: tokio's
+        // pool panics when the kernel refuses it a thread).
         .on_thread_start(crate::writeback::background_priority)
         .build()
         .context("start runtime")?;
-    runtime.block_on(supervisor::run(cfg, writeback, platform, leases))?;
+    crate::clock::stamp("runtime");
+    // Tools in the VM look for the pid file; the entrypoint's start does not wait for it.
+    runtime.block_on(supervisor::run(
+        cfg,
+        writeback,
+        platform,
+        leases,
+        write_pid_file,
+    ))?;
     Ok(())
 }
 

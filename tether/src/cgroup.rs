@@ -60,7 +60,11 @@ pub enum CgroupError {
 }
 
 /// Mounts cgroup2 if needed, creates the cgroups with the cpu controller and keeps their
-/// process lists open for [`procs_fd`]. Call once, before the first launch.
+/// process lists open for [`procs_fd`]. Call once, before the first launch. (Enabling the
+/// controller only once the entrypoint had started saved the boot about 270 of the code
+/// blocks TCG translates, a few milliseconds, but a fork bomb started by the entrypoint
+/// then had the CPU one process to one with the tether until then, and the tether took
+/// seconds to get there.)
 pub fn setup() -> Result<(), CgroupError> {
     let root = Path::new(ROOT);
     if !root.join("cgroup.controllers").exists() {

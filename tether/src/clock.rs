@@ -11,6 +11,26 @@ pub fn boottime_us() -> i64 {
         .unwrap_or(0)
 }
 
+/// The finer boot stamps (`early`, `platform`, `fetched`, `runtime`, `launch`, `spawned`),
+/// taken wherever those steps happen; the write-back of the `exec` stamp adds them to the
+/// boot's own (`pid1`, `config`, `disks`, `network`).
+static STAMPS: std::sync::Mutex<Vec<(&'static str, i64)>> = std::sync::Mutex::new(Vec::new());
+
+/// Records the boot stamp `name` now, once: a later stamp of the same name is ignored (a
+/// relaunch is not the boot).
+pub fn stamp(name: &'static str) {
+    let at = boottime_us();
+    let mut s = STAMPS.lock().unwrap_or_else(|p| p.into_inner());
+    if !s.iter().any(|(n, _)| *n == name) {
+        s.push((name, at));
+    }
+}
+
+/// The stamps recorded by [`stamp`] so far.
+pub fn stamps() -> Vec<(&'static str, i64)> {
+    STAMPS.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 /// Seconds since the Unix epoch (UTC), the unit of `detail.*time`.
 pub fn now_secs() -> i64 {
     SystemTime::now()
@@ -133,14 +153,38 @@ pub async fn keep_in_step(transport: crate::writeback::WriteBack) {
     loop {
         tokio::time::sleep(SYNC_EVERY).await;
         let t = transport.clone();
-        let found = tokio::task::spawn_blocking(move || sync_with(&t)).await;
+        let found = crate::blocking::run("clock-sync", move || sync_with(&t)).await;
         match found {
             Ok(Some(diff)) if diff.abs() > STEP_ABOVE_NS => {
                 tracing::info!(off_by_ms = diff / 1_000_000, "clock stepped to the host's");
             }
             Ok(Some(_)) => {}
+            // No thread now (a workload holding every pid): the next round tries again.
+            Err(e @ crate::blocking::BlockingError::Spawn(..)) => {
+                tracing::debug!(error = %e, "clock sync skipped");
+            }
             // No host clock on this platform: nothing to keep in step with.
-            Ok(None) | Err(_) => return,
+            Ok(None) | Err(crate::blocking::BlockingError::Lost(_)) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stamp_is_taken_once() {
+        stamp("test-first");
+        let first = stamps();
+        stamp("test-first");
+        stamp("test-second");
+        let all = stamps();
+        let at = |s: &[(&str, i64)], n: &str| s.iter().filter(|(k, _)| *k == n).count();
+        assert_eq!(at(&all, "test-first"), 1);
+        assert_eq!(at(&all, "test-second"), 1);
+        let t = |s: &[(&str, i64)], n: &str| s.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
+        assert_eq!(t(&first, "test-first"), t(&all, "test-first"));
+        assert!(t(&all, "test-second") >= t(&all, "test-first"));
     }
 }

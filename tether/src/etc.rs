@@ -278,7 +278,7 @@ pub fn setup_names(private: &Path, hostname: &str, name: &str) -> Result<(), Etc
 
     let hn = private.join("hostname");
     // No trailing newline, as the original wrote it.
-    write_atomic(&hn, hostname.as_bytes(), 0o644)?;
+    write_new(&hn, hostname.as_bytes(), 0o644)?;
     bind_over(&hn, Path::new("/etc/hostname"))?;
 
     let mut hosts = Hosts::parse(&fs::read_to_string("/etc/hosts").unwrap_or_default());
@@ -291,8 +291,37 @@ pub fn setup_names(private: &Path, hostname: &str, name: &str) -> Result<(), Etc
         hosts.add(ip, name);
     }
     let hp = private.join("hosts");
-    write_atomic(&hp, hosts.render().as_bytes(), 0o644)?;
+    write_new(&hp, hosts.render().as_bytes(), 0o644)?;
     bind_over(&hp, Path::new("/etc/hosts"))
+}
+
+/// Writes a file of the tether's that nothing reads yet (boot, before the first launch): in
+/// place, without [`write_atomic`]'s rename and chmod, kernel paths the boot otherwise runs
+/// for nothing under TCG. One that exists already (a boot that retried) is replaced
+/// atomically.
+fn write_new(path: &Path, content: &[u8], mode: u32) -> Result<(), EtcError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let created = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path);
+    match created {
+        Ok(mut f) => {
+            f.write_all(content).map_err(io_err("write", path))?;
+            // The umask may have taken bits off `mode`; PID 1's is 022, which leaves 0644.
+            match f.metadata() {
+                Ok(m) if m.permissions().mode() & 0o7777 == mode => Ok(()),
+                _ => fs::set_permissions(path, fs::Permissions::from_mode(mode))
+                    .map_err(io_err("chmod", path)),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            write_atomic(path, content, mode)
+        }
+        Err(e) => Err(io_err("create", path)(e)),
+    }
 }
 
 #[cfg(test)]
@@ -350,6 +379,33 @@ mod tests {
             r.render(),
             "nameserver 172.16.0.1\nnameserver 8.8.8.8\noptions timeout:15\noptions attempts:5\n"
         );
+    }
+
+    #[test]
+    fn new_files_are_written_in_place_then_replaced() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = std::env::temp_dir().join(format!("tether-etc-new-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        let f = d.join("hostname");
+        write_new(&f, b"first", 0o644).unwrap();
+        assert_eq!(fs::read(&f).unwrap(), b"first");
+        // A mode the umask would trim is still what the file gets.
+        let g = d.join("shared");
+        write_new(&g, b"x", 0o666).unwrap();
+        assert_eq!(
+            fs::metadata(&g).unwrap().permissions().mode() & 0o7777,
+            0o666
+        );
+        // Written again (a retried boot): replaced whole, no leftover temporary file.
+        write_new(&f, b"second", 0o644).unwrap();
+        assert_eq!(fs::read(&f).unwrap(), b"second");
+        assert_eq!(
+            fs::metadata(&f).unwrap().permissions().mode() & 0o7777,
+            0o644
+        );
+        assert!(!d.join("hostname.tmp").exists());
+        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! can share the early-boot pieces (kernel filesystems, modules, finding disks).
 
 pub mod attach;
+pub mod blocking;
 pub mod boot;
 pub mod cgroup;
 pub mod clock;

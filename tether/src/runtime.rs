@@ -237,6 +237,9 @@ impl Tether {
                 return;
             }
             st.cfg.tether.boot_stamps.insert("exec".into(), at);
+            for (name, at) in clock::stamps() {
+                st.cfg.tether.boot_stamps.insert(name.into(), at);
+            }
             st.cfg.tether.boot_stamps.clone()
         };
         let us = |k: &str| stamps.get(k).copied().unwrap_or(0);
@@ -394,7 +397,7 @@ impl Tether {
             return;
         };
         let t = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let job = crate::blocking::spawn("net-reload", move || {
             let kvs = {
                 let _one_at_a_time = crate::net::reload::serialize();
                 let (changes, mut cfg) = {
@@ -430,6 +433,9 @@ impl Tether {
                 Err(e) => tracing::warn!(error = %e, "cannot encode the network write-back"),
             }
         });
+        if let Err(e) = job {
+            tracing::error!(error = %e, "network reload");
+        }
     }
 
     /// Starts what should run, releases latches `runblock` no longer holds, stops what was

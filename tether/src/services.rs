@@ -195,7 +195,12 @@ fn archive_get(open: ChannelOpenRequest) {
             return;
         }
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CHUNKS);
-        let packer = tokio::task::spawn_blocking(move || pack(&resolved, tx));
+        let packer = match crate::blocking::spawn("archive-out", move || pack(&resolved, tx)) {
+            Ok(job) => job,
+            Err(e) => {
+                return conclude(&mut writer, Err(format!("archive {}: {e}", req.path))).await
+            }
+        };
         let mut sent = true;
         while let Some(chunk) = rx.recv().await {
             if writer.write_all(&chunk).await.is_err() {
@@ -204,7 +209,7 @@ fn archive_get(open: ChannelOpenRequest) {
             }
         }
         drop(rx);
-        let result = match packer.await {
+        let result = match packer.join().await {
             Ok(Ok(())) if sent => Ok(()),
             Ok(Ok(())) => Err("the client went away".to_owned()),
             Ok(Err(e)) => Err(format!("archive {}: {e}", req.path)),
@@ -258,9 +263,17 @@ fn archive_put(open: ChannelOpenRequest) {
     tokio::spawn(async move {
         let (tx, rx) = mpsc::channel::<Vec<u8>>(CHUNKS);
         let flags = req.flags;
-        let unpacker =
-            tokio::task::spawn_blocking(move || unpack(ChunkReader::new(rx), &dest, flags));
+        let unpacker = crate::blocking::spawn("archive-in", move || {
+            unpack(ChunkReader::new(rx), &dest, flags)
+        });
         let (mut reader, writer) = ch.split();
+        let unpacker = match unpacker {
+            Ok(job) => job,
+            Err(e) => {
+                let mut writer = writer;
+                return conclude(&mut writer, Err(e.to_string())).await;
+            }
+        };
         let mut buf = vec![0u8; CHUNK];
         loop {
             match reader.read(&mut buf).await {
@@ -273,7 +286,7 @@ fn archive_put(open: ChannelOpenRequest) {
             }
         }
         drop(tx);
-        let result = match unpacker.await {
+        let result = match unpacker.join().await {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
@@ -547,7 +560,7 @@ fn clock() -> Clock {
 }
 
 async fn top(ch: Channel) {
-    let listing = tokio::task::spawn_blocking(|| {
+    let listing = crate::blocking::run("top", || {
         let mut text = clock().line();
         for p in processes() {
             text.push_str(&p.line());
@@ -676,7 +689,7 @@ async fn stats(ch: Channel, interval_ms: u32) {
         while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
     });
     loop {
-        let block = match tokio::task::spawn_blocking(sample).await {
+        let block = match crate::blocking::run("stats", sample).await {
             Ok(s) => s.block(),
             Err(_) => break,
         };

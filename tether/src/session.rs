@@ -309,6 +309,7 @@ pub fn launch(
     sink: &OutputSink,
     group: crate::cgroup::Group,
 ) -> Result<Running, StartError> {
+    crate::clock::stamp("launch");
     let identity = user::resolve(Path::new("/"), &cfg.user, &cfg.group)?;
     let env = environment(cfg, &identity.home);
     let path = launch::resolve_executable(&cfg.cmd.path, &cfg.cmd.dir, &env)?;
@@ -366,6 +367,7 @@ pub fn launch(
         cgroup_procs: crate::cgroup::procs_fd(group),
     };
     let (pid, exit) = reaper.spawn(|| launch::spawn(spec))?;
+    crate::clock::stamp("spawned");
     // It inherited the tether's protection from the OOM killer; the container's processes
     // are ordinary victims.
     crate::services::unprotect(pid.as_raw());

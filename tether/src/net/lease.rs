@@ -68,13 +68,21 @@ pub async fn maintain<F>(leases: Leases, on_renew: F)
 where
     F: FnMut(Renewal),
 {
-    run(leases, renew_and_reapply, on_renew).await
+    // The exchange blocks (raw sockets, timeouts): a thread of its own.
+    let renew = |job: NicLease| async move {
+        crate::blocking::run("dhcp-renew", move || renew_and_reapply(&job))
+            .await
+            .unwrap_or_else(|e| Err(format!("renewal task failed: {e}")))
+    };
+    run(leases, renew, on_renew).await
 }
 
-/// [`maintain`] with the renewal itself as a parameter (tests replace it).
-async fn run<R, F>(leases: Leases, renew: R, mut on_renew: F)
+/// [`maintain`] with the renewal itself as a parameter (tests replace it with one that
+/// needs no thread, so tokio's paused clock stays exact).
+async fn run<R, Fut, F>(leases: Leases, renew: R, mut on_renew: F)
 where
-    R: Fn(&NicLease) -> Result<Lease, String> + Clone + Send + 'static,
+    R: Fn(NicLease) -> Fut,
+    Fut: std::future::Future<Output = Result<Lease, String>>,
     F: FnMut(Renewal),
 {
     let now = Instant::now();
@@ -104,12 +112,7 @@ where
         let Some(nic) = leases.lock().get(i).cloned() else {
             return;
         };
-        let (job, renew) = (nic.clone(), renew.clone());
-        let outcome = tokio::task::spawn_blocking(move || renew(&job)).await;
-        let outcome = match outcome {
-            Ok(r) => r,
-            Err(e) => Err(format!("renewal task failed: {e}")),
-        };
+        let outcome = renew(nic.clone()).await;
         let slot = &mut plan[i];
         match outcome {
             Ok(new) => {
@@ -320,18 +323,18 @@ mod tests {
 
     fn assert_send<T: Send>(_: &T) {}
 
-    /// On tokio's paused clock, which moves only when every task waits on a timer (and not
-    /// while a renewal runs on the blocking pool): the schedule is checked exactly, however
-    /// slowly the machine runs the test.
+    /// On tokio's paused clock, which moves only when every task waits on a timer (the
+    /// renewal here is immediate): the schedule is checked exactly, however slowly the
+    /// machine runs the test.
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn renews_at_half_the_lease_and_reports() {
         let real = std::time::Instant::now();
         let leases = Leases::from_parts(vec![nic(2), nic(u32::MAX)], Paths::default());
         // Each renewal moves the address up by one.
-        let renew = |n: &NicLease| {
-            let mut l = n.lease.clone();
+        let renew = |n: NicLease| {
+            let mut l = n.lease;
             l.addr = Ipv4Addr::from(u32::from(l.addr) + 1);
-            Ok(l)
+            std::future::ready(Ok(l))
         };
         let mut seen = Vec::new();
         let start = Instant::now();

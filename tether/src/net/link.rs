@@ -4,7 +4,7 @@
 //! waits for the kernel's acknowledgement and maps refusals to [`Errno`] so callers can
 //! ignore the benign ones (`EEXIST` on a second add, `EADDRNOTAVAIL`/`ESRCH` on deleting what
 //! is not there). Netlink to the kernel answers at once, so blocking calls are fine at boot;
-//! on the runtime they belong in `spawn_blocking`.
+//! on the runtime they belong in `crate::blocking`.
 
 use std::io;
 use std::net::Ipv4Addr;
