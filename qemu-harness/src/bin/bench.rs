@@ -24,7 +24,9 @@
 //! latency of `true` (VMs alternating) with its breakdown (host-side steps, the keeper's
 //! part, the guest's from the tether's log), and throughput of M MiB of `/dev/zero` through
 //! attach (an exec's stdout), `logs -f` (the primary's stdout) and a raw virtio-serial port
-//! of the same VM (R rounds), beside the raw byte round trip.
+//! of the same VM (R rounds), beside the raw byte round trip; with sshproto's `cipher_speed`
+//! example built for the guest (musl), also the guest's own cipher throughput, the ceiling
+//! of any SSH attach there.
 //!
 //! `bench copy [--runs N] [--mib M]`: `vch cp` throughput of an M MiB directory tree (64
 //! files in 8 directories) into and out of a running container, beside the attach
@@ -665,12 +667,21 @@ fn backchannel(
                     .push(first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN));
             }
         }
-        anyhow::Ok((ex, rtt_ms, bulk))
+        // What any SSH attach can reach in this guest: the cipher's own throughput, from
+        // sshproto's `cipher_speed` example run in the candidate's VM (when it is built).
+        let cipher = match cipher_speed_binary() {
+            Some(bin) => {
+                let vm = vms.last().context("no VM")?;
+                Some(guest_cipher_speed(vm, &bin).await?)
+            }
+            None => None,
+        };
+        anyhow::Ok((ex, rtt_ms, bulk, cipher))
     });
     for vm in vms {
         vm.stop(&rt);
     }
-    let (mut ex, mut rtt_ms, mut bulk) = result?;
+    let (mut ex, mut rtt_ms, mut bulk, cipher) = result?;
     let r = median(&mut rtt_ms);
     let mb = bytes as f64 / 1e6;
     println!(
@@ -720,8 +731,52 @@ fn backchannel(
             att / piped,
             logs / raw
         );
+        if let Some(c) = cipher {
+            println!(
+                "    attach against the in-guest cipher ceiling ({CIPHER_LINE}, {c:.1} MB/s, sshproto's cipher_speed in the candidate's VM): ratio {:.2}",
+                att / c
+            );
+        }
+    }
+    if cipher.is_none() {
+        println!(
+            "  (the in-guest cipher ceiling: `cargo build --release -p sshproto --example cipher_speed --target x86_64-unknown-linux-musl` first)"
+        );
     }
     Ok(())
+}
+
+/// The line of `cipher_speed`'s output the back-channel's default cipher has.
+const CIPHER_LINE: &str = "chacha20-poly1305@openssh.com (seal)";
+
+/// sshproto's `cipher_speed` example, built static for the guest, if it is.
+fn cipher_speed_binary() -> Option<PathBuf> {
+    let p = qemu_harness::artifacts::workspace_root()
+        .join("target/x86_64-unknown-linux-musl/release/examples/cipher_speed");
+    p.is_file().then_some(p)
+}
+
+/// MB/s of the back-channel's cipher sealing 32 KiB packets in `vm`'s guest.
+async fn guest_cipher_speed(vm: &Running, bin: &std::path::Path) -> Result<f64> {
+    vm.engine
+        .copy_to_container(
+            &vm.id,
+            qemu_harness::engine::LocalEnd::Path(bin.to_owned()),
+            "/tmp",
+            false,
+            false,
+            &mut tokio::io::empty(),
+        )
+        .await?;
+    let (code, out, _) = exec_collect(&vm.engine, &vm.id, sh("/tmp/cipher_speed 16")).await?;
+    let text = String::from_utf8_lossy(&out);
+    anyhow::ensure!(code == 0, "cipher_speed exited {code}: {text}");
+    text.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(CIPHER_LINE)?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .with_context(|| format!("no {CIPHER_LINE} line in {text}"))
 }
 
 /// Seconds from the first to the last of `bytes` that `command` (run in the guest with the
