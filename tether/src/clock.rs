@@ -11,9 +11,9 @@ pub fn boottime_us() -> i64 {
         .unwrap_or(0)
 }
 
-/// The finer boot stamps (`early`, `platform`, `fetched`, `runtime`, `launch`, `spawned`),
-/// taken wherever those steps happen; the write-back of the `exec` stamp adds them to the
-/// boot's own (`pid1`, `config`, `disks`, `network`).
+/// The finer boot stamps (`early`, `platform`, `fetched`, `runtime`, `launch`, `spawned`,
+/// `output`), taken wherever those steps happen; the write-back of the `exec` stamp adds
+/// them to the boot's own (`pid1`, `config`, `disks`, `network`).
 static STAMPS: std::sync::Mutex<Vec<(&'static str, i64)>> = std::sync::Mutex::new(Vec::new());
 
 /// Records the boot stamp `name` now, once: a later stamp of the same name is ignored (a

@@ -801,13 +801,18 @@ async fn launch_and_wait(t: &Arc<Tether>, id: &str) -> Option<i64> {
     if let Some(mut s) = t.lock().session_mut(id) {
         s.record_start(&mut running, now);
     }
-    // Queued: the write-back thread makes the round trips once the start-up is over.
-    t.queue_write_back(id);
     let mut code = None;
     if id == t.primary_id() {
         code = startup(t, id, &mut running.exit).await;
+        // Queued: the write-back thread makes the round trips once the start-up is over.
+        // Encoded here, not before the start-up: the host sees it no sooner either way
+        // (the queue is held until then), and its first-run code would stand between the
+        // entrypoint and its first output reaching the host.
+        t.queue_write_back(id);
         t.end_startup();
         t.stamp_exec(exec_at);
+    } else {
+        t.queue_write_back(id);
     }
     let code = match code {
         Some(c) => c,
