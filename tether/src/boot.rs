@@ -9,7 +9,6 @@ use anyhow::Context;
 use guestinfo::{ContainerConfig, Transport};
 use nix::mount::MsFlags;
 
-use crate::clock::boottime_us;
 use crate::platform::Platform;
 use crate::writeback::{write_keys, WriteBack};
 use crate::{disk, early, etc, log, net, platform, supervisor, volumes};
@@ -105,8 +104,7 @@ fn clip_message(mut msg: String) -> String {
 
 /// Boots and runs the container. Returns when the VM should power off.
 pub fn run() -> anyhow::Result<()> {
-    let mut stamps = std::collections::BTreeMap::new();
-    stamps.insert("pid1".to_owned(), boottime_us());
+    crate::clock::stamp("pid1");
     early::mount_kernel_filesystems()?;
     crate::services::protect_from_oom_killer();
     early::ensure_dev_nodes();
@@ -151,7 +149,7 @@ pub fn run() -> anyhow::Result<()> {
     if cfg.diagnostics.debug_level > 0 {
         log::set_level(tracing::Level::DEBUG);
     }
-    stamps.insert("config".to_owned(), boottime_us());
+    crate::clock::stamp("config");
     if let Some(b) = &backdoor {
         // The toolbox authenticates the VCH's guest operations by user name: the container
         // ID, or the label of one of its volumes.
@@ -169,7 +167,7 @@ pub fn run() -> anyhow::Result<()> {
         report_to_all_sessions(&*transport, &raw, &msg);
         return Err(e);
     }
-    stamps.insert("disks".to_owned(), boottime_us());
+    crate::clock::stamp("disks");
     let hostname = etc::hostname_for(&cfg.common.id, &cfg.hostname, &cfg.domainname);
     if let Err(e) = etc::setup_names(Path::new("/.tether/etc"), &hostname, cfg.name()) {
         let msg = format!("hostname: {e}");
@@ -184,8 +182,8 @@ pub fn run() -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
-    stamps.insert("network".to_owned(), boottime_us());
-    cfg.tether.boot_stamps = stamps;
+    crate::clock::stamp("network");
+    cfg.tether.boot_stamps = crate::clock::boot_stamps();
     // The initial write-back (W1). Encoding the whole config is work too, so the write-back
     // thread does it, from a copy, ahead of every later write, while the launch goes on.
     let (w1, host) = (cfg.clone(), raw.clone());
@@ -213,6 +211,9 @@ pub fn run() -> anyhow::Result<()> {
     }
     set_rlimits();
     ignore_unused_signals();
+    // Tools in the VM look for the pid file; the entrypoint's start does not wait for it:
+    // the write-back thread writes it once the start-up is over, after the W1 encode.
+    writeback.defer(|_| write_pid_file());
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -223,14 +224,7 @@ pub fn run() -> anyhow::Result<()> {
         .build()
         .context("start runtime")?;
     crate::clock::stamp("runtime");
-    // Tools in the VM look for the pid file; the entrypoint's start does not wait for it.
-    runtime.block_on(supervisor::run(
-        cfg,
-        writeback,
-        platform,
-        leases,
-        write_pid_file,
-    ))?;
+    runtime.block_on(supervisor::run(cfg, writeback, platform, leases))?;
     Ok(())
 }
 

@@ -11,9 +11,9 @@ pub fn boottime_us() -> i64 {
         .unwrap_or(0)
 }
 
-/// The finer boot stamps (`early`, `platform`, `fetched`, `runtime`, `launch`, `spawned`,
-/// `output`), taken wherever those steps happen; the write-back of the `exec` stamp adds
-/// them to the boot's own (`pid1`, `config`, `disks`, `network`).
+/// The boot stamps (`pid1`, `early`, `platform`, `fetched`, `config`, `disks`, `network`,
+/// `runtime`, `launch`, `spawned`, `exec`, `output`), taken wherever those steps happen;
+/// the config's `tether.boot_stamps` is a copy ([`boot_stamps`]) made for each write-back.
 static STAMPS: std::sync::Mutex<Vec<(&'static str, i64)>> = std::sync::Mutex::new(Vec::new());
 
 /// Records the boot stamp `name` now, once: a later stamp of the same name is ignored (a
@@ -26,9 +26,10 @@ pub fn stamp(name: &'static str) {
     }
 }
 
-/// The stamps recorded by [`stamp`] so far.
-pub fn stamps() -> Vec<(&'static str, i64)> {
-    STAMPS.lock().unwrap_or_else(|p| p.into_inner()).clone()
+/// The stamps recorded by [`stamp`] so far, as the config holds them.
+pub fn boot_stamps() -> std::collections::BTreeMap<String, i64> {
+    let s = STAMPS.lock().unwrap_or_else(|p| p.into_inner());
+    s.iter().map(|(n, at)| ((*n).to_owned(), *at)).collect()
 }
 
 /// Seconds since the Unix epoch (UTC), the unit of `detail.*time`.
@@ -176,15 +177,13 @@ mod tests {
     #[test]
     fn a_stamp_is_taken_once() {
         stamp("test-first");
-        let first = stamps();
+        let first = boot_stamps();
         stamp("test-first");
         stamp("test-second");
-        let all = stamps();
-        let at = |s: &[(&str, i64)], n: &str| s.iter().filter(|(k, _)| *k == n).count();
-        assert_eq!(at(&all, "test-first"), 1);
-        assert_eq!(at(&all, "test-second"), 1);
-        let t = |s: &[(&str, i64)], n: &str| s.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
-        assert_eq!(t(&first, "test-first"), t(&all, "test-first"));
-        assert!(t(&all, "test-second") >= t(&all, "test-first"));
+        let all = boot_stamps();
+        assert_eq!(first.get("test-first"), all.get("test-first"));
+        assert!(all["test-second"] >= all["test-first"]);
+        let taken = STAMPS.lock().unwrap();
+        assert_eq!(taken.iter().filter(|(n, _)| *n == "test-first").count(), 1);
     }
 }

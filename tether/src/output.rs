@@ -169,8 +169,11 @@ pub async fn pump(
         };
         let data = buf.get(..n).unwrap_or_default();
         // The boot's last stamp: the entrypoint's first output in the tether's hands (taken
-        // before the start-up can end on it, so the `exec` stamp's write-back has it).
-        crate::clock::stamp("output");
+        // before the start-up can end on it, so the `exec` stamp's write-back has it). Only
+        // a pump's first read asks: the stamp is taken once, and this is the output path.
+        if seq == 0 {
+            crate::clock::stamp("output");
+        }
         fanout.publish(data).await;
         let record = Record {
             session: session.clone(),

@@ -228,18 +228,15 @@ impl Tether {
         self.transport.release();
     }
 
-    /// Records the primary's first exec (at `at`, CLOCK_BOOTTIME µs) in the boot stamps and
+    /// Takes the boot stamps into the config once the primary's first exec is stamped, and
     /// writes them back.
-    fn stamp_exec(&self, at: i64) {
+    fn stamp_exec(&self) {
         let stamps = {
             let mut st = self.lock();
             if st.cfg.tether.boot_stamps.contains_key("exec") {
                 return;
             }
-            st.cfg.tether.boot_stamps.insert("exec".into(), at);
-            for (name, at) in clock::stamps() {
-                st.cfg.tether.boot_stamps.insert(name.into(), at);
-            }
+            st.cfg.tether.boot_stamps = clock::boot_stamps();
             st.cfg.tether.boot_stamps.clone()
         };
         let us = |k: &str| stamps.get(k).copied().unwrap_or(0);
@@ -797,12 +794,15 @@ async fn launch_and_wait(t: &Arc<Tether>, id: &str) -> Option<i64> {
         }
     };
     tracing::info!(session = %id, pid = running.pid.as_raw(), "session started");
-    let exec_at = clock::boottime_us();
+    let primary = id == t.primary_id();
+    if primary {
+        clock::stamp("exec");
+    }
     if let Some(mut s) = t.lock().session_mut(id) {
         s.record_start(&mut running, now);
     }
     let mut code = None;
-    if id == t.primary_id() {
+    if primary {
         code = startup(t, id, &mut running.exit).await;
         // Queued: the write-back thread makes the round trips once the start-up is over.
         // Encoded here, not before the start-up: the host sees it no sooner either way
@@ -810,7 +810,7 @@ async fn launch_and_wait(t: &Arc<Tether>, id: &str) -> Option<i64> {
         // entrypoint and its first output reaching the host.
         t.queue_write_back(id);
         t.end_startup();
-        t.stamp_exec(exec_at);
+        t.stamp_exec();
     } else {
         t.queue_write_back(id);
     }

@@ -34,14 +34,12 @@ pub enum RunError {
 }
 
 /// Runs the container until its primary session ends (or the host halts it), then stops
-/// every process and flushes the output channel. `after_startup` is boot's work that can
-/// wait until the entrypoint's start-up is over.
+/// every process and flushes the output channel.
 pub async fn run(
     cfg: ContainerConfig,
     transport: WriteBack,
     platform: Platform,
     leases: net::Leases,
-    after_startup: impl FnOnce() + Send + 'static,
 ) -> Result<(), RunError> {
     let reaper = Reaper::start().map_err(RunError::Reaper)?;
     let format = if cfg.tether.log_format == "vic" {
@@ -63,11 +61,6 @@ pub async fn run(
     tokio::spawn(async move {
         tokio::time::sleep(STARTUP_GRACE).await;
         timer.end_startup();
-    });
-    let started = t.clone();
-    tokio::spawn(async move {
-        started.started_up().await;
-        after_startup();
     });
     tokio::spawn(attach::serve(t.clone(), platform.attach_channel()));
     tokio::spawn(crate::clock::keep_in_step(transport_clock));
