@@ -20,7 +20,7 @@ fn writeback_is_visible_with_vch_inspect() {
             "busybox",
             "sh",
             "-c",
-            "sleep 1; exit 3",
+            "echo up; sleep 1; exit 3",
         ],
     );
     assert_eq!(code, 3, "stderr: {stderr}");
@@ -53,6 +53,20 @@ fn writeback_is_visible_with_vch_inspect() {
             && us("network") <= us("exec"),
         "{stamps}"
     );
+    // The finer stamps the README lists, in the order boot takes them; `output` is the
+    // entrypoint's first output (`echo up`) in the tether's hands.
+    let order = [
+        "pid1", "early", "platform", "fetched", "config", "disks", "network", "runtime", "launch",
+        "spawned", "exec", "output",
+    ];
+    for pair in order.windows(2) {
+        assert!(
+            us(pair[0]) <= us(pair[1]),
+            "{} after {}: {stamps}",
+            pair[0],
+            pair[1]
+        );
+    }
     // The same, readable: the kernel's time to PID 1 and each stage of the tether's start.
     let boot = &doc["Boot"];
     let kernel = boot["KernelToPid1Ms"].as_f64().unwrap();
