@@ -215,12 +215,10 @@ pub fn run() -> anyhow::Result<()> {
     // the write-back thread writes it once the start-up is over, after the W1 encode.
     writeback.defer(|_| write_pid_file());
 
+    // No thread of tokio's blocking pool: blocking jobs run through `crate::blocking`
+    // (tether/clippy.toml keeps `spawn_blocking` out).
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        // Tokio's own blocking threads, should anything use them, run at the background
-        // priority as `crate::blocking`'s do (the tether's blocking jobs run there: tokio's
-        // pool panics when the kernel refuses it a thread).
-        .on_thread_start(crate::writeback::background_priority)
         .build()
         .context("start runtime")?;
     crate::clock::stamp("runtime");
