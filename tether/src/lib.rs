@@ -22,6 +22,7 @@ pub mod log;
 pub mod net;
 pub mod output;
 pub mod platform;
+pub mod priority;
 pub mod reaper;
 pub mod runtime;
 pub mod services;

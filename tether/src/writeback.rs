@@ -288,11 +288,8 @@ const BACKGROUND_NICE: libc::c_int = 10;
 /// such a thread still gets about a tenth of a CPU that the container keeps busy, so it
 /// finishes anyway.
 pub fn background_priority() {
-    // SAFETY: setpriority only reads its integer arguments. On Linux, PRIO_PROCESS with
-    // `who` = 0 applies to the calling thread alone (each thread has its own nice value).
-    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICE) };
-    if r != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "setpriority");
+    if let Err(e) = crate::priority::set_thread_nice(BACKGROUND_NICE) {
+        tracing::debug!(error = %e, "setpriority");
     }
 }
 
