@@ -5,10 +5,12 @@
 //! tether (for example `main`'s, built in another worktree) beside this tree's (the
 //! candidate; `$TETHER_ISO` selects another).
 //!
-//! `bench boot [--runs N] [--base-iso ISO] [--base-bin TETHER]`: N VMs with a bare init
-//! (same kernel, ISO layout and QEMU settings) and N with each tether, round after round;
-//! medians of QEMU start → the entrypoint's first output byte and each tether's ratio to the
-//! bare init, the tether's own PID 1 → exec time and boot stamps, its binary size and its
+//! `bench boot [--runs N] [--base-iso ISO] [--base-bin TETHER] [--control]`: N VMs with a
+//! bare init (same kernel, ISO layout and QEMU settings) and N with each tether, round after
+//! round, each round in a rotated order; medians and quartiles of QEMU start → the
+//! entrypoint's first output byte and each tether's ratio to the bare init (the ratio of
+//! medians, and the median of each round's own ratio); with `--control`, the bare init a
+//! second time each round (its ratio to itself is the bench's resolution); the tether's own PID 1 → exec time and boot stamps, its binary size and its
 //! resident memory while idle with one running session.
 //!
 //! `bench docker [--runs N] [--client PATH]`: wall time of `docker run --rm busybox true` and
@@ -99,6 +101,7 @@ fn main() -> Result<()> {
             arg(&args, "--runs", 10)? as usize,
             path_arg(&args, "--base-iso"),
             path_arg(&args, "--base-bin"),
+            args.iter().any(|a| a == "--control"),
         ),
         Some("backchannel") => backchannel(
             &state,
@@ -121,7 +124,7 @@ fn main() -> Result<()> {
             arg(&args, "--runs", 3)? as usize,
             arg(&args, "--mib", 64)?,
         ),
-        _ => bail!("usage: bench boot [--runs N] [--base-iso ISO] [--base-bin TETHER] | bench backchannel [--execs N] [--mib M] [--rounds R] [--base-iso ISO] | bench docker [--runs N] [--client PATH] | bench images [--runs N] | bench copy [--runs N] [--mib M] | bench entropy [--runs N] | bench network [--runs N] [--mib M]"),
+        _ => bail!("usage: bench boot [--runs N] [--base-iso ISO] [--base-bin TETHER] [--control] | bench backchannel [--execs N] [--mib M] [--rounds R] [--base-iso ISO] | bench docker [--runs N] [--client PATH] | bench images [--runs N] | bench copy [--runs N] [--mib M] | bench entropy [--runs N] | bench network [--runs N] [--mib M]"),
     };
     if r.is_ok() {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -162,13 +165,15 @@ fn boot(
     runs: usize,
     base_iso: Option<PathBuf>,
     base_bin: Option<PathBuf>,
+    control: bool,
 ) -> Result<()> {
     let bare = qemu_harness::artifacts::workspace_root().join("target/bootstrap/bare.iso");
     if !bare.is_file() {
         bail!("{} missing: run scripts/build-iso", bare.display());
     }
     let tethers = variants(base_iso)?;
-    // Per label: first output, power-off, kernel -> PID 1, and every boot stamp after PID 1.
+    // Per label: first output (one per round, in round order), power-off, kernel -> PID 1,
+    // and every boot stamp after PID 1.
     #[derive(Default)]
     struct Figures {
         first: Vec<f64>,
@@ -176,11 +181,24 @@ fn boot(
         kernel: Vec<f64>,
         stages: std::collections::BTreeMap<String, Vec<f64>>,
     }
+    const BARE: &str = "bare init";
+    // The bare init booted twice a round: how far apart two identical VMs measure here is
+    // the resolution of every ratio below.
+    const AGAIN: &str = "bare init again";
     let mut figs: std::collections::BTreeMap<&str, Figures> = Default::default();
-    // Bare, then each tether, round after round: the machine's load shifts over a run.
-    for _ in 0..runs {
-        let mut round: Vec<(&str, Option<PathBuf>)> = vec![("bare init", Some(bare.clone()))];
-        round.extend(tethers.iter().map(|t| (t.label, t.iso.clone())));
+    let mut labels: Vec<(&str, Option<PathBuf>)> = vec![(BARE, Some(bare.clone()))];
+    if control {
+        labels.push((AGAIN, Some(bare.clone())));
+    }
+    labels.extend(tethers.iter().map(|t| (t.label, t.iso.clone())));
+    // Every label once a round, round after round (the machine's load shifts over a run), and
+    // each round starts one place further along, so that no label always boots in the same
+    // place: two copies of the bare init's ISO, always booted second and third, measured
+    // 1.116 and 0.993 to the bare init in one run of 10 rounds and 0.955 and 0.976 in the
+    // next.
+    for r in 0..runs {
+        let mut round = labels.clone();
+        round.rotate_left(r % labels.len());
         for (label, iso) in round {
             let mut opts = RunOptions::new("busybox", &["echo", "hello"]);
             opts.timeout = Duration::from_secs(60);
@@ -197,7 +215,7 @@ fn boot(
                     * 1000.0,
             );
             f.off.push(outcome.vm_lifetime.as_secs_f64() * 1000.0);
-            if label != "bare init" {
+            if label != BARE && label != AGAIN {
                 let cfg = vm::load_config(&outcome.dir)?;
                 let s = &cfg.tether.boot_stamps;
                 if let (Some(p), Some(_)) = (s.get("pid1"), s.get("exec")) {
@@ -214,23 +232,40 @@ fn boot(
         }
     }
     println!(
-        "boot benchmark: {runs} VMs each, alternating, QEMU TCG q35; {}",
+        "boot benchmark: {runs} VMs each, alternating (the order rotated each round), QEMU TCG q35; {}",
         load()
     );
-    let b = figs
-        .get_mut("bare init")
-        .map_or(f64::NAN, |f| median(&mut f.first));
-    let b_off = figs
-        .get_mut("bare init")
-        .map_or(f64::NAN, |f| median(&mut f.off));
-    println!("  bare init: QEMU start -> first output byte {b:.0} ms, -> power-off {b_off:.0} ms (medians)");
+    let bare_first = figs.get(BARE).map(|f| f.first.clone()).unwrap_or_default();
+    let b = median(&mut bare_first.clone());
+    let b_off = figs.get_mut(BARE).map_or(f64::NAN, |f| median(&mut f.off));
+    println!(
+        "  bare init: QEMU start -> first output byte {b:.0} ms (quartiles {}), -> power-off {b_off:.0} ms (medians)",
+        quartiles(&bare_first)
+    );
+    // A ratio per round (each VM against the bare init of its own round), then their median:
+    // a slow stretch of the machine moves both VMs of a round alike.
+    let paired = |v: &[f64]| {
+        let mut r: Vec<f64> = v.iter().zip(&bare_first).map(|(t, b)| t / b).collect();
+        let q = quartiles(&r);
+        (median(&mut r), q)
+    };
+    if let Some(f) = figs.get(AGAIN) {
+        let (p, q) = paired(&f.first);
+        println!(
+            "  bare init again (the control): first output byte {:.0} ms, ratio to the bare init {:.3} (median of the rounds' ratios {p:.3}, quartiles {q}): the bench's resolution",
+            median(&mut f.first.clone()),
+            median(&mut f.first.clone()) / b,
+        );
+    }
     for t in &tethers {
         let Some(f) = figs.get_mut(t.label) else {
             continue;
         };
+        let (p, q) = paired(&f.first);
+        let spread = quartiles(&f.first);
         let first = median(&mut f.first);
         println!(
-            "  {} tether: QEMU start -> first output byte {first:.0} ms, ratio to the bare init {:.3}; -> power-off {:.0} ms; kernel start -> PID 1 {:.1} ms; PID 1 -> entrypoint exec {:.1} ms",
+            "  {} tether: QEMU start -> first output byte {first:.0} ms (quartiles {spread}), ratio to the bare init {:.3} (median of the rounds' ratios {p:.3}, quartiles {q}); -> power-off {:.0} ms; kernel start -> PID 1 {:.1} ms; PID 1 -> entrypoint exec {:.1} ms",
             t.label,
             first / b,
             median(&mut f.off),
@@ -253,6 +288,22 @@ fn boot(
         );
     }
     footprint(state, &tethers, base_bin)
+}
+
+/// The first and third quartiles of `v`, as `a-b` (values above 10 without decimals).
+fn quartiles(v: &[f64]) -> String {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return "-".into();
+    }
+    let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
+    let (lo, hi) = (at(0.25), at(0.75));
+    if hi > 10.0 {
+        format!("{lo:.0}-{hi:.0}")
+    } else {
+        format!("{lo:.3}-{hi:.3}")
+    }
 }
 
 /// The machine's load as `uptime` tells it (the figures are taken on a shared machine).
