@@ -99,6 +99,8 @@ pub struct Tether {
     reaper: Reaper,
     sink: OutputSink,
     shutdown: watch::Sender<bool>,
+    /// Set when the primary's start-up is over (see [`Tether::end_startup`]).
+    startup_over: watch::Sender<bool>,
     /// Bumped whenever the set of attachable IDs may have changed (reload, exit), so the
     /// back-channel can push `container-ids`.
     ids_changed: watch::Sender<u64>,
@@ -128,6 +130,7 @@ impl Tether {
             reaper,
             sink,
             shutdown: watch::channel(false).0,
+            startup_over: watch::channel(false).0,
             ids_changed: watch::channel(0).0,
             networks,
             seen: Mutex::new(None),
@@ -217,14 +220,26 @@ impl Tether {
         }
     }
 
-    /// Resolves once the primary session's start-up is over (see [`STARTUP_GRACE`]): for
-    /// work that can wait until then.
+    /// Resolves once the primary session's start-up is over (see [`STARTUP_GRACE`]) and the
+    /// supervisor has let the held write-backs go: for work that can wait until then.
     pub async fn started_up(&self) {
         self.transport.released().await;
     }
 
-    /// Ends the start-up: the held write-backs go out, deferred work may run.
+    /// Ends the start-up: the supervisor sets up what only a running container needs, then
+    /// lets the held write-backs go ([`Tether::release_writes`]).
     pub fn end_startup(&self) {
+        self.startup_over.send_replace(true);
+    }
+
+    /// Resolves once [`Tether::end_startup`] has been called.
+    pub async fn startup_ending(&self) {
+        let mut over = self.startup_over.subscribe();
+        let _ = over.wait_for(|o| *o).await;
+    }
+
+    /// Lets the held write-backs go out: the host learns the container started.
+    pub fn release_writes(&self) {
         self.transport.release();
     }
 

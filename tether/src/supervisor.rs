@@ -28,9 +28,6 @@ pub enum RunError {
     /// the reaper thread could not start
     #[error("start reaper: {0}")]
     Reaper(#[source] std::io::Error),
-    /// SIGHUP (the original's reload signal) cannot be caught
-    #[error("SIGHUP handler: {0}")]
-    Hangup(#[source] std::io::Error),
 }
 
 /// Runs the container until its primary session ends (or the host halts it), then stops
@@ -50,24 +47,15 @@ pub async fn run(
         output::Format::Tether
     };
     let sink = output::start(platform.output_channel(), format);
-    let mut commands = bridge_commands(&transport);
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(RunError::Hangup)?;
     let panic_after = cfg.tether.panic_after_ms;
     let transport_clock = transport.clone();
-    let t = Tether::new(cfg, transport, reaper.clone(), sink, leases.clone());
+    let t = Tether::new(cfg, transport.clone(), reaper.clone(), sink, leases.clone());
     t.reconcile();
     let timer = t.clone();
     tokio::spawn(async move {
         tokio::time::sleep(STARTUP_GRACE).await;
         timer.end_startup();
     });
-    tokio::spawn(attach::serve(t.clone(), platform.attach_channel()));
-    tokio::spawn(crate::clock::keep_in_step(transport_clock));
-    let renewer = t.clone();
-    tokio::spawn(net::maintain(leases.clone(), move |r| {
-        renewer.lease_renewed(&r)
-    }));
     if panic_after > 0 {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(panic_after.unsigned_abs())).await;
@@ -76,13 +64,35 @@ pub async fn run(
         });
     }
 
+    // What only a running container needs waits for the entrypoint's start-up: under TCG
+    // the code it runs for the first time (the signal driver, a thread, the tasks' first
+    // polls) stood between the launch and the pumps' first read. The host learns that the
+    // container started only from the write-backs let go below, after all of it is in
+    // place: a reload (SIGHUP, ignored until then) follows an exec, which follows that. A
+    // host command sent sooner waits in the transport's queue.
     let mut stop = t.shutdown_signal();
+    tokio::select! {
+        () = t.startup_ending() => {}
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    let mut commands = bridge_commands(&transport);
+    // The container runs on without it: reloads also come as host commands.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| tracing::error!(error = %e, "SIGHUP cannot be caught: reloads come only as host commands"))
+        .ok();
+    tokio::spawn(attach::serve(t.clone(), platform.attach_channel()));
+    tokio::spawn(crate::clock::keep_in_step(transport_clock));
+    let renewer = t.clone();
+    tokio::spawn(net::maintain(leases.clone(), move |r| {
+        renewer.lease_renewed(&r)
+    }));
+    t.release_writes();
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
             Some(cmd) = commands.recv() => t.host_command(cmd),
             // The hypervisor's reload path in the original (the toolbox signals PID 1).
-            Some(()) = hup.recv() => t.reload(),
+            Some(()) = hangup(&mut hup) => t.reload(),
         }
     }
 
@@ -100,6 +110,14 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// The next SIGHUP; never, without a handler.
+async fn hangup(hup: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match hup {
+        Some(h) => h.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Forwards host commands from the transport's thread into the runtime.
