@@ -146,6 +146,8 @@ pub fn run() -> anyhow::Result<()> {
     let _flush_at_exit = writeback.flush_on_drop();
     let transport: Box<dyn Transport> = Box::new(writeback.clone());
     let (raw, mut cfg) = load_config(&*transport)?;
+    // Shared with the initial write-back below, which compares with it on its own thread.
+    let raw = Arc::new(raw);
     if cfg.diagnostics.debug_level > 0 {
         log::set_level(tracing::Level::DEBUG);
     }
@@ -183,19 +185,13 @@ pub fn run() -> anyhow::Result<()> {
         }
     };
     crate::clock::stamp("network");
-    cfg.tether.boot_stamps = crate::clock::boot_stamps();
     // The initial write-back (W1). Encoding the whole config is work too, so the write-back
-    // thread does it, from a copy, ahead of every later write, while the launch goes on.
-    let (w1, host) = (cfg.clone(), raw.clone());
-    writeback.defer(move |transport| match guestinfo::guest_writeback(&w1) {
-        // The original rewrote every key here; a value the host already holds changes
-        // nothing it can observe, and each write is a round trip.
-        Ok(kvs) => write_keys(
-            transport,
-            kvs.into_iter().filter(|(k, v)| host.get(k) != Some(v)),
-            "initial write-back",
-        ),
-        Err(e) => tracing::error!(error = %e, "cannot encode the config write-back"),
+    // thread does it, from a copy, ahead of every later write, once the entrypoint's
+    // start-up is over; the boot stamps it carries are those taken by then.
+    let (mut w1, host) = (cfg.clone(), raw.clone());
+    writeback.defer(move |transport| {
+        w1.tether.boot_stamps = crate::clock::boot_stamps();
+        write_initial(transport, &w1, &host);
     });
 
     // After the network: NFS volumes need it. Before the first launch: the entrypoint
@@ -224,6 +220,21 @@ pub fn run() -> anyhow::Result<()> {
     crate::clock::stamp("runtime");
     runtime.block_on(supervisor::run(cfg, writeback, platform, leases))?;
     Ok(())
+}
+
+/// The initial write-back (W1): the guest-writable keys of `cfg` whose values the host does
+/// not hold already.
+fn write_initial(transport: &dyn Transport, cfg: &ContainerConfig, host: &guestinfo::Map) {
+    match guestinfo::guest_writeback(cfg) {
+        // The original rewrote every key here; a value the host already holds changes
+        // nothing it can observe, and each write is a round trip.
+        Ok(kvs) => write_keys(
+            transport,
+            kvs.into_iter().filter(|(k, v)| host.get(k) != Some(v)),
+            "initial write-back",
+        ),
+        Err(e) => tracing::error!(error = %e, "cannot encode the config write-back"),
+    }
 }
 
 /// Makes PID 1 deaf to every signal it has no use for. The kernel drops a default-action
