@@ -77,13 +77,27 @@ impl LogReader {
 
     /// Reads what was appended since the last call; returns the lines it completes.
     pub fn poll(&mut self) -> io::Result<Vec<LogLine>> {
+        self.poll_upto(u64::MAX)
+    }
+
+    /// [`poll`](Self::poll), reading no further than byte `limit` of the file: what the log
+    /// held at some earlier moment.
+    pub fn poll_upto(&mut self, limit: u64) -> io::Result<Vec<LogLine>> {
+        use std::io::Seek;
         let mut lines = Vec::new();
         let mut buf = vec![0u8; 256 * 1024];
+        let mut at = self.file.stream_position()?;
         loop {
-            let n = self.file.read(&mut buf)?;
+            let room = usize::try_from(limit.saturating_sub(at)).unwrap_or(usize::MAX);
+            let want = buf.len().min(room);
+            if want == 0 {
+                break;
+            }
+            let n = self.file.read(&mut buf[..want])?;
             if n == 0 {
                 break;
             }
+            at += n as u64;
             if let Some(vic) = self.vic.as_mut() {
                 let skipped_before = vic.skipped;
                 let entries = vic.push(&buf[..n]);
@@ -346,6 +360,29 @@ mod tests {
             body,
         })
         .unwrap()
+    }
+
+    /// A reader stops where asked, even in the middle of a record, and the next poll takes
+    /// up from there: `logs -f` reads the past up to where the log ended at the request.
+    #[test]
+    fn poll_upto_stops_at_the_limit_and_poll_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("output.log");
+        let past = frame("c", Stream::Stdout, 0, 1, Body::Data(b"past\n".to_vec()));
+        let new = frame("c", Stream::Stdout, 1, 2, Body::Data(b"new\n".to_vec()));
+        let mut all = past.clone();
+        all.extend(&new);
+        std::fs::write(&path, &all).unwrap();
+        let mut r = LogReader::open(&path, "c").unwrap();
+        // Up to the middle of the second record: only the first one's line.
+        let first = r.poll_upto(past.len() as u64 + 3).unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].bytes, b"past\n");
+        let rest = r.poll().unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].bytes, b"new\n");
+        assert_eq!(r.damaged, 0);
+        assert!(r.poll_upto(0).unwrap().is_empty());
     }
 
     /// The keeper follows output.log as QEMU appends to it: records split across writes,

@@ -956,7 +956,12 @@ impl Engine {
         let id = view.meta.id.clone();
         let vic = view.meta.log_format == "vic";
         let path = view.dir.join("output.log");
-        std::thread::spawn(move || follow_log(&state, &id, &path, vic, &opts, &tx));
+        // What the log holds now is the past `tail` picks from; anything written from here
+        // on is new, however late the reader gets to it (`logs -f --tail 0` lost the first
+        // half megabyte of output that began right after it, while the reader read a 50 MB
+        // log to find its end).
+        let now_at = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        std::thread::spawn(move || follow_log(&state, &id, &path, vic, &opts, now_at, &tx));
         Ok((view, rx))
     }
 }
@@ -1208,6 +1213,7 @@ fn follow_log(
     path: &Path,
     vic: bool,
     opts: &LogOptions,
+    now_at: u64,
     tx: &mpsc::Sender<LogItem>,
 ) {
     let running = || {
@@ -1256,7 +1262,12 @@ fn follow_log(
             .all(|l| tx.blocking_send(LogItem::Line(l)).is_ok())
     };
     let live = opts.follow && running() && !past_until();
-    let mut first: Vec<LogLine> = reader.poll().unwrap_or_default();
+    // Following, the past ends where the log ended at the request; without, at its end now.
+    let mut first: Vec<LogLine> = if live {
+        reader.poll_upto(now_at).unwrap_or_default()
+    } else {
+        reader.poll().unwrap_or_default()
+    };
     if !live {
         first.extend(reader.finish());
     }
