@@ -117,6 +117,12 @@ impl PortLayer {
                     self.ids.send_modify(|set| set.extend(list));
                 }
             }
+            // The VM powered off right after the handshake (a container that ran briefly;
+            // seen under load in `original_vic_log_format_on_request`): normal, as above.
+            Err(sshproto::Error::ConnectionClosed) => {
+                tracing::debug!("back-channel closed before container-ids was answered");
+                return;
+            }
             other => {
                 tracing::warn!(reply = ?other.map(|r| r.success), "container-ids failed; dropping the connection");
                 conn.disconnect("container-ids failed");
