@@ -960,7 +960,7 @@ impl Engine {
         // on is new, however late the reader gets to it (`logs -f --tail 0` lost the first
         // half megabyte of output that began right after it, while the reader read a 50 MB
         // log to find its end).
-        let now_at = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let now_at = log_len(&path);
         std::thread::spawn(move || follow_log(&state, &id, &path, vic, &opts, now_at, &tx));
         Ok((view, rx))
     }
@@ -984,7 +984,7 @@ impl Engine {
         let vic = view.meta.log_format == "vic";
         let tty = view.tty();
         // What the log holds now is past: this stream starts at its end.
-        let start_at = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let start_at = log_len(&path);
         let starts = if view.running() {
             view.meta.starts.saturating_sub(1)
         } else {
@@ -995,6 +995,11 @@ impl Engine {
         });
         Ok((view, rx))
     }
+}
+
+/// How long a container's output log is now (0 before it exists): where what is past ends.
+fn log_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
 /// How often a follower looks for new output: an attached client should see output about
@@ -1040,8 +1045,7 @@ fn follow_output(
     let reader = LogReader::open(path, id).and_then(|mut r| {
         // The file may have been cut and rewritten since (a new container): start at its
         // start then.
-        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        if start_at <= len {
+        if start_at <= log_len(path) {
             r.seek_to(start_at)?;
         }
         Ok(r.raw())
@@ -1263,14 +1267,13 @@ fn follow_log(
     };
     let live = opts.follow && running() && !past_until();
     // Following, the past ends where the log ended at the request; without, at its end now.
-    let mut first: Vec<LogLine> = if live {
+    let first: Vec<LogLine> = if live {
         reader.poll_upto(now_at).unwrap_or_default()
     } else {
-        reader.poll().unwrap_or_default()
+        let mut all = reader.poll().unwrap_or_default();
+        all.extend(reader.finish());
+        all
     };
-    if !live {
-        first.extend(reader.finish());
-    }
     let mut first: Vec<LogLine> = first.into_iter().filter(|l| want(l)).collect();
     if let Some(n) = opts.tail {
         let skip = first.len().saturating_sub(n);
@@ -1331,5 +1334,80 @@ mod tests {
         assert!(docker_start_error("stat /x: no such file or directory")
             .contains("no such file or directory"));
         assert!(docker_start_error("/etc: permission denied").contains("permission denied"));
+    }
+
+    /// `logs -f --tail N` (and `docker logs -f`): the past `tail` picks from ends where the
+    /// log ended at the request, and every line written after it is followed, however far
+    /// into the past the reader still is. The running VM is a process whose command line
+    /// names the container, as QEMU's does; the log is written as the keeper writes it.
+    #[test]
+    fn follow_keeps_every_line_written_after_the_request() {
+        use std::io::Write;
+        let tmp = tempfile::tempdir().unwrap();
+        let state = state::State::open(tmp.path()).unwrap();
+        let id = "0123456789ab".repeat(5) + "cdef";
+        let mut vm = std::process::Command::new("sh")
+            .args(["-c", "sleep 60; :", &id[..12]])
+            .spawn()
+            .unwrap();
+        let meta = Meta {
+            id: id.clone(),
+            name: "follower".into(),
+            image: "busybox".into(),
+            created: 1,
+            qemu_pid: Some(vm.id()),
+            ..Default::default()
+        };
+        state.save(&meta).unwrap();
+        let dir = state.vm_dir(&id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut seq = 0;
+        let mut records = |lines: std::ops::RangeInclusive<u32>| -> Vec<u8> {
+            let mut out = Vec::new();
+            for n in lines {
+                out.extend(
+                    iolog::encode(&iolog::Record {
+                        session: id.clone(),
+                        stream: Stream::Stdout,
+                        seq,
+                        time_ns: 1_000 + seq,
+                        body: iolog::Body::Data(format!("{n}\n").into_bytes()),
+                    })
+                    .unwrap(),
+                );
+                seq += 1;
+            }
+            out
+        };
+        // A past long enough that the reader is still in it when the new lines come.
+        let mut log = std::fs::File::create(dir.join("output.log")).unwrap();
+        log.write_all(&records(1..=200_000)).unwrap();
+        let engine = Engine::new(state.clone(), PathBuf::from("vch"));
+        let opts = LogOptions {
+            follow: true,
+            tail: Some(0),
+            ..Default::default()
+        };
+        let (_, mut rx) = engine.logs("follower", opts).unwrap();
+        log.write_all(&records(1..=3000)).unwrap();
+        let mut got = Vec::new();
+        while got.len() < 3000 {
+            match rx.blocking_recv() {
+                Some(LogItem::Line(l)) => got.push(String::from_utf8(l.bytes).unwrap()),
+                other => panic!("after {} lines: {other:?}", got.len()),
+            }
+        }
+        let want: Vec<String> = (1..=3000).map(|n| format!("{n}\n")).collect();
+        assert_eq!(got, want);
+        // The VM stops: the stream ends, with nothing more and nothing skipped.
+        vm.kill().unwrap();
+        vm.wait().unwrap();
+        assert_eq!(
+            rx.blocking_recv(),
+            Some(LogItem::End {
+                damaged: 0,
+                lost: 0
+            })
+        );
     }
 }
