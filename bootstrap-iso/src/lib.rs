@@ -22,10 +22,16 @@ use std::process::Command;
 /// turn into a power-off, so a broken VM never hangs. `rdinit=/init` runs the tether from the
 /// initramfs. `pcie_ports=native` lets the kernel drive PCIe hot-plug itself (a NIC added to
 /// or removed from a running container VM: `network connect`/`disconnect`): the firmware
-/// grants that only to a kernel with ASPM, which the container kernel leaves out. The rest
-/// trims boot time.
+/// grants that only to a kernel with ASPM, which the container kernel leaves out.
+/// `ipv6.disable_ipv6=1` starts every interface without IPv6 (it sets `default`; the tether
+/// sets `all`), as Docker runs a container whose networks have none (`disable_ipv6` is 1 for
+/// `all`, `default`, `lo` and `eth0` there, Docker 20.10 on Debian 12): the tether's networks
+/// are IPv4, and bringing `lo` up no longer has the kernel add `::1` and its routes on every
+/// boot path. A workload can still turn it on (sysctl).
+/// The rest trims boot time.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS1,115200n8 quiet loglevel=3 panic=-1 rdinit=/init \
-     noreplace-smp cpu_init_udelay=0 rcupdate.rcu_expedited=1 tsc=reliable pcie_ports=native";
+     noreplace-smp cpu_init_udelay=0 rcupdate.rcu_expedited=1 tsc=reliable pcie_ports=native \
+     ipv6.disable_ipv6=1";
 
 /// Modules the tether needs from a modular kernel (Debian's cloud kernel), by module name.
 /// Built-in kernels ignore the list.

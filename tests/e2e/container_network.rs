@@ -19,15 +19,19 @@ fn assigned_address_is_configured_and_written_back() {
         "busybox",
         "sh",
         "-c",
-        "ip -4 addr show dev eth0; ip route; echo ==; cat /etc/resolv.conf; echo ==; cat /etc/hosts",
+        "ip -4 addr show dev eth0; ip route; echo ==; cat /etc/resolv.conf; echo ==; cat /etc/hosts; \
+         echo ==; ip addr show dev eth0 | grep inet6 || echo no-inet6",
     ]);
     assert_eq!(code, 0, "run: {err}");
     let mut parts = out.split("==\n");
-    let (ip, resolv, hosts) = (
+    let (ip, resolv, hosts, v6) = (
+        parts.next().unwrap_or(""),
         parts.next().unwrap_or(""),
         parts.next().unwrap_or(""),
         parts.next().unwrap_or(""),
     );
+    // IPv4 only, as docker has a network without IPv6: not even a link-local address.
+    assert_eq!(v6, "no-inet6\n", "{out}");
     assert!(ip.contains("inet 172.16.0.2/16"), "addresses: {ip}");
     assert!(
         ip.contains("default via 172.16.0.1 dev eth0"),
@@ -163,7 +167,8 @@ fn virtio_nic_model_gets_its_lease() {
     );
 }
 
-/// `--network none`: no NIC at all, only the loopback interface.
+/// `--network none`: no NIC at all, only the loopback interface, up with 127.0.0.1 and, as
+/// docker has it for a container without an IPv6 network, IPv6 off (no `::1`).
 #[test]
 fn network_none_has_only_loopback() {
     let vch = Vch::new();
@@ -176,13 +181,24 @@ fn network_none_has_only_loopback() {
         "busybox",
         "sh",
         "-c",
-        "ls /sys/class/net; echo ==; cat /sys/class/net/lo/operstate",
+        "ls /sys/class/net; echo ==; cat /sys/class/net/lo/operstate; echo ==; \
+         ip addr show dev lo; echo ==; \
+         cd /proc/sys/net/ipv6/conf && cat all/disable_ipv6 default/disable_ipv6 lo/disable_ipv6; \
+         echo ==; ping -c 1 -W 5 127.0.0.1 >/dev/null && echo reached",
     ]);
     assert_eq!(code, 0, "run: {err}");
+    let parts: Vec<&str> = out.split("==\n").collect();
     assert_eq!(
-        out, "lo\n==\nunknown\n",
-        "interfaces besides lo, or lo down"
+        parts[..2],
+        ["lo\n", "unknown\n"],
+        "interfaces besides lo, or lo down: {out}"
     );
+    let lo = parts.get(2).copied().unwrap_or("");
+    assert!(lo.contains("inet 127.0.0.1/8"), "{lo}");
+    assert!(!lo.contains("inet6"), "IPv6 on lo: {lo}");
+    // As in a docker container without an IPv6 network.
+    assert_eq!(parts.get(3).copied(), Some("1\n1\n1\n"), "{out}");
+    assert_eq!(parts.get(4).copied(), Some("reached\n"), "{out}");
 }
 
 /// The most networks a container can join: 11, the last NIC behind root port 1f.1. Every

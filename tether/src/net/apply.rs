@@ -133,8 +133,10 @@ impl Leases {
     }
 }
 
-/// Configures every network endpoint of `cfg` on the real system; see [`apply_with`].
+/// Configures every network endpoint of `cfg` on the real system (IPv6 off everywhere
+/// first); see [`apply_with`].
 pub fn apply(cfg: &mut ContainerConfig, hostname: &str) -> Result<Leases, NetError> {
+    ipv6_off_everywhere();
     apply_with(cfg, hostname, Paths::default())
 }
 
@@ -175,6 +177,19 @@ pub fn apply_with(
         leases.mark_configured(name);
     }
     Ok(leases)
+}
+
+/// The networks are IPv4, and docker runs a container whose networks have no IPv6 with
+/// `disable_ipv6` at 1 for `all`, `default` and every interface. The kernel's command line
+/// (`ipv6.disable_ipv6=1`, see `bootstrap-iso`) starts `default` and so every interface there
+/// without the work of `::1` and its routes when `lo` comes up; `all` is not covered by it
+/// and is set here, before anything runs that could read it. A kernel without IPv6 has no
+/// such file: nothing to do.
+fn ipv6_off_everywhere() {
+    const ALL: &str = "/proc/sys/net/ipv6/conf/all/disable_ipv6";
+    if let Err(e) = std::fs::write(ALL, b"1") {
+        tracing::debug!(error = %e, "{ALL}");
+    }
 }
 
 /// Configures one more endpoint of `cfg` (a network connected while the container runs)
