@@ -517,22 +517,7 @@ impl<'de, S: Source> de::Deserializer<'de> for De<'_, S> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, DecodeError> {
-        let tags = match self.nested {
-            Some(tags) => tags,
-            None => (self.registry)(name).ok_or_else(|| DecodeError::Schema {
-                what: format!("type {name} has no field tags"),
-            })?,
-        };
-        if let Some(missing) = fields.iter().find(|f| find(tags, f).is_none()) {
-            return Err(DecodeError::Schema {
-                what: format!("field {name}.{missing} has no tag"),
-            });
-        }
-        if let Some(extra) = tags.iter().find(|t| !fields.contains(&t.field)) {
-            return Err(DecodeError::Schema {
-                what: format!("tag {name}.{} matches no field", extra.field),
-            });
-        }
+        let tags = struct_tags(self.nested, self.registry, name, fields)?;
         visitor.visit_map(StructAcc {
             de: self,
             tags: tags.iter(),
@@ -552,6 +537,39 @@ impl<'de, S: Source> de::Deserializer<'de> for De<'_, S> {
     fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
         visitor.visit_unit()
     }
+}
+
+/// The field tags of struct `name`. Whether they match serde's field list one to one is a
+/// property of the static schema, checked in debug builds (every test decodes every type):
+/// a release decode, the tether's boot among them, does not walk the lists again for each
+/// struct of each config, nor carry a copy of that walk per struct type (this function is
+/// not generic for the same reason; under TCG each copy is code translated at boot).
+#[inline(never)]
+fn struct_tags(
+    nested: Option<&'static [FieldTag]>,
+    registry: Registry,
+    name: &'static str,
+    fields: &'static [&'static str],
+) -> Result<&'static [FieldTag], DecodeError> {
+    let tags = match nested {
+        Some(tags) => tags,
+        None => registry(name).ok_or_else(|| DecodeError::Schema {
+            what: format!("type {name} has no field tags"),
+        })?,
+    };
+    if cfg!(debug_assertions) {
+        if let Some(missing) = fields.iter().find(|f| find(tags, f).is_none()) {
+            return Err(DecodeError::Schema {
+                what: format!("field {name}.{missing} has no tag"),
+            });
+        }
+        if let Some(extra) = tags.iter().find(|t| !fields.contains(&t.field)) {
+            return Err(DecodeError::Schema {
+                what: format!("tag {name}.{} matches no field", extra.field),
+            });
+        }
+    }
+    Ok(tags)
 }
 
 struct StructAcc<'s, S: Source> {
