@@ -20,7 +20,8 @@ fn assigned_address_is_configured_and_written_back() {
         "sh",
         "-c",
         "ip -4 addr show dev eth0; ip route; echo ==; cat /etc/resolv.conf; echo ==; cat /etc/hosts; \
-         echo ==; ip addr show dev eth0 | grep inet6 || echo no-inet6",
+         echo ==; ip addr show dev eth0 | grep inet6 || echo no-inet6; \
+         cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6",
     ]);
     assert_eq!(code, 0, "run: {err}");
     let mut parts = out.split("==\n");
@@ -31,7 +32,7 @@ fn assigned_address_is_configured_and_written_back() {
         parts.next().unwrap_or(""),
     );
     // IPv4 only, as docker has a network without IPv6: not even a link-local address.
-    assert_eq!(v6, "no-inet6\n", "{out}");
+    assert_eq!(v6, "no-inet6\n1\n", "{out}");
     assert!(ip.contains("inet 172.16.0.2/16"), "addresses: {ip}");
     assert!(
         ip.contains("default via 172.16.0.1 dev eth0"),
@@ -184,7 +185,9 @@ fn network_none_has_only_loopback() {
         "ls /sys/class/net; echo ==; cat /sys/class/net/lo/operstate; echo ==; \
          ip addr show dev lo; echo ==; \
          cd /proc/sys/net/ipv6/conf && cat all/disable_ipv6 default/disable_ipv6 lo/disable_ipv6; \
-         echo ==; ping -c 1 -W 5 127.0.0.1 >/dev/null && echo reached",
+         echo ==; ping -c 1 -W 5 127.0.0.1 >/dev/null && echo reached; \
+         echo ==; grep '^::1' /etc/hosts >/dev/null && echo hosts-has-ipv6; \
+         echo ==; echo 0 > lo/disable_ipv6 && ip addr show dev lo | grep -o 'inet6 ::1'",
     ]);
     assert_eq!(code, 0, "run: {err}");
     let parts: Vec<&str> = out.split("==\n").collect();
@@ -199,6 +202,9 @@ fn network_none_has_only_loopback() {
     // As in a docker container without an IPv6 network.
     assert_eq!(parts.get(3).copied(), Some("1\n1\n1\n"), "{out}");
     assert_eq!(parts.get(4).copied(), Some("reached\n"), "{out}");
+    // docker's /etc/hosts keeps its IPv6 lines; a workload may turn IPv6 back on.
+    assert_eq!(parts.get(5).copied(), Some("hosts-has-ipv6\n"), "{out}");
+    assert_eq!(parts.get(6).copied(), Some("inet6 ::1\n"), "{out}");
 }
 
 /// The most networks a container can join: 11, the last NIC behind root port 1f.1. Every
