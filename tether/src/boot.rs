@@ -138,11 +138,10 @@ pub fn run() -> anyhow::Result<()> {
     };
     // Writes to the host go out in order on a thread of their own, so no step below waits
     // for the host to store keys; the guard makes the last ones land before power-off,
-    // however this function returns.
-    let writeback = WriteBack::start(Arc::from(transport));
-    // Held until the entrypoint has started (see `runtime::STARTUP_GRACE`); anything that
-    // waits for the writes, the guard included, releases them.
-    writeback.hold();
+    // however this function returns. They are held, and the thread not started, until the
+    // entrypoint has started (see `runtime::STARTUP_GRACE`); anything that waits for the
+    // writes, the guard included, lets them go.
+    let writeback = WriteBack::held(Arc::from(transport));
     let _flush_at_exit = writeback.flush_on_drop();
     let transport: Box<dyn Transport> = Box::new(writeback.clone());
     let (raw, mut cfg) = load_config(&*transport)?;

@@ -99,11 +99,23 @@ struct Shared {
 pub struct Reaper {
     shared: Arc<Shared>,
     idle: watch::Receiver<bool>,
+    /// The SIGCHLD signalfd until the thread takes it: see [`Reaper::prepare`].
+    unstarted: Arc<Mutex<Option<SignalFd>>>,
 }
 
 impl Reaper {
     /// Starts the reaper thread. SIGCHLD must be blocked ([`block_sigchld`]).
     pub fn start() -> std::io::Result<Reaper> {
+        let reaper = Reaper::prepare()?;
+        reaper.run()?;
+        Ok(reaper)
+    }
+
+    /// A reaper whose thread [`run`](Self::run) starts later. Processes can be launched and
+    /// registered already: their exits stay pending (SIGCHLD is blocked, the children stay
+    /// zombies) until the thread's first sweep. The boot starts the entrypoint this way, so
+    /// that no thread's start stands between the launch and its first output under TCG.
+    pub fn prepare() -> std::io::Result<Reaper> {
         let (idle_tx, idle) = watch::channel(false);
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner::default()),
@@ -111,14 +123,27 @@ impl Reaper {
         });
         let signals =
             SignalFd::with_flags(&sigchld(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
-        let thread_shared = shared.clone();
+        Ok(Reaper {
+            shared,
+            idle,
+            unstarted: Arc::new(Mutex::new(Some(signals))),
+        })
+    }
+
+    /// Starts the thread, if it has not started yet.
+    pub fn run(&self) -> std::io::Result<()> {
+        let mut unstarted = self.unstarted.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(signals) = unstarted.take() else {
+            return Ok(());
+        };
+        let thread_shared = self.shared.clone();
         std::thread::Builder::new()
             .name("reaper".into())
             .spawn(move || {
                 raise_priority();
                 reap_forever(&thread_shared, &signals)
-            })?;
-        Ok(Reaper { shared, idle })
+            })
+            .map(|_| ())
     }
 
     /// Starts a process with `launch` and registers it; the receiver resolves with its exit

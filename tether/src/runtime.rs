@@ -856,8 +856,11 @@ fn finish(t: &Tether, id: &str) {
     }
 }
 
-/// The primary's start-up: until its first output, its exit (returned) or the end of
-/// [`STARTUP_GRACE`] after the runtime started (a timer in the supervisor ends it).
+/// The primary's start-up: until its first output, the end of its output (both streams
+/// closed: it exited, or handed them on), its exit (returned) or the end of
+/// [`STARTUP_GRACE`] after the runtime started (a timer in the supervisor ends it). The
+/// reaper's thread starts only after the start-up, so an exit during it is seen through the
+/// output's end.
 async fn startup(
     t: &Arc<Tether>,
     id: &str,
@@ -870,13 +873,22 @@ async fn startup(
         .get(id)
         .map(|s| (s.stdout.subscribe(), s.stderr.subscribe()));
     let (mut out, mut err) = streams?;
-    tokio::select! {
-        code = exit => Some(code.unwrap_or(255)),
-        Some(_) = out.recv() => None,
-        Some(_) = err.recv() => None,
-        () = t.started_up() => None,
-        else => None,
+    let (mut out_open, mut err_open) = (true, true);
+    while out_open || err_open {
+        tokio::select! {
+            code = &mut *exit => return Some(code.unwrap_or(255)),
+            chunk = out.recv(), if out_open => match chunk {
+                Some(_) => return None,
+                None => out_open = false,
+            },
+            chunk = err.recv(), if err_open => match chunk {
+                Some(_) => return None,
+                None => err_open = false,
+            },
+            () = t.started_up() => return None,
+        }
     }
+    None
 }
 
 #[cfg(test)]

@@ -38,7 +38,9 @@ pub async fn run(
     platform: Platform,
     leases: net::Leases,
 ) -> Result<(), RunError> {
-    let reaper = Reaper::start().map_err(RunError::Reaper)?;
+    // Its thread starts with the rest after the start-up (below); the entrypoint's launch
+    // registers with it before.
+    let reaper = Reaper::prepare().map_err(RunError::Reaper)?;
     let format = if cfg.tether.log_format == "vic" {
         output::Format::Vic {
             primary: cfg.common.id.clone(),
@@ -65,8 +67,10 @@ pub async fn run(
     }
 
     // What only a running container needs waits for the entrypoint's start-up: under TCG
-    // the code it runs for the first time (the signal driver, a thread, the tasks' first
-    // polls) stood between the launch and the pumps' first read. The host learns that the
+    // the code it runs for the first time (the signal driver, the reaper's and other
+    // threads, the tasks' first polls) stood between the launch and the pumps' first read.
+    // An entrypoint that exits in silence ends the start-up when its output closes; its
+    // exit is collected once the reaper runs. The host learns that the
     // container started only from the write-backs let go below, after all of it is in
     // place: a reload (SIGHUP, ignored until then) follows an exec, which follows that. A
     // host command sent sooner waits in the transport's queue.
@@ -75,6 +79,7 @@ pub async fn run(
         () = t.startup_ending() => {}
         _ = stop.wait_for(|s| *s) => {}
     }
+    reaper.run().map_err(RunError::Reaper)?;
     let mut commands = bridge_commands(&transport);
     // The container runs on without it: reloads also come as host commands.
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())

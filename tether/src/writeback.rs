@@ -101,6 +101,8 @@ struct Shared {
     gate: Arc<Gate>,
     /// `None` when the thread could not be started or has gone: jobs are then done inline.
     queue: Mutex<Option<Sender<Job>>>,
+    /// The thread's end of the queue until the thread starts (see [`WriteBack::held`]).
+    unstarted: Mutex<Option<Receiver<Job>>>,
     /// Writes queued and not yet performed: a read with nothing pending skips the flush.
     pending: Arc<AtomicUsize>,
     /// Every key written through [`WriteBack::set`] since the last
@@ -119,32 +121,70 @@ pub struct WriteBack {
 impl WriteBack {
     /// Wraps `inner` and starts the write-back thread.
     pub fn start(inner: Arc<dyn Transport>) -> WriteBack {
+        let wb = WriteBack::held(inner);
+        wb.release();
+        wb
+    }
+
+    /// Wraps `inner`, held (see [`hold`](Self::hold)): writes queue up, and the thread
+    /// starts when they are let go. The boot holds them while the entrypoint starts; a
+    /// thread started then (its first-time code under TCG, the scheduler's switches to it)
+    /// would stand between the launch and the entrypoint's first output.
+    pub fn held(inner: Arc<dyn Transport>) -> WriteBack {
         let (tx, rx) = mpsc::channel::<Job>();
-        let worker_inner = inner.clone();
-        let pending = Arc::new(AtomicUsize::new(0));
-        let worker_pending = pending.clone();
         let gate = Arc::new(Gate {
-            open: Mutex::new(true),
+            open: Mutex::new(false),
             changed: Condvar::new(),
-            watch: tokio::sync::watch::channel(true).0,
+            watch: tokio::sync::watch::channel(false).0,
         });
-        let worker_gate = gate.clone();
-        let shared = Arc::new(Shared {
-            inner,
-            gate,
-            queue: Mutex::new(None),
-            pending,
-            written: Mutex::new(Map::new()),
-        });
+        WriteBack {
+            shared: Arc::new(Shared {
+                inner,
+                gate,
+                queue: Mutex::new(Some(tx)),
+                unstarted: Mutex::new(Some(rx)),
+                pending: Arc::new(AtomicUsize::new(0)),
+                written: Mutex::new(Map::new()),
+            }),
+        }
+    }
+
+    /// Starts the thread unless it started already. Without one, what was queued is done
+    /// here, in order, and every later job inline.
+    fn start_worker(&self) {
+        let Some(rx) = lock(&self.shared.unstarted).take() else {
+            return;
+        };
+        // Handed over through a slot the caller keeps: a thread that cannot start drops its
+        // closure, and the jobs in the queue must not go with it.
+        let slot = Arc::new(Mutex::new(Some(rx)));
+        let (inner, pending, gate) = (
+            self.shared.inner.clone(),
+            self.shared.pending.clone(),
+            self.shared.gate.clone(),
+        );
+        let thread_slot = slot.clone();
         // The thread ends when the last handle is gone (the queue's sender is dropped).
         let spawned = std::thread::Builder::new()
             .name("write-back".into())
-            .spawn(move || worker(&*worker_inner, &rx, &worker_pending, &worker_gate));
-        match spawned {
-            Ok(_) => *lock(&shared.queue) = Some(tx),
-            Err(e) => tracing::warn!(error = %e, "no write-back thread; writing inline"),
+            .spawn(move || {
+                if let Some(rx) = lock(&thread_slot).take() {
+                    worker(&*inner, &rx, &pending, &gate);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no write-back thread; writing inline");
+            *lock(&self.shared.queue) = None;
+            if let Some(rx) = lock(&slot).take() {
+                while let Ok(job) = rx.try_recv() {
+                    let counted = job.is_write();
+                    perform(&*self.shared.inner, job);
+                    if counted {
+                        self.shared.pending.fetch_sub(1, Ordering::AcqRel);
+                    }
+                }
+            }
         }
-        WriteBack { shared }
     }
 
     /// Holds queued writes back until [`release`](Self::release) (or until something waits
@@ -153,9 +193,10 @@ impl WriteBack {
         self.shared.gate.set(false);
     }
 
-    /// Lets the write-back thread work through the queue.
+    /// Lets the write-back thread work through the queue (starting it, the first time).
     pub fn release(&self) {
         self.shared.gate.set(true);
+        self.start_worker();
     }
 
     /// Resolves once the queue is not held: for other deferrable work that should also stay
@@ -472,6 +513,31 @@ mod tests {
         wb.set("b", "2").unwrap();
         wb.written().await;
         assert_eq!(lock(&slow.log).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_held_queue_starts_its_thread_when_let_go() {
+        let slow = Arc::new(Slow::default());
+        let wb = WriteBack::held(slow.clone());
+        wb.set("a", "1").unwrap();
+        wb.defer(|t| t.set("b", "2").unwrap());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(lock(&slow.log).is_empty(), "written while held");
+        assert!(
+            lock(&wb.shared.unstarted).is_some(),
+            "thread started while held"
+        );
+        wb.release();
+        assert!(lock(&wb.shared.unstarted).is_none());
+        wb.set("c", "3").unwrap();
+        assert!(wb.flush(Duration::from_secs(1)));
+        let keys: Vec<String> = lock(&slow.log).iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+        // Let go again: the same thread goes on.
+        wb.release();
+        wb.set("d", "4").unwrap();
+        wb.written().await;
+        assert_eq!(lock(&slow.log).len(), 4);
     }
 
     /// Records how many keys each `set_many` carried.

@@ -79,8 +79,26 @@ fn every_exit_reaches_its_launcher_and_orphans_are_collected() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let reaper = Reaper::start().unwrap();
-        // No child yet: idle.
+        // Prepared, its thread not started, as the boot launches the entrypoint: a child
+        // registers and exits, and its exit waits for the thread.
+        let reaper = Reaper::prepare().unwrap();
+        let (_, mut early) = reaper.spawn(|| fork_exit(5, 0)).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(matches!(
+            early.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+        ));
+        reaper.run().unwrap();
+        // A second start is no second thread (waitpid(-1) has one owner).
+        reaper.run().unwrap();
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(10), early)
+                .await
+                .unwrap()
+                .unwrap(),
+            5
+        );
+        // No child left: idle.
         assert!(reaper.wait_all_gone(Duration::from_secs(5)).await);
 
         // Children exiting at once (before registration could ever matter) and later, with
