@@ -5,8 +5,9 @@
 //! [`QemuClient`] is the guest end, [`HostServer`] the host end (it plays the VMX).
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +15,8 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::frame::{encode_frame, FrameError, FrameEvent, FrameReader, Message, MAX_PAYLOAD};
 use super::{
@@ -78,11 +81,59 @@ impl ClientShared {
     }
 }
 
+/// The reading end while no thread runs it (see [`QemuClient::from_file`]): a request
+/// reads the channel itself until its answer comes.
+struct Inline {
+    file: File,
+    frames: FrameReader,
+    buf: Vec<u8>,
+    commands: Sender<HostCommand>,
+}
+
+impl Inline {
+    /// Reads what the host sent within `wait` (at most) and hands it on, as the reader
+    /// thread would.
+    fn read_some(&mut self, shared: &ClientShared, wait: Duration) {
+        let timeout = PollTimeout::try_from(wait.min(RECONNECT_POLL)).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(0) | Err(nix::Error::EINTR) => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!("guestinfo channel poll failed: {e}");
+                shared.notify_all(|| Outcome::Closed, true);
+                return;
+            }
+        }
+        match self.file.read(&mut self.buf) {
+            Ok(0) => {
+                // Host side not connected (see `QemuClient::open`).
+                let _ = self.frames.finish();
+                shared.notify_all(|| Outcome::Closed, false);
+                thread::sleep(wait.min(RECONNECT_POLL));
+            }
+            Ok(n) => {
+                self.frames.push(self.buf.get(..n).unwrap_or_default());
+                while let Some(event) = self.frames.next_event() {
+                    client_event(event, shared, &self.commands);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::warn!("guestinfo channel read failed: {e}");
+                shared.notify_all(|| Outcome::Closed, true);
+            }
+        }
+    }
+}
+
 /// Guest end of the QEMU stand-in.
 pub struct QemuClient {
     shared: Arc<ClientShared>,
     timeout: Duration,
     commands: Mutex<Option<Receiver<HostCommand>>>,
+    /// The reading end until a thread takes it; `None` once one has.
+    inline: Arc<Mutex<Option<Inline>>>,
 }
 
 impl std::fmt::Debug for QemuClient {
@@ -96,7 +147,7 @@ impl std::fmt::Debug for QemuClient {
 
 impl QemuClient {
     /// Opens the virtio-serial character device (e.g. `/dev/virtio-ports/org.tether.guestinfo`)
-    /// read+write and starts the reader thread.
+    /// read+write; see [`from_file`](Self::from_file).
     ///
     /// A virtio-serial port reads as end-of-file while nothing is connected on the host side
     /// (harness not up yet, or restarting), so here end-of-file is not final: pending requests
@@ -104,8 +155,61 @@ impl QemuClient {
     /// back.
     pub fn open(dev_path: &Path) -> io::Result<QemuClient> {
         let file = OpenOptions::new().read(true).write(true).open(dev_path)?;
-        let reader = file.try_clone()?;
-        Ok(QemuClient::spawn(reader, file, true))
+        QemuClient::from_file(file)
+    }
+
+    /// A client over an open channel (the device, or a socket in tests). No thread reads it
+    /// at first: each request reads the channel itself until its answer comes, host commands
+    /// included (they wait in the queue [`Transport::commands`] returns). Asking for that
+    /// queue starts the reader thread, since host commands may then come at any time. The
+    /// tether's boot fetches its config before that: a thread started for it (its first-time
+    /// code under TCG, the switches to it and back) stood between PID 1 and the entrypoint.
+    pub fn from_file(file: File) -> io::Result<QemuClient> {
+        let writer = file.try_clone()?;
+        let (tx, rx) = mpsc::channel();
+        Ok(QemuClient {
+            shared: Arc::new(ClientShared {
+                writer: Arc::new(Mutex::new(Box::new(writer))),
+                waiters: Mutex::new(Waiters::default()),
+                next_id: AtomicU64::new(1),
+            }),
+            timeout: DEFAULT_TIMEOUT,
+            commands: Mutex::new(Some(rx)),
+            inline: Arc::new(Mutex::new(Some(Inline {
+                file,
+                frames: FrameReader::new(),
+                buf: vec![0u8; READ_CHUNK],
+                commands: tx,
+            }))),
+        })
+    }
+
+    /// Starts the reader thread over the inline reading end, unless one runs already. The
+    /// thread takes the end once no request is reading it; if it cannot start, requests go
+    /// on reading inline.
+    fn start_reader(&self) {
+        if lock(&self.inline).is_none() {
+            return;
+        }
+        let slot = Arc::clone(&self.inline);
+        let shared = Arc::clone(&self.shared);
+        let spawned = thread::Builder::new()
+            .name("guestinfo-qemu-rx".to_owned())
+            .spawn(move || {
+                let Some(Inline {
+                    file,
+                    frames,
+                    commands,
+                    ..
+                }) = lock(&slot).take()
+                else {
+                    return;
+                };
+                client_reader(file, frames, &shared, &commands, true);
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the guestinfo reader thread (requests read the channel themselves; host commands wait for them): {e}");
+        }
     }
 
     /// A client over any byte stream pair (tests, sockets). Spawns the reader thread, which
@@ -133,7 +237,9 @@ impl QemuClient {
         let thread_shared = Arc::clone(&shared);
         let spawned = thread::Builder::new()
             .name("guestinfo-qemu-rx".to_owned())
-            .spawn(move || client_reader(reader, &thread_shared, &tx, survive_eof));
+            .spawn(move || {
+                client_reader(reader, FrameReader::new(), &thread_shared, &tx, survive_eof);
+            });
         if let Err(e) = spawned {
             tracing::error!("cannot start the guestinfo reader thread: {e}");
             lock(&shared.waiters).closed = true;
@@ -142,6 +248,39 @@ impl QemuClient {
             shared,
             timeout: DEFAULT_TIMEOUT,
             commands: Mutex::new(Some(rx)),
+            inline: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Waits for the answer `rx` will carry, at most until `deadline`, reading the channel
+    /// while no thread does.
+    fn wait(
+        &self,
+        rx: &mpsc::Receiver<Outcome>,
+        deadline: Instant,
+    ) -> Result<Outcome, mpsc::RecvTimeoutError> {
+        loop {
+            match rx.try_recv() {
+                Ok(outcome) => return Ok(outcome),
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    return Err(mpsc::RecvTimeoutError::Disconnected)
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut inline = lock(&self.inline);
+            let Some(reader) = inline.as_mut() else {
+                drop(inline);
+                return rx.recv_timeout(left);
+            };
+            // Another request may have read this one's answer while it waited for the lock.
+            if let Ok(outcome) = rx.try_recv() {
+                return Ok(outcome);
+            }
+            if left.is_zero() {
+                return Err(mpsc::RecvTimeoutError::Timeout);
+            }
+            reader.read_some(&self.shared, left);
         }
     }
 
@@ -201,7 +340,7 @@ impl QemuClient {
                 let Some((id, rx)) = s else {
                     return self.request(command);
                 };
-                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                match self.wait(&rx, deadline) {
                     Ok(Outcome::Reply(reply, entries)) => Ok((reply, entries)),
                     Ok(Outcome::Error(message)) => Err(TransportError::Protocol(message)),
                     Ok(Outcome::Retry) => self.request(command),
@@ -243,8 +382,7 @@ impl QemuClient {
                     _ => TransportError::Io(e),
                 });
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
+            match self.wait(&rx, deadline) {
                 Ok(Outcome::Reply(reply, entries)) => return Ok((reply, entries)),
                 Ok(Outcome::Error(message)) => return Err(TransportError::Protocol(message)),
                 Ok(Outcome::Retry) => continue,
@@ -266,11 +404,11 @@ const RECONNECT_POLL: Duration = Duration::from_millis(100);
 
 fn client_reader<R: Read>(
     mut reader: R,
+    mut frames: FrameReader,
     shared: &ClientShared,
     commands: &Sender<HostCommand>,
     survive_eof: bool,
 ) {
-    let mut frames = FrameReader::new();
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         let n = match reader.read(&mut buf) {
@@ -399,6 +537,7 @@ impl Transport for QemuClient {
     }
 
     fn commands(&self) -> Option<Receiver<HostCommand>> {
+        self.start_reader();
         lock(&self.commands).take()
     }
 }

@@ -43,10 +43,29 @@ fn client_on(stream: UnixStream) -> QemuClient {
     QemuClient::from_io(reader, stream).with_timeout(Duration::from_secs(5))
 }
 
+/// A client as the tether's boot opens the device: no reader thread until its host commands
+/// are asked for; requests read their own answers.
+fn inline_on(stream: UnixStream) -> QemuClient {
+    let file = std::fs::File::from(std::os::fd::OwnedFd::from(stream));
+    must(QemuClient::from_file(file)).with_timeout(Duration::from_secs(5))
+}
+
+/// How a test makes its client: each test below that takes one runs with both.
+type Client = fn(UnixStream) -> QemuClient;
+
 const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 #[test]
 fn get_set_get_all_and_wire_rules() {
+    get_set_get_all_and_wire_rules_with(client_on);
+}
+
+#[test]
+fn get_set_get_all_and_wire_rules_inline() {
+    get_set_get_all_and_wire_rules_with(inline_on);
+}
+
+fn get_set_get_all_and_wire_rules_with(client_on: Client) {
     let server = HostServer::new(fixture_store());
     let sets = server.subscribe();
     let (g, h) = pair();
@@ -167,6 +186,15 @@ fn a_config_too_large_for_a_frame_is_refused_and_the_connection_stays() {
 
 #[test]
 fn host_commands_are_pushed_and_queued() {
+    host_commands_are_pushed_and_queued_with(client_on);
+}
+
+#[test]
+fn host_commands_are_pushed_and_queued_inline() {
+    host_commands_are_pushed_and_queued_with(inline_on);
+}
+
+fn host_commands_are_pushed_and_queued_with(client_on: Client) {
     let server = HostServer::new(Arc::new(MemStore::new()));
     must(server.push(HostCommand::Reload));
     let (g, h) = pair();
@@ -222,6 +250,7 @@ fn proxy(
 
 /// client ⇄ proxy ⇄ server, with `up` applied guest→host and `down` host→guest.
 fn proxied(
+    client_on: Client,
     server: &HostServer,
     up: impl FnMut(&mut Vec<u8>) + Send + 'static,
     down: impl FnMut(&mut Vec<u8>) + Send + 'static,
@@ -245,8 +274,17 @@ fn corrupt_first(mut done: bool) -> impl FnMut(&mut Vec<u8>) + Send + 'static {
 
 #[test]
 fn corrupt_request_is_answered_with_an_error_and_retried() {
+    corrupt_request_is_answered_with_an_error_and_retried_with(client_on);
+}
+
+#[test]
+fn corrupt_request_is_answered_with_an_error_and_retried_inline() {
+    corrupt_request_is_answered_with_an_error_and_retried_with(inline_on);
+}
+
+fn corrupt_request_is_answered_with_an_error_and_retried_with(client_on: Client) {
     let server = HostServer::new(fixture_store());
-    let client = proxied(&server, corrupt_first(false), |_| {});
+    let client = proxied(client_on, &server, corrupt_first(false), |_| {});
     assert_eq!(
         must(client.get("guestinfo.vice./hostname")).as_deref(),
         Some("web")
@@ -260,8 +298,17 @@ fn corrupt_request_is_answered_with_an_error_and_retried() {
 
 #[test]
 fn corrupt_reply_is_reported_and_retried() {
+    corrupt_reply_is_reported_and_retried_with(client_on);
+}
+
+#[test]
+fn corrupt_reply_is_reported_and_retried_inline() {
+    corrupt_reply_is_reported_and_retried_with(inline_on);
+}
+
+fn corrupt_reply_is_reported_and_retried_with(client_on: Client) {
     let server = HostServer::new(fixture_store());
-    let client = proxied(&server, |_| {}, corrupt_first(false));
+    let client = proxied(client_on, &server, |_| {}, corrupt_first(false));
     assert_eq!(
         must(client.get("guestinfo.vice./hostname")).as_deref(),
         Some("web")
@@ -274,8 +321,18 @@ fn corrupt_reply_is_reported_and_retried() {
 
 #[test]
 fn persistent_corruption_gives_up() {
+    persistent_corruption_gives_up_with(client_on);
+}
+
+#[test]
+fn persistent_corruption_gives_up_inline() {
+    persistent_corruption_gives_up_with(inline_on);
+}
+
+fn persistent_corruption_gives_up_with(client_on: Client) {
     let server = HostServer::new(fixture_store());
     let client = proxied(
+        client_on,
         &server,
         |chunk: &mut Vec<u8>| {
             if let Some(b) = chunk.get_mut(20) {
@@ -354,6 +411,15 @@ fn truncated_frame_from_guest_is_dropped_and_the_stream_recovers() {
 
 #[test]
 fn requests_time_out_and_late_replies_are_discarded() {
+    requests_time_out_and_late_replies_are_discarded_with(client_on);
+}
+
+#[test]
+fn requests_time_out_and_late_replies_are_discarded_inline() {
+    requests_time_out_and_late_replies_are_discarded_with(inline_on);
+}
+
+fn requests_time_out_and_late_replies_are_discarded_with(client_on: Client) {
     let (g, h) = pair();
     let client = client_on(g).with_timeout(Duration::from_millis(300));
     let mut host = RawHost {
@@ -489,6 +555,15 @@ fn device_mode_survives_a_disconnected_host() {
 
 #[test]
 fn set_many_sends_them_together_in_order() {
+    set_many_sends_them_together_in_order_with(client_on);
+}
+
+#[test]
+fn set_many_sends_them_together_in_order_inline() {
+    set_many_sends_them_together_in_order_with(inline_on);
+}
+
+fn set_many_sends_them_together_in_order_with(client_on: Client) {
     let server = HostServer::new(Arc::new(MemStore::new()));
     let sets = server.subscribe();
     let (g, h) = pair();
@@ -544,6 +619,15 @@ impl Store for CountingStore {
 
 #[test]
 fn pipelined_sets_are_stored_together_and_answered_each() {
+    pipelined_sets_are_stored_together_and_answered_each_with(client_on);
+}
+
+#[test]
+fn pipelined_sets_are_stored_together_and_answered_each_inline() {
+    pipelined_sets_are_stored_together_and_answered_each_with(inline_on);
+}
+
+fn pipelined_sets_are_stored_together_and_answered_each_with(client_on: Client) {
     let store = Arc::new(CountingStore::default());
     let server = HostServer::new(store.clone());
     let sets = server.subscribe();
@@ -599,4 +683,51 @@ fn pipelined_sets_are_stored_together_and_answered_each() {
         ]
     );
     assert_eq!(store.writes.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[test]
+fn an_inline_client_reads_for_its_requests_until_commands_are_asked_for() {
+    let server = HostServer::new(fixture_store());
+    must(server.push(HostCommand::Reload));
+    let (g, h) = pair();
+    let _srv = spawn_server(&server, h);
+    let client = inline_on(g);
+    assert_eq!(
+        must(client.get("guestinfo.vice./hostname")).as_deref(),
+        Some("web")
+    );
+    assert!(must(client.get_all()).contains_key("guestinfo.vice./common/id"));
+    assert!(lock(&client.inline).is_some(), "a thread took the channel");
+    let Some(commands) = client.commands() else {
+        panic!("no command receiver");
+    };
+    // The push queued before the guest connected came in front of the first reply, and the
+    // request that read it passed it on.
+    assert_eq!(commands.try_recv().ok(), Some(HostCommand::Reload));
+    // From now on a thread reads: a push with no request in flight arrives.
+    must(server.push(HostCommand::Halt));
+    assert_eq!(
+        commands.recv_timeout(Duration::from_secs(5)).ok(),
+        Some(HostCommand::Halt)
+    );
+    assert!(lock(&client.inline).is_none());
+    assert_eq!(
+        must(client.get("guestinfo.vice./domainname")).as_deref(),
+        Some("example.com")
+    );
+}
+
+#[test]
+fn an_inline_client_fails_fast_while_the_host_is_away() {
+    let (g, h) = pair();
+    // The device reads end-of-file while nothing is connected on the host side; a socket
+    // whose peer shut its writing half down does the same.
+    must(h.shutdown(std::net::Shutdown::Write));
+    let client = inline_on(g);
+    let start = Instant::now();
+    assert!(matches!(
+        client.get("guestinfo.vice./hostname"),
+        Err(TransportError::Closed)
+    ));
+    assert!(start.elapsed() < Duration::from_secs(2));
 }
