@@ -80,6 +80,7 @@ pub async fn run(
         _ = stop.wait_for(|s| *s) => {}
     }
     reaper.run().map_err(RunError::Reaper)?;
+    t.sink().start_writer();
     let mut commands = bridge_commands(&transport);
     // The container runs on without it: reloads also come as host commands.
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
