@@ -70,10 +70,10 @@ pub async fn run(
     // the code it runs for the first time (the signal driver, the reaper's and other
     // threads, the tasks' first polls) stood between the launch and the pumps' first read.
     // An entrypoint that exits in silence ends the start-up when its output closes; its
-    // exit is collected once the reaper runs. The host learns that the
-    // container started only from the write-backs let go below, after all of it is in
-    // place: a reload (SIGHUP, ignored until then) follows an exec, which follows that. A
-    // host command sent sooner waits in the transport's queue.
+    // exit is collected once the reaper runs. The host learns that the container started
+    // only from the write-backs let go below, after all of it is in place: a reload
+    // (SIGHUP, ignored until then) follows an exec, which follows that. A host command sent
+    // sooner waits in the transport's queue.
     let mut stop = t.shutdown_signal();
     tokio::select! {
         () = t.startup_ending() => {}
