@@ -81,21 +81,88 @@ impl ClientShared {
     }
 }
 
-/// The reading end while no thread runs it (see [`QemuClient::from_file`]): a request
-/// reads the channel itself until its answer comes.
-struct Inline {
-    file: File,
+/// The reading end of the channel and what a read needs: the reader thread's, or, while no
+/// thread runs (see [`QemuClient::from_file`]), the requests', each reading until its answer
+/// comes.
+struct ReadEnd<R> {
+    reader: R,
     frames: FrameReader,
     buf: Vec<u8>,
     commands: Sender<HostCommand>,
 }
 
-impl Inline {
-    /// Reads what the host sent within `wait` (at most) and hands it on, as the reader
-    /// thread would.
+/// What one read of the channel found.
+enum ReadStep {
+    /// Bytes (their frames handed on), or nothing yet.
+    Read,
+    /// End of file: the host side is not connected (see [`QemuClient::open`]).
+    HostAway,
+    /// An error that ends reading.
+    Failed,
+}
+
+impl<R: Read> ReadEnd<R> {
+    fn new(reader: R, commands: Sender<HostCommand>) -> ReadEnd<R> {
+        ReadEnd {
+            reader,
+            frames: FrameReader::new(),
+            buf: vec![0u8; READ_CHUNK],
+            commands,
+        }
+    }
+
+    /// Reads once and hands on the frames completed.
+    fn read_once(&mut self, shared: &ClientShared) -> ReadStep {
+        match self.reader.read(&mut self.buf) {
+            Ok(0) => ReadStep::HostAway,
+            Ok(n) => {
+                self.frames.push(self.buf.get(..n).unwrap_or_default());
+                while let Some(event) = self.frames.next_event() {
+                    client_event(event, shared, &self.commands);
+                }
+                ReadStep::Read
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => ReadStep::Read,
+            Err(e) => {
+                tracing::warn!("guestinfo channel read failed: {e}");
+                ReadStep::Failed
+            }
+        }
+    }
+
+    /// The host side is gone: nothing in flight can be answered any more, and a
+    /// half-received frame will never complete.
+    fn host_away(&mut self, shared: &ClientShared) {
+        let _ = self.frames.finish();
+        shared.notify_all(|| Outcome::Closed, false);
+    }
+
+    /// The reader thread: reads until the stream ends (for good unless `survive_eof`) or
+    /// fails, then fails whatever is pending.
+    fn run(mut self, shared: &ClientShared, survive_eof: bool) {
+        loop {
+            match self.read_once(shared) {
+                ReadStep::Read => {}
+                ReadStep::HostAway if survive_eof => {
+                    self.host_away(shared);
+                    thread::sleep(RECONNECT_POLL);
+                }
+                ReadStep::HostAway | ReadStep::Failed => break,
+            }
+        }
+        if let Some(FrameEvent::Corrupt(why)) = self.frames.finish() {
+            tracing::warn!("guestinfo channel: {why}");
+        }
+        shared.notify_all(|| Outcome::Closed, true);
+    }
+}
+
+impl ReadEnd<File> {
+    /// For a request while no thread reads: waits at most `wait` for the channel to be
+    /// readable, then reads once, as the thread would.
     fn read_some(&mut self, shared: &ClientShared, wait: Duration) {
         let timeout = PollTimeout::try_from(wait.min(RECONNECT_POLL)).unwrap_or(PollTimeout::MAX);
-        let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(self.reader.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, timeout) {
             Ok(0) | Err(nix::Error::EINTR) => return,
             Ok(_) => {}
@@ -105,24 +172,13 @@ impl Inline {
                 return;
             }
         }
-        match self.file.read(&mut self.buf) {
-            Ok(0) => {
-                // Host side not connected (see `QemuClient::open`).
-                let _ = self.frames.finish();
-                shared.notify_all(|| Outcome::Closed, false);
+        match self.read_once(shared) {
+            ReadStep::Read => {}
+            ReadStep::HostAway => {
+                self.host_away(shared);
                 thread::sleep(wait.min(RECONNECT_POLL));
             }
-            Ok(n) => {
-                self.frames.push(self.buf.get(..n).unwrap_or_default());
-                while let Some(event) = self.frames.next_event() {
-                    client_event(event, shared, &self.commands);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                tracing::warn!("guestinfo channel read failed: {e}");
-                shared.notify_all(|| Outcome::Closed, true);
-            }
+            ReadStep::Failed => shared.notify_all(|| Outcome::Closed, true),
         }
     }
 }
@@ -133,7 +189,7 @@ pub struct QemuClient {
     timeout: Duration,
     commands: Mutex<Option<Receiver<HostCommand>>>,
     /// The reading end until a thread takes it; `None` once one has.
-    inline: Arc<Mutex<Option<Inline>>>,
+    inline: Arc<Mutex<Option<ReadEnd<File>>>>,
 }
 
 impl std::fmt::Debug for QemuClient {
@@ -175,12 +231,7 @@ impl QemuClient {
             }),
             timeout: DEFAULT_TIMEOUT,
             commands: Mutex::new(Some(rx)),
-            inline: Arc::new(Mutex::new(Some(Inline {
-                file,
-                frames: FrameReader::new(),
-                buf: vec![0u8; READ_CHUNK],
-                commands: tx,
-            }))),
+            inline: Arc::new(Mutex::new(Some(ReadEnd::new(file, tx)))),
         })
     }
 
@@ -196,16 +247,11 @@ impl QemuClient {
         let spawned = thread::Builder::new()
             .name("guestinfo-qemu-rx".to_owned())
             .spawn(move || {
-                let Some(Inline {
-                    file,
-                    frames,
-                    commands,
-                    ..
-                }) = lock(&slot).take()
-                else {
-                    return;
-                };
-                client_reader(file, frames, &shared, &commands, true);
+                // Taken out of the slot: once this returns, the end is the thread's.
+                let end = lock(&slot).take();
+                if let Some(end) = end {
+                    end.run(&shared, true);
+                }
             });
         if let Err(e) = spawned {
             tracing::error!("cannot start the guestinfo reader thread (requests read the channel themselves; host commands wait for them): {e}");
@@ -237,9 +283,7 @@ impl QemuClient {
         let thread_shared = Arc::clone(&shared);
         let spawned = thread::Builder::new()
             .name("guestinfo-qemu-rx".to_owned())
-            .spawn(move || {
-                client_reader(reader, FrameReader::new(), &thread_shared, &tx, survive_eof);
-            });
+            .spawn(move || ReadEnd::new(reader, tx).run(&thread_shared, survive_eof));
         if let Err(e) = spawned {
             tracing::error!("cannot start the guestinfo reader thread: {e}");
             lock(&shared.waiters).closed = true;
@@ -401,43 +445,6 @@ impl QemuClient {
 
 /// How long the device reader waits before polling a disconnected host again.
 const RECONNECT_POLL: Duration = Duration::from_millis(100);
-
-fn client_reader<R: Read>(
-    mut reader: R,
-    mut frames: FrameReader,
-    shared: &ClientShared,
-    commands: &Sender<HostCommand>,
-    survive_eof: bool,
-) {
-    let mut buf = vec![0u8; READ_CHUNK];
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) if survive_eof => {
-                // Host side not connected: nothing in flight can be answered any more, and a
-                // half-received frame will never complete.
-                let _ = frames.finish();
-                shared.notify_all(|| Outcome::Closed, false);
-                thread::sleep(RECONNECT_POLL);
-                continue;
-            }
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                tracing::warn!("guestinfo channel read failed: {e}");
-                break;
-            }
-        };
-        frames.push(buf.get(..n).unwrap_or_default());
-        while let Some(event) = frames.next_event() {
-            client_event(event, shared, commands);
-        }
-    }
-    if let Some(FrameEvent::Corrupt(why)) = frames.finish() {
-        tracing::warn!("guestinfo channel: {why}");
-    }
-    shared.notify_all(|| Outcome::Closed, true);
-}
 
 fn client_event(event: FrameEvent, shared: &ClientShared, commands: &Sender<HostCommand>) {
     match event {
