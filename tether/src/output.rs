@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use iolog::{Body, Record, Stream};
 use tokio::sync::mpsc;
 
-use crate::stdio::{AsyncStream, Fanout};
+use crate::stdio::{set_nonblocking, AsyncStream, Fanout};
 
 /// Records waiting for the writer: bounded so memory stays bounded (64 × 60 KiB at most).
 const QUEUE: usize = 64;
@@ -128,17 +128,6 @@ pub fn start(dest: Option<File>, format: Format) -> OutputSink {
 fn lock(m: &Mutex<Mode>) -> MutexGuard<'_, Mode> {
     // A poisoned lock only means a pump panicked mid-write; the channel is still usable.
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn set_nonblocking(f: &File, on: bool) -> nix::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let flags = OFlag::from_bits_truncate(fcntl(f, FcntlArg::F_GETFL)?);
-    let flags = if on {
-        flags | OFlag::O_NONBLOCK
-    } else {
-        flags - OFlag::O_NONBLOCK
-    };
-    fcntl(f, FcntlArg::F_SETFL(flags)).map(|_| ())
 }
 
 /// Gives the channel to a new writer thread, which first writes `rest` (what is left of a

@@ -8,6 +8,18 @@ use std::sync::{Arc, Mutex};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
+/// Turns `O_NONBLOCK` on or off for the file description behind `fd`.
+pub fn set_nonblocking(fd: impl std::os::fd::AsFd, on: bool) -> nix::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL)?);
+    let flags = if on {
+        flags | OFlag::O_NONBLOCK
+    } else {
+        flags - OFlag::O_NONBLOCK
+    };
+    fcntl(&fd, FcntlArg::F_SETFL(flags)).map(|_| ())
+}
+
 /// A nonblocking descriptor driven by the runtime. Clones share one registration, so a pty
 /// master can be read by the output pump and written by the stdin writer (the reactor
 /// refuses a second registration of the same descriptor).
@@ -19,9 +31,7 @@ pub struct AsyncStream {
 impl AsyncStream {
     /// Wraps a descriptor (made nonblocking here).
     pub fn new(fd: OwnedFd) -> std::io::Result<AsyncStream> {
-        let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)?;
-        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        set_nonblocking(&fd, true)?;
         // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor is valid, stays open and
         // refers to the same file description until the AsyncFd is dropped.
         let registered = unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
