@@ -573,7 +573,24 @@ struct Bulk {
     raw: Vec<f64>,
     raw_piped: Vec<f64>,
     attach: Vec<f64>,
+    /// Seconds of CPU the VM's QEMU spent on each attach transfer.
+    attach_cpu: Vec<f64>,
     logs: Vec<f64>,
+}
+
+/// CPU seconds (user and system, all threads) QEMU has spent on VM `id` so far. Under TCG this
+/// is the guest's work whatever else the machine is doing, where a transfer's wall time also
+/// counts the host's other processes: the steadier measure of what a change costs the guest.
+fn qemu_cpu_secs(state: &State, id: &str) -> Option<f64> {
+    let pid = state.meta(id).ok()?.qemu_pid?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is the first, utime and
+    // stime the 12th and 13th.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut f = rest.split_whitespace().skip(11);
+    let ticks = f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    Some(ticks as f64 / hz as f64)
 }
 
 fn backchannel(
@@ -591,10 +608,12 @@ fn backchannel(
     let rt = runtime()?;
     // The data: `bytes` of 64-byte lines (`logs` hands out lines: /dev/zero's bytes would
     // make one line that never ends), made once in the guest's memory. The primary writes
-    // it to its stdout each time /tmp/goN appears: the `logs -f` transfer.
+    // it to its stdout each time a line comes through the FIFO /tmp/go: the `logs -f`
+    // transfer. Waiting on the FIFO costs the guest nothing, where polling for a file (a
+    // `sleep` forked every few milliseconds) took its CPU from the transfers measured.
     let primary = format!(
         "yes {} | head -c {bytes} > /tmp/data; \
-         i=0; while true; do while [ ! -e /tmp/go$i ]; do sleep 0.05; done; cat /tmp/data; i=$((i+1)); done",
+         mkfifo /tmp/go; while true; do read x < /tmp/go; cat /tmp/data; done",
         "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrs"[..63].to_owned()
     );
     let mut vms = Vec::new();
@@ -679,14 +698,18 @@ fn backchannel(
         // Bulk: raw port, attach (an exec's stdout), `logs -f` (the primary's stdout
         // through the output channel and log), the same bytes, round after round.
         let mut bulk: Vec<Bulk> = vms.iter().map(|_| Bulk::default()).collect();
-        for round in 0..rounds {
+        for _ in 0..rounds {
             for ((vm, raw), b) in vms.iter().zip(raws.iter_mut()).zip(bulk.iter_mut()) {
                 b.raw.push(raw_bulk(vm, raw, "cat /tmp/data", bytes).await?);
                 b.raw_piped
                     .push(raw_bulk(vm, raw, "cat /tmp/data | dd bs=32k 2>/dev/null", bytes).await?);
 
+                let cpu0 = qemu_cpu_secs(state, &vm.id);
                 let (code, out, span) =
                     exec_collect(&vm.engine, &vm.id, sh("cat /tmp/data")).await?;
+                if let (Some(c0), Some(c1)) = (cpu0, qemu_cpu_secs(state, &vm.id)) {
+                    b.attach_cpu.push(c1 - c0);
+                }
                 anyhow::ensure!(
                     code == 0 && out.len() as u64 == bytes,
                     "attach transfer: code {code}, {} bytes",
@@ -702,20 +725,20 @@ fn backchannel(
                         ..Default::default()
                     },
                 )?;
-                exec_collect(&vm.engine, &vm.id, sh(&format!("touch /tmp/go{round}"))).await?;
+                // Timed from the exec that lets the primary start: timing from the first line
+                // the follower saw counted only what came after it, and a first line late
+                // behind a burst printed hundreds of MB/s. The exec's round trip is in the
+                // figure, the same for every variant.
+                let from = Instant::now();
+                exec_collect(&vm.engine, &vm.id, sh("echo go > /tmp/go")).await?;
                 let mut got = 0u64;
-                let mut first = None;
                 while got < bytes {
                     match tokio::time::timeout(Duration::from_secs(120), rx.recv()).await {
-                        Ok(Some(LogItem::Line(l))) => {
-                            first.get_or_insert_with(Instant::now);
-                            got += l.bytes.len() as u64;
-                        }
+                        Ok(Some(LogItem::Line(l))) => got += l.bytes.len() as u64,
                         other => bail!("logs -f ended after {got} bytes: {other:?}"),
                     }
                 }
-                b.logs
-                    .push(first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN));
+                b.logs.push(from.elapsed().as_secs_f64());
             }
         }
         // What any SSH attach can reach in this guest: the cipher's own throughput, from
@@ -782,6 +805,13 @@ fn backchannel(
             att / piped,
             logs / raw
         );
+        if !b.attach_cpu.is_empty() {
+            println!(
+                "    the VM's CPU (its QEMU's user and system time) per attach transfer: {:.0} ms (median of {}; the exec's own setup included)",
+                median(&mut b.attach_cpu) * 1000.0,
+                b.attach_cpu.len()
+            );
+        }
         if let Some(c) = cipher {
             println!(
                 "    attach against the in-guest cipher ceiling ({CIPHER_LINE}, {c:.1} MB/s, sshproto's cipher_speed in the candidate's VM): ratio {:.2}",
